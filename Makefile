@@ -1,0 +1,41 @@
+# meprop_cpu developer entry points. Every target creates its own virtual
+# environment in .venv (override with VENV=...) so it works on a fresh machine.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+PIP    := $(BIN)/python -m pip
+
+.PHONY: help venv install test test-fast demo bench bench-full clean
+
+help:
+	@echo "make demo   - set up, fetch MNIST, train dense vs meProp, print the speed-up"
+	@echo "make test   - set up and run the test-suite (fetches MNIST for the data tests)"
+	@echo "make bench  - kernel benchmarks against numpy and PyTorch (writes benchmarks/results/)"
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+
+venv: $(BIN)/python
+
+# A real (non-editable) build, as a user would get it from `pip install .`
+install: venv
+	$(PIP) install -q ".[test]"
+
+# pytest runs from the venv's own script (not `python -m pytest`) so the
+# source folder is not put on sys.path ahead of the installed build.
+test: install
+	MEPROP_TEST_NETWORK=$${MEPROP_TEST_NETWORK-1} $(BIN)/pytest -q tests
+
+test-fast: install
+	MEPROP_TEST_NETWORK=0 $(BIN)/pytest -q -m "not network and not slow" tests
+
+demo: install
+	$(BIN)/python -m meprop_cpu.demo
+
+bench: install
+	$(PIP) install -q "torch==2.13.0" || echo "torch not installed: PyTorch rows skipped"
+	$(BIN)/python benchmarks/bench_kernels.py
+
+clean:
+	rm -rf build dist *.egg-info meprop_cpu/_kernels.c meprop_cpu/*.so .pytest_cache

@@ -1,0 +1,77 @@
+/* OpenMP shim and compiler helpers shared by every kernel header.
+ *
+ * Built with OpenMP (-fopenmp) the kernels run their outer loops on a team of
+ * MP_NUM_THREADS threads; built without it the same source compiles serially
+ * (the pragmas are ignored and the stubs below stand in for the runtime). */
+#ifndef MEPROP_PARALLEL_H
+#define MEPROP_PARALLEL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef _OPENMP
+#include <omp.h>
+#define MP_HAVE_OPENMP 1
+static inline int mp_omp_max_threads(void) { return omp_get_max_threads(); }
+static inline int mp_omp_thread_num(void) { return omp_get_thread_num(); }
+#else
+#define MP_HAVE_OPENMP 0
+static inline int mp_omp_max_threads(void) { return 1; }
+static inline int mp_omp_thread_num(void) { return 0; }
+#endif
+
+/* Work (in multiply-adds or element visits) below which a loop stays serial:
+ * starting an OpenMP team costs a few microseconds, which a 10 x 500 layer
+ * cannot repay. Kernels compare their own work estimate against this. */
+#ifndef MP_PARALLEL_MIN_WORK
+#define MP_PARALLEL_MIN_WORK 200000
+#endif
+
+static inline int mp_team_size(int nthreads, int64_t work, int64_t units) {
+    if (nthreads < 1) nthreads = 1;
+    if (work < MP_PARALLEL_MIN_WORK) return 1;
+    if (units < nthreads) return units < 1 ? 1 : (int)units;
+    return nthreads;
+}
+
+/* Runtime SIMD dispatch without -march=native: GCC clones the marked function
+ * for AVX-512 / AVX2+FMA / baseline x86-64 and picks one at load time (ifunc).
+ * Elsewhere the macro is empty and the baseline build is used. */
+#if defined(__GNUC__) && !defined(__clang__) && (defined(__x86_64__) || defined(__i386__)) \
+    && !defined(MEPROP_NO_DISPATCH) && !defined(__AVX512F__)
+#define MP_SIMD_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#define MP_HAVE_DISPATCH 1
+#else
+#define MP_SIMD_CLONES
+#define MP_HAVE_DISPATCH 0
+#endif
+
+#if defined(__GNUC__)
+#define MP_RESTRICT __restrict__
+#else
+#define MP_RESTRICT
+#endif
+
+/* The SIMD level the code runs at: what the dispatcher picks on this CPU, or
+ * what the compiler was told to target when dispatch is off. */
+static inline const char *mp_simd_level(void) {
+#if MP_HAVE_DISPATCH
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl")
+        && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq"))
+        return "avx512 (runtime dispatch)";
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+        return "avx2+fma (runtime dispatch)";
+    return "sse2 (runtime dispatch)";
+#elif defined(__AVX512F__)
+    return "avx512 (compile time)";
+#elif defined(__AVX2__)
+    return "avx2 (compile time)";
+#elif defined(__SSE2__)
+    return "sse2 (compile time)";
+#else
+    return "scalar";
+#endif
+}
+
+#endif

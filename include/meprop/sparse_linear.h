@@ -1,0 +1,124 @@
+/* The sparse meProp backward of a linear layer y = x W^T + b.
+ *
+ * Given per-example index sets idx (B, k) and the kept gradient values
+ * val (B, k):
+ *   dx[b]      = sum_t val[b, t] * W[idx[b, t]]             (parallel over b)
+ *   values[r]  = sum over pairs (b, t) with idx[b, t] == rows[r]
+ *                of val[b, t] * x[b]                         (parallel over r)
+ * Both are sums of contiguous rows (W rows of n_in floats, x rows of n_in
+ * floats), done four rows at a time so the accumulator row is loaded and
+ * stored once per four source rows. Each output row is owned by one thread
+ * and summed in a fixed order, so results are bit-identical for any thread
+ * count. Pairs with a zero value carry no gradient and are skipped (a dead
+ * ReLU or dropped unit does not make its weight row "touched"). */
+#ifndef MEPROP_SPARSE_LINEAR_H
+#define MEPROP_SPARSE_LINEAR_H
+
+#include <string.h>
+#include "parallel.h"
+
+/* y += a0*r0 + a1*r1 + a2*r2 + a3*r3 over n floats */
+MP_SIMD_CLONES
+static void mp_axpy4(float *MP_RESTRICT y, int64_t n,
+                     const float *MP_RESTRICT r0, const float *MP_RESTRICT r1,
+                     const float *MP_RESTRICT r2, const float *MP_RESTRICT r3,
+                     float a0, float a1, float a2, float a3) {
+    for (int64_t i = 0; i < n; i++)
+        y[i] += a0 * r0[i] + a1 * r1[i] + a2 * r2[i] + a3 * r3[i];
+}
+
+MP_SIMD_CLONES
+static void mp_axpy1(float *MP_RESTRICT y, int64_t n, const float *MP_RESTRICT r0, float a0) {
+    for (int64_t i = 0; i < n; i++) y[i] += a0 * r0[i];
+}
+
+MP_SIMD_CLONES
+static void mp_zero(float *MP_RESTRICT y, int64_t n) {
+    for (int64_t i = 0; i < n; i++) y[i] = 0.0f;
+}
+
+/* y = sum_p coef[p] * src[sel[p]] for p in [0, np), rows of n floats.
+ * Pairs are consumed in order, four at a time. */
+static inline void mp_gather_sum(float *y, int64_t n, const float *src, const int32_t *sel,
+                                 const float *coef, int64_t np) {
+    mp_zero(y, n);
+    int64_t p = 0;
+    for (; p + 4 <= np; p += 4)
+        mp_axpy4(y, n, src + (int64_t)sel[p] * n, src + (int64_t)sel[p + 1] * n,
+                 src + (int64_t)sel[p + 2] * n, src + (int64_t)sel[p + 3] * n,
+                 coef[p], coef[p + 1], coef[p + 2], coef[p + 3]);
+    for (; p < np; p++) mp_axpy1(y, n, src + (int64_t)sel[p] * n, coef[p]);
+}
+
+/* dx (B, n_in) from W (n_out, n_in) and the pairs (idx, val) (B, k).
+ * sel_ws / coef_ws: nthreads * k scratch entries for the non-zero pairs. */
+static void mp_sparse_dx(const float *W, int64_t n_in, const int32_t *idx, const float *val,
+                         int64_t B, int64_t k, float *dx, int32_t *sel_ws, float *coef_ws,
+                         int nthreads) {
+    int team = mp_team_size(nthreads, B * k * n_in, B);
+    #pragma omp parallel num_threads(team) if (team > 1)
+    {
+        int32_t *sel = sel_ws + (int64_t)mp_omp_thread_num() * k;
+        float *coef = coef_ws + (int64_t)mp_omp_thread_num() * k;
+        #pragma omp for schedule(static)
+        for (int64_t b = 0; b < B; b++) {
+            int64_t np = 0;
+            for (int64_t t = 0; t < k; t++) {
+                float v = val[b * k + t];
+                if (v != 0.0f) { sel[np] = idx[b * k + t]; coef[np] = v; np++; }
+            }
+            mp_gather_sum(dx + b * n_in, n_in, W, sel, coef, np);
+        }
+    }
+}
+
+/* Regroup the non-zero pairs by output row (a counting sort, stable in b).
+ * IN  idx, val (B, k); n_out
+ * OUT rows[0:r] distinct rows ascending; offsets[0:r+1]; pair_b, pair_v in
+ *     row order: the pairs of rows[q] are offsets[q] .. offsets[q+1]-1.
+ * WS  cursor: n_out ints. Returns r. Serial: O(B k + n_out). */
+static int64_t mp_group_pairs(const int32_t *idx, const float *val, int64_t B, int64_t k,
+                              int64_t n_out, int32_t *cursor, int32_t *rows, int32_t *offsets,
+                              int32_t *pair_b, float *pair_v) {
+    memset(cursor, 0, (size_t)n_out * sizeof(int32_t));
+    for (int64_t p = 0; p < B * k; p++)
+        if (val[p] != 0.0f) cursor[idx[p]]++;
+    int64_t r = 0;
+    int32_t pos = 0;
+    for (int64_t j = 0; j < n_out; j++) {
+        int32_t c = cursor[j];
+        if (c) {
+            rows[r] = (int32_t)j;
+            offsets[r] = pos;
+            r++;
+            cursor[j] = pos;
+            pos += c;
+        }
+    }
+    offsets[r] = pos;
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t t = 0; t < k; t++) {
+            float v = val[b * k + t];
+            if (v != 0.0f) {
+                int32_t q = cursor[idx[b * k + t]]++;
+                pair_b[q] = (int32_t)b;
+                pair_v[q] = v;
+            }
+        }
+    return r;
+}
+
+/* values (r, n_in): values[q] = sum of pair_v * x[pair_b] over row q's pairs */
+static void mp_sparse_dw(const float *x, int64_t n_in, int64_t r, const int32_t *offsets,
+                         const int32_t *pair_b, const float *pair_v, float *values,
+                         int nthreads) {
+    int64_t npairs = offsets[r];
+    int team = mp_team_size(nthreads, npairs * n_in, r);
+    #pragma omp parallel for num_threads(team) if (team > 1) schedule(dynamic, 4)
+    for (int64_t q = 0; q < r; q++) {
+        int64_t p0 = offsets[q];
+        mp_gather_sum(values + q * n_in, n_in, x, pair_b + p0, pair_v + p0, offsets[q + 1] - p0);
+    }
+}
+
+#endif

@@ -1,0 +1,149 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, initializedcheck=False, cdivision=True
+"""Thin wrappers around the C kernels in include/meprop/.
+
+Arguments are assumed valid (meprop_cpu.kernels checks them first); every
+wrapper releases the GIL around the C call. Scratch buffers are passed in by
+the caller so the hot path allocates nothing.
+"""
+from libc.stdint cimport int32_t, int64_t, uint64_t
+
+cdef extern from "meprop/parallel.h":
+    int MP_HAVE_OPENMP
+    int MP_HAVE_DISPATCH
+    int MP_PARALLEL_MIN_WORK
+    int mp_omp_max_threads() nogil
+    const char *mp_simd_level() nogil
+
+cdef extern from "meprop/topk.h":
+    ctypedef struct mp_entry:
+        float m
+        int32_t i
+    int64_t mp_topk_rows(const float *g, int64_t B, int64_t n, int64_t k, int32_t *idx,
+                         float *val, mp_entry *heap_ws, int nthreads) nogil
+    int64_t mp_topk_unified(const float *g, int64_t B, int64_t n, int64_t k, int32_t *idx,
+                            float *colsum_ws, mp_entry *heap_ws, int nthreads) nogil
+    void mp_randk_rows(int64_t B, int64_t n, int64_t k, uint64_t seed, int32_t *idx,
+                       int nthreads) nogil
+    int64_t mp_topk_ws_entries(int64_t k) nogil
+    void mp_count_hits(const int32_t *idx, const float *val, int64_t npairs, int64_t *hits) nogil
+
+cdef extern from "meprop/sparse_linear.h":
+    void mp_sparse_dx(const float *W, int64_t n_in, const int32_t *idx, const float *val,
+                      int64_t B, int64_t k, float *dx, int32_t *sel_ws, float *coef_ws,
+                      int nthreads) nogil
+    int64_t mp_group_pairs(const int32_t *idx, const float *val, int64_t B, int64_t k,
+                           int64_t n_out, int32_t *cursor, int32_t *rows, int32_t *offsets,
+                           int32_t *pair_b, float *pair_v) nogil
+    void mp_sparse_dw(const float *x, int64_t n_in, int64_t r, const int32_t *offsets,
+                      const int32_t *pair_b, const float *pair_v, float *values,
+                      int nthreads) nogil
+
+cdef extern from "meprop/optim.h":
+    ctypedef struct mp_optim_args:
+        float lr, momentum, eps, beta1, beta2, weight_decay, clip
+        float step, inv_sqrt_bc2
+    void mp_optim_rows(int kind, float *w, float *s1, float *s2, const int32_t *rows,
+                       const float *values, int64_t r, int64_t n_cols, mp_optim_args a,
+                       int nthreads) nogil
+
+
+def openmp_enabled():
+    return bool(MP_HAVE_OPENMP)
+
+
+def omp_max_threads():
+    return mp_omp_max_threads()
+
+
+def simd_level():
+    return mp_simd_level().decode()
+
+
+def parallel_min_work():
+    return MP_PARALLEL_MIN_WORK
+
+
+def topk_ws_entries(int64_t k):
+    """Candidate-buffer entries (int64-sized) one thread needs for a top-k."""
+    return mp_topk_ws_entries(k)
+
+
+def topk_rows(const float[:, ::1] g, int64_t k, int32_t[:, ::1] idx, float[:, ::1] val,
+              int64_t[::1] heap_ws, int nthreads):
+    """IN g (B, n); OUT idx, val (B, k). Returns the count of non-finite entries."""
+    cdef int64_t bad
+    with nogil:
+        bad = mp_topk_rows(&g[0, 0], g.shape[0], g.shape[1], k, &idx[0, 0], &val[0, 0],
+                           <mp_entry *> &heap_ws[0], nthreads)
+    return bad
+
+
+def topk_unified(const float[:, ::1] g, int64_t k, int32_t[::1] idx, float[::1] colsum_ws,
+                 int64_t[::1] heap_ws, int nthreads):
+    """IN g (B, n); OUT idx (k,), colsum_ws (n,) = sum_b |g|. Returns non-finite count."""
+    cdef int64_t bad
+    with nogil:
+        bad = mp_topk_unified(&g[0, 0], g.shape[0], g.shape[1], k, &idx[0], &colsum_ws[0],
+                              <mp_entry *> &heap_ws[0], nthreads)
+    return bad
+
+
+def randk_rows(int64_t B, int64_t n, int64_t k, uint64_t seed, int32_t[:, ::1] idx, int nthreads):
+    with nogil:
+        mp_randk_rows(B, n, k, seed, &idx[0, 0], nthreads)
+
+
+def count_hits(const int32_t[:, ::1] idx, const float[:, ::1] val, int64_t[::1] hits):
+    with nogil:
+        mp_count_hits(&idx[0, 0], &val[0, 0], idx.shape[0] * idx.shape[1], &hits[0])
+
+
+def sparse_dx(const float[:, ::1] W, const int32_t[:, ::1] idx, const float[:, ::1] val,
+              float[:, ::1] dx, int32_t[::1] sel_ws, float[::1] coef_ws, int nthreads):
+    with nogil:
+        mp_sparse_dx(&W[0, 0], W.shape[1], &idx[0, 0], &val[0, 0], idx.shape[0], idx.shape[1],
+                     &dx[0, 0], &sel_ws[0], &coef_ws[0], nthreads)
+
+
+def group_pairs(const int32_t[:, ::1] idx, const float[:, ::1] val, int64_t n_out,
+                int32_t[::1] cursor, int32_t[::1] rows, int32_t[::1] offsets,
+                int32_t[::1] pair_b, float[::1] pair_v):
+    """Returns r, the number of distinct rows with a non-zero pair."""
+    cdef int64_t r
+    with nogil:
+        r = mp_group_pairs(&idx[0, 0], &val[0, 0], idx.shape[0], idx.shape[1], n_out,
+                           &cursor[0], &rows[0], &offsets[0], &pair_b[0], &pair_v[0])
+    return r
+
+
+def sparse_dw(const float[:, ::1] x, int64_t r, const int32_t[::1] offsets,
+              const int32_t[::1] pair_b, const float[::1] pair_v, float[:, ::1] values,
+              int nthreads):
+    if r == 0:
+        return
+    with nogil:
+        mp_sparse_dw(&x[0, 0], x.shape[1], r, &offsets[0], &pair_b[0], &pair_v[0],
+                     &values[0, 0], nthreads)
+
+
+def optim_rows(int kind, float[:, ::1] w, float[:, ::1] s1, float[:, ::1] s2,
+               const int32_t[::1] rows, const float[:, ::1] values, int64_t r,
+               float lr, float momentum, float eps, float beta1, float beta2,
+               float weight_decay, float clip, float step, float inv_sqrt_bc2, int nthreads):
+    """Update r rows of w (rows None: the first r rows, densely)."""
+    cdef mp_optim_args a
+    a.lr = lr; a.momentum = momentum; a.eps = eps; a.beta1 = beta1; a.beta2 = beta2
+    a.weight_decay = weight_decay; a.clip = clip; a.step = step; a.inv_sqrt_bc2 = inv_sqrt_bc2
+    cdef float *p1 = NULL
+    cdef float *p2 = NULL
+    cdef const int32_t *prow = NULL
+    if r == 0:
+        return
+    if s1 is not None:
+        p1 = &s1[0, 0]
+    if s2 is not None:
+        p2 = &s2[0, 0]
+    if rows is not None:
+        prow = &rows[0]
+    with nogil:
+        mp_optim_rows(kind, &w[0, 0], p1, p2, prow, &values[0, 0], r, w.shape[1], a, nthreads)

@@ -1,0 +1,298 @@
+"""The public, validated face of the C kernels.
+
+Every function checks its arguments (type, dtype, rank, shape, contiguity,
+ranges, finiteness where values are selected) and raises ``TypeError`` or
+``ValueError`` naming the argument *before* any kernel runs. Arrays must be
+C-contiguous float32 (indices int32); non-contiguous input is refused rather
+than silently copied, so no hidden copy lands on a hot path - pass
+``np.ascontiguousarray(a, dtype=np.float32)`` if needed.
+
+Hot callers (the layers in :mod:`meprop_cpu.nn`) validate once and then use the
+``*_into`` variants with a :class:`Workspace`, which allocate nothing per call.
+"""
+import numbers
+
+import numpy as np
+
+from . import _kernels
+from ._config import get_num_threads
+
+__all__ = ["RowGrad", "Workspace", "topk_rows", "topk_unified", "randk_rows",
+           "sparse_backward", "unified_backward", "dense_backward"]
+
+
+class RowGrad:
+    """A row-sparse weight gradient: ``values[q]`` is the gradient of row ``rows[q]``.
+
+    ``rows`` is int32 (r,), strictly ascending; ``values`` float32 (r, n_in).
+    ``rows is None`` marks a dense gradient (``values`` holds every row).
+    Rows absent from ``rows`` have an exactly zero gradient.
+    """
+
+    __slots__ = ("rows", "values")
+
+    def __init__(self, rows, values):
+        values = np.asarray(values)
+        if values.ndim != 2:
+            raise ValueError(f"RowGrad: values must be 2-D (r, n_in), got shape {values.shape}")
+        if rows is not None:
+            rows = np.asarray(rows)
+            if rows.ndim != 1 or rows.shape[0] != values.shape[0]:
+                raise ValueError(f"RowGrad: rows must be 1-D with one entry per row of values "
+                                 f"({values.shape[0]}), got shape {rows.shape}")
+        self.rows = rows
+        self.values = values
+
+    @property
+    def dense(self):
+        return self.rows is None
+
+    @property
+    def nnz_rows(self):
+        return self.values.shape[0]
+
+    def to_dense(self, n_out):
+        """The full (n_out, n_in) gradient as a new float32 array."""
+        n_out = _check_int(n_out, "n_out", 1)
+        if self.rows is None:
+            if self.values.shape[0] != n_out:
+                raise ValueError(f"RowGrad.to_dense: dense gradient has {self.values.shape[0]} "
+                                 f"rows, n_out={n_out}")
+            return np.array(self.values, dtype=np.float32)
+        if len(self.rows) and int(self.rows[-1]) >= n_out:
+            raise ValueError(f"RowGrad.to_dense: row {int(self.rows[-1])} >= n_out={n_out}")
+        out = np.zeros((n_out, self.values.shape[1]), dtype=np.float32)
+        out[self.rows] = self.values
+        return out
+
+    def __repr__(self):
+        r = "all" if self.rows is None else len(self.rows)
+        return f"RowGrad(rows={r}, n_in={self.values.shape[1]})"
+
+
+class Workspace:
+    """Reusable scratch buffers, grown to the largest request and never shrunk.
+
+    Arrays handed out are views into the cached buffers: they stay valid only
+    until the next call that uses the same workspace.
+    """
+
+    def __init__(self):
+        self._bufs = {}
+
+    def get(self, name, shape, dtype):
+        size = int(np.prod(shape, dtype=np.int64))
+        buf = self._bufs.get(name)
+        if buf is None or buf.dtype != dtype or buf.size < size:
+            buf = np.empty(max(size, 1), dtype=dtype)
+            self._bufs[name] = buf
+        return buf[:size].reshape(shape)
+
+    def nbytes(self):
+        return sum(b.nbytes for b in self._bufs.values())
+
+
+# ----------------------------------------------------------------- validation
+
+def _check_int(v, name, lo=None, hi=None):
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {type(v).__name__} ({v!r})")
+    v = int(v)
+    if lo is not None and v < lo:
+        raise ValueError(f"{name} must be >= {lo}, got {v}")
+    if hi is not None and v > hi:
+        raise ValueError(f"{name} must be <= {hi}, got {v}")
+    return v
+
+
+def _check_array(a, name, ndim, dtype=np.float32, writable=False):
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray of {np.dtype(dtype).name}, "
+                        f"got {type(a).__name__}")
+    if a.dtype != dtype:
+        raise TypeError(f"{name} must have dtype {np.dtype(dtype).name}, got {a.dtype} "
+                        f"(convert with {name}.astype(np.{np.dtype(dtype).name}))")
+    if a.ndim != ndim:
+        raise ValueError(f"{name} must be {ndim}-D, got {a.ndim}-D with shape {a.shape}")
+    if not a.flags.c_contiguous:
+        raise ValueError(f"{name} must be C-contiguous (use np.ascontiguousarray({name}))")
+    if writable and not a.flags.writeable:
+        raise ValueError(f"{name} must be writable, got a read-only array")
+    if a.size == 0:
+        raise ValueError(f"{name} must not be empty, got shape {a.shape}")
+    return a
+
+
+def _threads(threads):
+    if threads is None:
+        return get_num_threads()
+    return _check_int(threads, "threads", 1, 4096)
+
+
+def _check_finite(a, name):
+    if not np.isfinite(a).all():
+        bad = int(a.size - np.count_nonzero(np.isfinite(a)))
+        raise ValueError(f"{name} contains {bad} non-finite value(s) (NaN or Inf)")
+
+
+# ---------------------------------------------------------------- selection
+
+def topk_rows_into(g, k, idx, val, ws, nthreads):
+    """Unchecked: per-row top-k of g into idx/val. Returns the non-finite count."""
+    heap = ws.get("heap", (nthreads * _kernels.topk_ws_entries(k),), np.int64)
+    return _kernels.topk_rows(g, k, idx, val, heap, nthreads)
+
+
+def topk_rows(g, k, *, hits=None, threads=None):
+    """Per-example top-k by magnitude.
+
+    g: float32 (B, n). k: int in [1, n].
+    Returns ``idx`` int32 (B, k), ascending in each row, and ``val`` float32
+    (B, k) = ``g[b, idx[b]]``. Larger ``|g|`` wins; among equal magnitudes the
+    lower index; zeros are chosen only when a row has fewer than k non-zeros.
+    hits: optional int64 (n,) array; ``hits[j] += 1`` for every selected j
+    with a non-zero value (meSimp's activeness record).
+    Raises ValueError if g holds NaN or Inf.
+    """
+    _check_array(g, "g", 2)
+    B, n = g.shape
+    k = _check_int(k, "k", 1, n)
+    if hits is not None:
+        _check_array(hits, "hits", 1, np.int64, writable=True)
+        if hits.shape[0] != n:
+            raise ValueError(f"hits must have shape ({n},), got {hits.shape}")
+    nt = _threads(threads)
+    idx = np.empty((B, k), dtype=np.int32)
+    val = np.empty((B, k), dtype=np.float32)
+    bad = topk_rows_into(g, k, idx, val, Workspace(), nt)
+    if bad:
+        raise ValueError(f"g contains {bad} non-finite value(s) (NaN or Inf); "
+                         "top-k selection needs finite gradients")
+    if hits is not None:
+        _kernels.count_hits(idx, val, hits)
+    return idx, val
+
+
+def topk_unified_into(g, k, idx, ws, nthreads):
+    """Unchecked: unified top-k of g into idx (k,). Returns the non-finite count."""
+    colsum = ws.get("colsum", (g.shape[1],), np.float32)
+    heap = ws.get("heap", (_kernels.topk_ws_entries(k),), np.int64)
+    return _kernels.topk_unified(g, k, idx, colsum, heap, nthreads)
+
+
+def topk_unified(g, k, *, threads=None):
+    """One index set for the whole batch: the k columns with the largest
+    ``sum_b |g[b, j]|`` (ties: lower index), as int32 (k,) ascending."""
+    _check_array(g, "g", 2)
+    k = _check_int(k, "k", 1, g.shape[1])
+    idx = np.empty((k,), dtype=np.int32)
+    bad = topk_unified_into(g, k, idx, Workspace(), _threads(threads))
+    if bad:
+        raise ValueError(f"g contains {bad} non-finite value(s) (NaN or Inf)")
+    return idx
+
+
+def randk_rows(B, n, k, seed, *, threads=None):
+    """A uniformly random k-subset of range(n) per row, int32 (B, k) ascending.
+
+    Row b depends only on (seed, b): the same for any thread count.
+    """
+    B = _check_int(B, "B", 1)
+    n = _check_int(n, "n", 1, 2**31 - 1)
+    k = _check_int(k, "k", 1, n)
+    seed = _check_int(seed, "seed", 0, 2**64 - 1)
+    idx = np.empty((B, k), dtype=np.int32)
+    _kernels.randk_rows(B, n, k, seed, idx, _threads(threads))
+    return idx
+
+
+# ---------------------------------------------------------------- backward
+
+def sparse_backward_into(x, W, idx, val, ws, nthreads):
+    """Unchecked sparse backward. dx and the RowGrad live in ``ws``."""
+    B, k = idx.shape
+    n_out, n_in = W.shape
+    dx = ws.get("dx", (B, n_in), np.float32)
+    sel = ws.get("sel", (nthreads * k,), np.int32)
+    coef = ws.get("coef", (nthreads * k,), np.float32)
+    _kernels.sparse_dx(W, idx, val, dx, sel, coef, nthreads)
+    npairs = B * k
+    cursor = ws.get("cursor", (n_out,), np.int32)
+    rows = ws.get("rows", (min(n_out, npairs),), np.int32)
+    offsets = ws.get("offsets", (min(n_out, npairs) + 1,), np.int32)
+    pair_b = ws.get("pair_b", (npairs,), np.int32)
+    pair_v = ws.get("pair_v", (npairs,), np.float32)
+    r = _kernels.group_pairs(idx, val, n_out, cursor, rows, offsets, pair_b, pair_v)
+    values = ws.get("values", (r, n_in), np.float32)
+    _kernels.sparse_dw(x, r, offsets, pair_b, pair_v, values, nthreads)
+    return dx, RowGrad(rows[:r], values)
+
+
+def _check_backward_args(x, W, idx, val):
+    _check_array(x, "x", 2)
+    _check_array(W, "W", 2)
+    _check_array(idx, "idx", 2, np.int32)
+    _check_array(val, "val", 2)
+    B, n_in = x.shape
+    n_out = W.shape[0]
+    if W.shape[1] != n_in:
+        raise ValueError(f"W must have shape (n_out, {n_in}) to match x {x.shape}, got {W.shape}")
+    if idx.shape[0] != B:
+        raise ValueError(f"idx must have {B} rows (one per example of x), got {idx.shape}")
+    if val.shape != idx.shape:
+        raise ValueError(f"val must have the shape of idx {idx.shape}, got {val.shape}")
+    lo, hi = int(idx.min()), int(idx.max())
+    if lo < 0 or hi >= n_out:
+        raise ValueError(f"idx values must lie in [0, {n_out}) (rows of W), got range [{lo}, {hi}]")
+    return B, n_in, n_out
+
+
+def sparse_backward(x, W, idx, val, *, threads=None):
+    """meProp backward of ``y = x W^T + b`` for the kept gradient entries.
+
+    x float32 (B, n_in), W float32 (n_out, n_in), idx int32 (B, k) and val
+    float32 (B, k) from :func:`topk_rows` (or any index sets; an index may
+    repeat within a row, its values then add up).
+    Returns ``dx`` (B, n_in) and a :class:`RowGrad` of dW whose rows are the
+    distinct output rows hit by a non-zero value, ascending.
+    """
+    _check_backward_args(x, W, idx, val)
+    nt = _threads(threads)
+    dx, grad = sparse_backward_into(x, W, idx, val, Workspace(), nt)
+    return dx, grad
+
+
+def unified_backward(x, W, idx, dy):
+    """Backward with one index set ``idx`` (k,) for the batch (unified top-k):
+    ``dx = dy[:, S] @ W[S]`` and ``dW[S] = dy[:, S].T @ x`` as small dense
+    products through numpy's BLAS. Returns ``dx`` and a :class:`RowGrad`."""
+    _check_array(x, "x", 2)
+    _check_array(W, "W", 2)
+    _check_array(idx, "idx", 1, np.int32)
+    _check_array(dy, "dy", 2)
+    if W.shape[1] != x.shape[1]:
+        raise ValueError(f"W must have shape (n_out, {x.shape[1]}) to match x, got {W.shape}")
+    if dy.shape != (x.shape[0], W.shape[0]):
+        raise ValueError(f"dy must have shape {(x.shape[0], W.shape[0])}, got {dy.shape}")
+    if int(idx.min()) < 0 or int(idx.max()) >= W.shape[0]:
+        raise ValueError(f"idx values must lie in [0, {W.shape[0]})")
+    if np.any(np.diff(idx) <= 0):
+        raise ValueError("idx must be strictly ascending (as topk_unified returns it)")
+    return unified_backward_into(x, W, idx, dy)
+
+
+def unified_backward_into(x, W, idx, dy):
+    dyS = dy[:, idx]                 # (B, k) dense block
+    dx = dyS @ W[idx]                # (B, n_in)
+    values = dyS.T @ x               # (k, n_in)
+    return dx, RowGrad(idx, values)
+
+
+def dense_backward(x, W, dy):
+    """Exact dense backward: ``dx = dy @ W``, dW = ``dy.T @ x`` (numpy BLAS)."""
+    _check_array(x, "x", 2)
+    _check_array(W, "W", 2)
+    _check_array(dy, "dy", 2)
+    if W.shape[1] != x.shape[1] or dy.shape != (x.shape[0], W.shape[0]):
+        raise ValueError(f"shapes do not match: x {x.shape}, W {W.shape}, dy {dy.shape}")
+    return dy @ W, RowGrad(None, dy.T @ x)

@@ -1,0 +1,493 @@
+"""Layers, activations, loss and models with explicit forward / backward.
+
+Every module has ``forward(x)`` and ``backward(dy) -> dx``; a module with
+weights exposes them as :class:`Parameter` objects whose ``grad`` the
+backward pass sets (a :class:`~meprop_cpu.kernels.RowGrad` for weight
+matrices, a dense array for biases). Arrays are float32 and C-contiguous.
+
+meProp lives in :class:`Linear`: with ``k`` set, its backward keeps only the
+top-k entries of each example's output gradient and runs the sparse kernels,
+so the weight gradient touches only the selected rows of ``W``.
+"""
+import numbers
+
+import numpy as np
+
+from . import _kernels, kernels
+from ._config import get_num_threads
+from .kernels import RowGrad, Workspace
+
+__all__ = ["Parameter", "Module", "Linear", "ReLU", "Tanh", "Cube", "Dropout", "Identity",
+           "SoftmaxCrossEntropy", "Sequential", "MLP", "MODES"]
+
+MODES = ("topk", "unified", "random", "dense")
+
+
+class Parameter:
+    """A trainable array and its gradient (set by backward, cleared by zero_grad)."""
+
+    __slots__ = ("data", "grad", "name")
+
+    def __init__(self, data, name=""):
+        self.data = np.ascontiguousarray(data, dtype=np.float32)
+        self.grad = None
+        self.name = name
+
+    @property
+    def shape(self):
+        return self.data.shape
+
+    def __repr__(self):
+        return f"Parameter({self.name!r}, shape={self.data.shape})"
+
+
+class Module:
+    training = True
+
+    def forward(self, x):
+        raise NotImplementedError
+
+    def backward(self, dy):
+        raise NotImplementedError
+
+    def __call__(self, x):
+        return self.forward(x)
+
+    def parameters(self):
+        return []
+
+    def train(self, mode=True):
+        self.training = bool(mode)
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+
+def _check_input(x, n, who, name="x"):
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"{who}: {name} must be a numpy.ndarray of float32, got {type(x).__name__}")
+    if x.dtype != np.float32:
+        raise TypeError(f"{who}: {name} must have dtype float32, got {x.dtype} "
+                        f"(convert with {name}.astype(np.float32))")
+    if x.ndim != 2:
+        raise ValueError(f"{who}: {name} must be 2-D (batch, features), got shape {x.shape}")
+    if x.shape[0] == 0:
+        raise ValueError(f"{who}: {name} is an empty batch (shape {x.shape})")
+    if n is not None and x.shape[1] != n:
+        raise ValueError(f"{who}: {name} must have {n} columns, got shape {x.shape}")
+    if not x.flags.c_contiguous:
+        x = np.ascontiguousarray(x)
+    return x
+
+
+def _check_k(k, n_out, who):
+    if k is None:
+        return None
+    if isinstance(k, (bool, np.bool_)) or not isinstance(k, numbers.Integral):
+        raise TypeError(f"{who}: k must be an int or None, got {type(k).__name__} ({k!r})")
+    k = int(k)
+    if k < 1:
+        raise ValueError(f"{who}: k must be >= 1 (or None for dense backprop), got {k}")
+    return k
+
+
+def _check_size(v, name, who):
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Integral):
+        raise TypeError(f"{who}: {name} must be an int, got {type(v).__name__} ({v!r})")
+    if int(v) < 1:
+        raise ValueError(f"{who}: {name} must be >= 1, got {v}")
+    return int(v)
+
+
+class Linear(Module):
+    """``y = x W^T + b`` with ``W`` (n_out, n_in), meProp backward when ``k`` is set.
+
+    mode: "topk" (per-example top-k, the paper's meProp), "unified" (one index
+    set per batch, ranked by the column sums of |dy|), "random" (a fresh random
+    k-subset per example: the paper's ablation) or "dense". ``k=None`` or
+    ``k >= n_out`` gives exact dense backprop in every mode.
+
+    After ``backward(dy)``: ``W.grad`` is a RowGrad holding only the touched
+    rows, ``b.grad`` the dense bias gradient ``dy.sum(0)`` (from the full dy,
+    as the authors' code does). ``dx`` and the RowGrad live in this layer's
+    workspace: they stay valid until its next backward.
+
+    ``hits`` (int64 (n_out,)) and ``seen`` count, when ``track_hits`` is on,
+    how many examples had each neuron in their top-k set with a non-zero
+    gradient: meSimp's activeness record.
+    """
+
+    def __init__(self, n_in, n_out, k=None, mode="topk", seed=None, init="glorot",
+                 needs_input_grad=True):
+        who = "Linear"
+        n_in = _check_size(n_in, "n_in", who)
+        n_out = _check_size(n_out, "n_out", who)
+        if mode not in MODES:
+            raise ValueError(f"{who}: mode must be one of {MODES}, got {mode!r}")
+        self.k = _check_k(k, n_out, who)
+        self.mode = mode
+        if seed is not None:
+            seed = kernels._check_int(seed, "seed", 0, 2**63 - 1)
+        rng = np.random.default_rng(seed)
+        if init == "glorot":
+            a = np.sqrt(6.0 / (n_in + n_out))
+            w = rng.uniform(-a, a, size=(n_out, n_in))
+        elif init == "zeros":
+            w = np.zeros((n_out, n_in))
+        else:
+            raise ValueError(f"{who}: init must be 'glorot' or 'zeros', got {init!r}")
+        self.W = Parameter(w, "W")
+        self.b = Parameter(np.zeros(n_out), "b")
+        self.needs_input_grad = bool(needs_input_grad)
+        self._rand_seed = int(rng.integers(0, 2**63 - 1)) if seed is not None else 0
+        self._rand_calls = 0
+        self._x = None
+        self._ws = Workspace()
+        self.track_hits = False
+        self.hits = np.zeros(n_out, dtype=np.int64)
+        self.seen = 0
+
+    @property
+    def n_in(self):
+        return self.W.data.shape[1]
+
+    @property
+    def n_out(self):
+        return self.W.data.shape[0]
+
+    @property
+    def sparse(self):
+        """True when backward takes the meProp path at the current width."""
+        return self.mode != "dense" and self.k is not None and self.k < self.n_out
+
+    def parameters(self):
+        return [self.W, self.b]
+
+    def forward(self, x):
+        x = _check_input(x, self.n_in, "Linear.forward")
+        y = x @ self.W.data.T
+        y += self.b.data
+        if self.training:
+            self._x = x
+        return y
+
+    def backward(self, dy):
+        if self._x is None:
+            raise RuntimeError("Linear.backward called without a forward pass in training mode")
+        x = self._x
+        dy = _check_input(dy, self.n_out, "Linear.backward", "dy")
+        if dy.shape[0] != x.shape[0]:
+            raise ValueError(f"Linear.backward: dy has {dy.shape[0]} rows, the forward batch "
+                             f"had {x.shape[0]}")
+        W = self.W.data
+        self.b.grad = dy.sum(axis=0)
+        nt = get_num_threads()
+        dx = None
+        if not self.sparse:
+            if self.needs_input_grad:
+                dx = dy @ W
+            self.W.grad = RowGrad(None, dy.T @ x)
+            if self.track_hits:
+                # every neuron with a non-zero gradient counts as selected
+                self.hits += np.count_nonzero(dy, axis=0)
+                self.seen += dy.shape[0]
+            return dx
+        k = self.k
+        B = dy.shape[0]
+        ws = self._ws
+        if self.mode == "unified":
+            idx = ws.get("uidx", (k,), np.int32)
+            bad = kernels.topk_unified_into(dy, k, idx, ws, nt)
+            if bad:
+                raise FloatingPointError(f"Linear.backward: dy contains {bad} NaN/Inf value(s)")
+            dyS = dy[:, idx]
+            if self.needs_input_grad:
+                dx = dyS @ W[idx]
+            self.W.grad = RowGrad(idx, dyS.T @ x)
+            if self.track_hits:
+                self.hits[idx] += np.count_nonzero(dyS, axis=0)
+                self.seen += B
+            return dx
+        idx = ws.get("idx", (B, k), np.int32)
+        val = ws.get("val", (B, k), np.float32)
+        if self.mode == "topk":
+            bad = kernels.topk_rows_into(dy, k, idx, val, ws, nt)
+            if bad:
+                raise FloatingPointError(f"Linear.backward: dy contains {bad} NaN/Inf value(s)")
+        else:  # random
+            seed = (self._rand_seed + self._rand_calls) % 2**64
+            self._rand_calls += 1
+            _kernels.randk_rows(B, self.n_out, k, seed, idx, nt)
+            val[...] = np.take_along_axis(dy, idx, axis=1)
+        if self.track_hits:
+            _kernels.count_hits(idx, val, self.hits)
+            self.seen += B
+        if self.needs_input_grad:
+            dx, self.W.grad = kernels.sparse_backward_into(x, W, idx, val, ws, nt)
+        else:
+            self.W.grad = _weight_grad_only(x, W, idx, val, ws, nt)
+        return dx
+
+    def reset_hits(self):
+        self.hits = np.zeros(self.n_out, dtype=np.int64)
+        self.seen = 0
+
+    def __repr__(self):
+        return f"Linear({self.n_in}, {self.n_out}, k={self.k}, mode={self.mode!r})"
+
+
+def _weight_grad_only(x, W, idx, val, ws, nt):
+    """The RowGrad of dW without computing dx (for a network's first layer)."""
+    B, k = idx.shape
+    n_out, n_in = W.shape
+    npairs = B * k
+    cursor = ws.get("cursor", (n_out,), np.int32)
+    rows = ws.get("rows", (min(n_out, npairs),), np.int32)
+    offsets = ws.get("offsets", (min(n_out, npairs) + 1,), np.int32)
+    pair_b = ws.get("pair_b", (npairs,), np.int32)
+    pair_v = ws.get("pair_v", (npairs,), np.float32)
+    r = _kernels.group_pairs(idx, val, n_out, cursor, rows, offsets, pair_b, pair_v)
+    values = ws.get("values", (r, n_in), np.float32)
+    _kernels.sparse_dw(x, r, offsets, pair_b, pair_v, values, nt)
+    return RowGrad(rows[:r], values)
+
+
+class Identity(Module):
+    def forward(self, x):
+        return x
+
+    def backward(self, dy):
+        return dy
+
+
+class ReLU(Module):
+    def forward(self, x):
+        y = np.maximum(x, 0.0, dtype=np.float32)
+        if self.training:
+            self._mask = x > 0
+        return y
+
+    def backward(self, dy):
+        return np.multiply(dy, self._mask, dtype=np.float32)
+
+
+class Tanh(Module):
+    def forward(self, x):
+        y = np.tanh(x)
+        if self.training:
+            self._y = y
+        return y
+
+    def backward(self, dy):
+        return dy * (1.0 - self._y * self._y)
+
+
+class Cube(Module):
+    """x ** 3, the activation of Chen & Manning's parser."""
+
+    def forward(self, x):
+        if self.training:
+            self._x = x
+        return x * x * x
+
+    def backward(self, dy):
+        return dy * (3.0 * self._x * self._x)
+
+
+class Dropout(Module):
+    """Inverted dropout: in training, zero each unit with probability p and
+    scale the rest by 1/(1-p); identity in eval mode. Seeded."""
+
+    def __init__(self, p=0.5, seed=None):
+        if not isinstance(p, numbers.Real) or isinstance(p, bool) or not 0.0 <= float(p) < 1.0:
+            raise ValueError(f"Dropout: p must be a float in [0, 1), got {p!r}")
+        self.p = float(p)
+        self._rng = np.random.default_rng(seed)
+
+    def forward(self, x):
+        if not self.training or self.p == 0.0:
+            self._scale = None
+            return x
+        keep = self._rng.random(x.shape, dtype=np.float32) >= self.p
+        self._scale = keep.astype(np.float32) * np.float32(1.0 / (1.0 - self.p))
+        return x * self._scale
+
+    def backward(self, dy):
+        return dy if self._scale is None else dy * self._scale
+
+    def rng_state(self):
+        return self._rng.bit_generator.state
+
+    def set_rng_state(self, state):
+        self._rng.bit_generator.state = state
+
+
+class SoftmaxCrossEntropy:
+    """Mean softmax cross-entropy over the batch; ``backward()`` returns d loss / d logits."""
+
+    def forward(self, logits, y):
+        logits = _check_input(logits, None, "SoftmaxCrossEntropy", "logits")
+        y = np.asarray(y)
+        if y.ndim != 1 or y.shape[0] != logits.shape[0]:
+            raise ValueError(f"SoftmaxCrossEntropy: y must be 1-D with {logits.shape[0]} labels, "
+                             f"got shape {y.shape}")
+        if not np.issubdtype(y.dtype, np.integer):
+            raise TypeError(f"SoftmaxCrossEntropy: y must hold integer labels, got {y.dtype}")
+        C = logits.shape[1]
+        if y.size and (y.min() < 0 or y.max() >= C):
+            raise ValueError(f"SoftmaxCrossEntropy: labels y must lie in [0, {C}), "
+                             f"got range [{y.min()}, {y.max()}]")
+        z = logits - logits.max(axis=1, keepdims=True)
+        ez = np.exp(z)
+        s = ez.sum(axis=1, keepdims=True)
+        p = ez / s
+        rows = np.arange(logits.shape[0])
+        loss = float(np.mean(np.log(s[:, 0]) - z[rows, y]))
+        self._p, self._y = p, y
+        return loss
+
+    __call__ = forward
+
+    def backward(self):
+        d = self._p.copy()
+        d[np.arange(d.shape[0]), self._y] -= 1.0
+        d *= np.float32(1.0 / d.shape[0])
+        return d
+
+
+class Sequential(Module):
+    def __init__(self, *modules):
+        for i, m in enumerate(modules):
+            if not isinstance(m, Module):
+                raise TypeError(f"Sequential: item {i} is a {type(m).__name__}, not a Module")
+        self.modules = list(modules)
+
+    def forward(self, x):
+        for m in self.modules:
+            x = m.forward(x)
+        return x
+
+    def backward(self, dy):
+        for m in reversed(self.modules):
+            dy = m.backward(dy)
+            if dy is None:
+                break
+        return dy
+
+    def parameters(self):
+        return [p for m in self.modules for p in m.parameters()]
+
+    def named_parameters(self):
+        out = []
+        for i, m in enumerate(self.modules):
+            for p in m.parameters():
+                out.append((f"{i}.{p.name}", p))
+        return out
+
+    def train(self, mode=True):
+        self.training = bool(mode)
+        for m in self.modules:
+            m.train(mode)
+        return self
+
+    @property
+    def linears(self):
+        return [m for m in self.modules if isinstance(m, Linear)]
+
+    def state_dict(self):
+        """Name -> array copy for every parameter ("0.W", "0.b", "2.W", ...)."""
+        return {name: p.data.copy() for name, p in self.named_parameters()}
+
+    def load_state_dict(self, state):
+        named = dict(self.named_parameters())
+        missing = sorted(set(named) - set(state))
+        extra = sorted(set(state) - set(named))
+        if missing or extra:
+            raise ValueError(f"load_state_dict: keys do not match the model "
+                             f"(missing {missing}, unexpected {extra})")
+        for name, p in named.items():
+            a = np.asarray(state[name])
+            if a.shape != p.data.shape:
+                raise ValueError(f"load_state_dict: {name} has shape {a.shape}, the model "
+                                 f"expects {p.data.shape} (checkpoint from another architecture?)")
+        for name, p in named.items():
+            p.data = np.ascontiguousarray(state[name], dtype=np.float32).copy()
+            p.grad = None
+
+    def __repr__(self):
+        inner = ",\n  ".join(repr(m) for m in self.modules)
+        return f"{type(self).__name__}(\n  {inner}\n)"
+
+
+_ACTIVATIONS = {"relu": ReLU, "tanh": Tanh, "cube": Cube}
+
+
+class MLP(Sequential):
+    """A multilayer perceptron for classification.
+
+    sizes: [n_in, h1, ..., n_classes]. k and mode apply to every hidden layer
+    (the same k for all, as in the paper); the output layer backpropagates
+    densely unless ``topk_output=True``. The first layer never computes the
+    gradient of the input. ``dropout`` > 0 inserts inverted dropout after each
+    hidden activation.
+    """
+
+    def __init__(self, sizes, k=None, mode="topk", dropout=0.0, activation="relu",
+                 topk_output=False, seed=0):
+        who = "MLP"
+        if not isinstance(sizes, (list, tuple)) or len(sizes) < 2:
+            raise ValueError(f"{who}: sizes must be a list of at least two layer widths, got {sizes!r}")
+        sizes = [_check_size(s, f"sizes[{i}]", who) for i, s in enumerate(sizes)]
+        if activation not in _ACTIVATIONS:
+            raise ValueError(f"{who}: activation must be one of {sorted(_ACTIVATIONS)}, "
+                             f"got {activation!r}")
+        if mode not in MODES:
+            raise ValueError(f"{who}: mode must be one of {MODES}, got {mode!r}")
+        k = _check_k(k, None, who)
+        if seed is not None:
+            seed = kernels._check_int(seed, "seed", 0, 2**63 - 1)
+        ss = np.random.SeedSequence(seed)
+        seeds = [int(s.generate_state(1, np.uint64)[0] >> 1) for s in ss.spawn(2 * len(sizes))]
+        mods = []
+        n_layers = len(sizes) - 1
+        for i in range(n_layers):
+            last = i == n_layers - 1
+            lk = k if (not last or topk_output) else None
+            mods.append(Linear(sizes[i], sizes[i + 1], k=lk, mode=mode, seed=seeds[i],
+                               needs_input_grad=i > 0))
+            if not last:
+                mods.append(_ACTIVATIONS[activation]())
+                if dropout:
+                    mods.append(Dropout(dropout, seed=seeds[n_layers + i]))
+        super().__init__(*mods)
+        self.config = {"sizes": sizes, "k": k, "mode": mode, "dropout": float(dropout),
+                       "activation": activation, "topk_output": bool(topk_output), "seed": seed}
+
+    @property
+    def sizes(self):
+        lin = self.linears
+        return [lin[0].n_in] + [m.n_out for m in lin]
+
+    @property
+    def hidden_sizes(self):
+        return self.sizes[1:-1]
+
+    def logits(self, x, batch_size=1024):
+        """Forward in eval mode, in batches; restores the previous mode."""
+        x = _check_input(x, self.sizes[0], "MLP.logits")
+        was = self.training
+        self.eval()
+        try:
+            out = [self.forward(x[i:i + batch_size]) for i in range(0, x.shape[0], batch_size)]
+        finally:
+            self.train(was)
+        return np.concatenate(out, axis=0)
+
+    def predict(self, x, batch_size=1024):
+        """Predicted class for each row of x."""
+        return self.logits(x, batch_size).argmax(axis=1)
+
+    def accuracy(self, x, y, batch_size=1024):
+        """Percentage of rows of x whose predicted class equals y."""
+        return 100.0 * float(np.mean(self.predict(x, batch_size) == np.asarray(y)))

@@ -1,0 +1,222 @@
+"""SGD, AdaGrad and Adam over dense and row-sparse gradients.
+
+With ``sparse=True`` (the default) a weight whose gradient is a
+:class:`~meprop_cpu.kernels.RowGrad` is updated only on ``grad.rows``: those
+rows of the weight and of its optimizer state are read and written, every
+other row is left bit-for-bit unchanged. This is the semantics of PyTorch's
+``SparseAdam``; it differs from dense Adam in that rows without gradient keep
+their moments frozen instead of decaying them, and do not move (dense Adam
+keeps moving a weight on its old momentum even when its gradient is zero).
+Adam's bias correction uses the parameter's step count, as both PyTorch
+optimizers do.
+
+``sparse=False`` reproduces the papers: the row gradient is expanded to a
+dense one and every weight and every moment is updated each step.
+
+Bias vectors (dense gradients) are always updated densely. The updates are C
+kernels (include/meprop/optim.h), parallel over rows when the work pays.
+"""
+import numbers
+
+import numpy as np
+
+from . import _kernels
+from ._config import get_num_threads
+from .kernels import RowGrad
+
+__all__ = ["Optimizer", "SGD", "AdaGrad", "Adam"]
+
+_SGD, _ADAGRAD, _ADAM = 0, 1, 2
+
+
+def _check_float(v, name, who, lo=0.0, lo_open=False, hi=None):
+    if isinstance(v, bool) or not isinstance(v, numbers.Real):
+        raise TypeError(f"{who}: {name} must be a number, got {type(v).__name__} ({v!r})")
+    v = float(v)
+    if not np.isfinite(v) or (v <= lo if lo_open else v < lo) or (hi is not None and v >= hi):
+        rng = f"{'(' if lo_open else '['}{lo}, {hi if hi is not None else 'inf'})"
+        raise ValueError(f"{who}: {name} must be finite and in {rng}, got {v}")
+    return v
+
+
+class Optimizer:
+    """Base class: holds parameters, per-parameter state and hyper-parameters."""
+
+    _kind = None
+    _n_state = 0
+
+    def __init__(self, params, lr, *, clip=0.0, weight_decay=0.0, sparse=True):
+        who = type(self).__name__
+        params = list(params)
+        if not params:
+            raise ValueError(f"{who}: params is empty (pass model.parameters())")
+        for i, p in enumerate(params):
+            if not hasattr(p, "data") or not hasattr(p, "grad"):
+                raise TypeError(f"{who}: params[{i}] is a {type(p).__name__}, not a Parameter")
+        self.params = params
+        self.lr = _check_float(lr, "lr", who, 0.0, lo_open=True)
+        self.clip = _check_float(clip, "clip", who)
+        self.weight_decay = _check_float(weight_decay, "weight_decay", who)
+        self.sparse = bool(sparse)
+        self.state = {}
+        self.steps = 0
+
+    # -- state -------------------------------------------------------------
+    def _state_for(self, p):
+        st = self.state.get(id(p))
+        if st is None or st["arrays"] and st["arrays"][0].shape != p.data.shape:
+            st = {"step": 0, "arrays": [np.zeros_like(p.data) for _ in range(self._n_state)]}
+            self.state[id(p)] = st
+        return st
+
+    def reset_state(self):
+        """Forget all moments / accumulators / step counts (meSimp does this per cycle)."""
+        self.state = {}
+
+    def zero_grad(self):
+        for p in self.params:
+            p.grad = None
+
+    def state_dict(self):
+        out = {"kind": type(self).__name__, "hyper": self._hyper(), "steps": self.steps,
+               "params": []}
+        for p in self.params:
+            st = self.state.get(id(p))
+            out["params"].append(None if st is None else
+                                 {"step": st["step"], "arrays": [a.copy() for a in st["arrays"]]})
+        return out
+
+    def load_state_dict(self, sd):
+        who = type(self).__name__
+        if sd.get("kind") != who:
+            raise ValueError(f"{who}.load_state_dict: state is for {sd.get('kind')!r}")
+        if len(sd["params"]) != len(self.params):
+            raise ValueError(f"{who}.load_state_dict: state has {len(sd['params'])} parameters, "
+                             f"the optimizer {len(self.params)}")
+        new = {}
+        for i, (p, st) in enumerate(zip(self.params, sd["params"])):
+            if st is None:
+                continue
+            arrays = [np.ascontiguousarray(a, dtype=np.float32).copy() for a in st["arrays"]]
+            if len(arrays) != self._n_state or any(a.shape != p.data.shape for a in arrays):
+                raise ValueError(f"{who}.load_state_dict: state of parameter {i} does not match "
+                                 f"its shape {p.data.shape}")
+            new[id(p)] = {"step": int(st["step"]), "arrays": arrays}
+        self.state = new
+        self.steps = int(sd.get("steps", 0))
+        for key, val in sd.get("hyper", {}).items():
+            setattr(self, key, val)
+
+    def _hyper(self):
+        return {"lr": self.lr, "clip": self.clip, "weight_decay": self.weight_decay}
+
+    def remap_state(self, old, new, keep_rows=None, keep_cols=None):
+        """Move ``old``'s state to parameter ``new`` keeping the given rows / columns
+        (meSimp's physical compaction). Used together with swapping p.data."""
+        st = self.state.pop(id(old), None)
+        if st is None:
+            return
+        arrays = []
+        for a in st["arrays"]:
+            if keep_rows is not None:
+                a = a[keep_rows]
+            if keep_cols is not None:
+                a = a[:, keep_cols]
+            arrays.append(np.ascontiguousarray(a))
+        self.state[id(new)] = {"step": st["step"], "arrays": arrays}
+
+    # -- update --------------------------------------------------------------
+    def _args(self, step):
+        """(momentum, eps, beta1, beta2, step_size, inv_sqrt_bc2) for the kernel."""
+        raise NotImplementedError
+
+    def step(self):
+        """Apply one update from every parameter's current ``grad`` (None: skipped)."""
+        nt = get_num_threads()
+        self.steps += 1
+        for p in self.params:
+            g = p.grad
+            if g is None:
+                continue
+            w = p.data
+            st = self._state_for(p)
+            st["step"] += 1
+            mom, eps, b1, b2, step_size, isb = self._args(st["step"])
+            arrs = [a if a.ndim == 2 else a.reshape(1, -1) for a in st["arrays"]]
+            s1 = arrs[0] if len(arrs) > 0 else None
+            s2 = arrs[1] if len(arrs) > 1 else None
+            rows = None
+            if isinstance(g, RowGrad):
+                if g.rows is None or not self.sparse:
+                    values = g.values if g.rows is None else g.to_dense(w.shape[0])
+                else:
+                    rows, values = g.rows, g.values
+            else:
+                values = np.asarray(g)
+                if values.shape != w.shape:
+                    raise ValueError(f"{type(self).__name__}.step: gradient of {p.name or 'param'} "
+                                     f"has shape {values.shape}, parameter {w.shape}")
+            w2 = w if w.ndim == 2 else w.reshape(1, -1)
+            v2 = values if values.ndim == 2 else values.reshape(1, -1)
+            v2 = np.ascontiguousarray(v2, dtype=np.float32)
+            r = v2.shape[0] if rows is None else rows.shape[0]
+            _kernels.optim_rows(self._kind, w2, s1, s2, rows, v2, r, self.lr, mom, eps, b1, b2,
+                                self.weight_decay, self.clip, step_size, isb, nt)
+
+
+class SGD(Optimizer):
+    """SGD with optional (heavy-ball, PyTorch-style) momentum."""
+
+    _kind = _SGD
+
+    def __init__(self, params, lr=0.1, momentum=0.0, **kw):
+        super().__init__(params, lr, **kw)
+        self.momentum = _check_float(momentum, "momentum", "SGD", hi=1.0)
+        self._n_state = 1 if self.momentum > 0 else 0
+
+    def _args(self, step):
+        return self.momentum, 0.0, 0.0, 0.0, 0.0, 0.0
+
+    def _hyper(self):
+        return dict(super()._hyper(), momentum=self.momentum)
+
+
+class AdaGrad(Optimizer):
+    """AdaGrad: ``acc += g^2; w -= lr g / (sqrt(acc) + eps)``; paper: lr 0.01-0.1, eps 1e-6."""
+
+    _kind = _ADAGRAD
+    _n_state = 1
+
+    def __init__(self, params, lr=0.01, eps=1e-6, **kw):
+        super().__init__(params, lr, **kw)
+        self.eps = _check_float(eps, "eps", "AdaGrad", lo_open=True)
+
+    def _args(self, step):
+        return 0.0, self.eps, 0.0, 0.0, 0.0, 0.0
+
+    def _hyper(self):
+        return dict(super()._hyper(), eps=self.eps)
+
+
+class Adam(Optimizer):
+    """Adam (PyTorch's formulation); the paper's setting is the default."""
+
+    _kind = _ADAM
+    _n_state = 2
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, **kw):
+        super().__init__(params, lr, **kw)
+        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+            raise ValueError(f"Adam: betas must be a pair (beta1, beta2), got {betas!r}")
+        self.betas = (_check_float(betas[0], "betas[0]", "Adam", hi=1.0),
+                      _check_float(betas[1], "betas[1]", "Adam", hi=1.0))
+        self.eps = _check_float(eps, "eps", "Adam", lo_open=True)
+
+    def _args(self, step):
+        b1, b2 = self.betas
+        step_size = self.lr / (1.0 - b1 ** step)
+        inv_sqrt_bc2 = 1.0 / np.sqrt(1.0 - b2 ** step)
+        return 0.0, self.eps, b1, b2, step_size, inv_sqrt_bc2
+
+    def _hyper(self):
+        return dict(super()._hyper(), betas=tuple(self.betas), eps=self.eps)
