@@ -13,6 +13,9 @@ cdef extern from "meprop/parallel.h":
     int MP_PARALLEL_MIN_WORK
     int mp_omp_max_threads() nogil
     const char *mp_simd_level() nogil
+    int mp_avx512_disabled
+    int MP_HAVE_AVX512_INTRIN
+    int mp_cpu_avx512() nogil
 
 cdef extern from "meprop/topk.h":
     ctypedef struct mp_entry:
@@ -57,6 +60,19 @@ def omp_max_threads():
 
 def simd_level():
     return mp_simd_level().decode()
+
+
+def avx512_paths():
+    """True when the hand-written AVX-512 kernels are in use."""
+    return bool(mp_cpu_avx512())
+
+
+def set_avx512_disabled(bint disabled):
+    """Force the portable kernels (for tests); returns the previous setting."""
+    global mp_avx512_disabled
+    old = bool(mp_avx512_disabled)
+    mp_avx512_disabled = 1 if disabled else 0
+    return old
 
 
 def parallel_min_work():

@@ -52,6 +52,26 @@ static inline int mp_team_size(int nthreads, int64_t work, int64_t units) {
 #define MP_RESTRICT
 #endif
 
+/* Hand-written AVX-512 paths (intrinsics in functions compiled for AVX-512
+ * only), chosen at run time when the CPU has AVX-512 F/VL/BW/DQ. */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(MEPROP_NO_DISPATCH)
+#include <immintrin.h>
+#define MP_HAVE_AVX512_INTRIN 1
+#define MP_TARGET_AVX512 __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,popcnt")))
+/* set to 1 to force the portable paths (tests use it to cover both) */
+static int mp_avx512_disabled = 0;
+static inline int mp_cpu_avx512(void) {
+    if (mp_avx512_disabled) return 0;
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl")
+        && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq");
+}
+#else
+#define MP_HAVE_AVX512_INTRIN 0
+static int mp_avx512_disabled = 0;
+static inline int mp_cpu_avx512(void) { return 0; }
+#endif
+
 /* The SIMD level the code runs at: what the dispatcher picks on this CPU, or
  * what the compiler was told to target when dispatch is off. */
 static inline const char *mp_simd_level(void) {

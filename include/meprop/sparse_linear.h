@@ -6,8 +6,9 @@
  *   values[r]  = sum over pairs (b, t) with idx[b, t] == rows[r]
  *                of val[b, t] * x[b]                         (parallel over r)
  * Both are sums of contiguous rows (W rows of n_in floats, x rows of n_in
- * floats), done four rows at a time so the accumulator row is loaded and
- * stored once per four source rows. Each output row is owned by one thread
+ * floats). With AVX-512 the output row is built chunk by chunk in registers
+ * (one FMA per loaded vector); otherwise four source rows are added per pass
+ * over the output row. Each output row is owned by one thread
  * and summed in a fixed order, so results are bit-identical for any thread
  * count. Pairs with a zero value carry no gradient and are skipped (a dead
  * ReLU or dropped unit does not make its weight row "touched"). */
@@ -39,8 +40,8 @@ static void mp_zero(float *MP_RESTRICT y, int64_t n) {
 
 /* y = sum_p coef[p] * src[sel[p]] for p in [0, np), rows of n floats.
  * Pairs are consumed in order, four at a time. */
-static inline void mp_gather_sum(float *y, int64_t n, const float *src, const int32_t *sel,
-                                 const float *coef, int64_t np) {
+static inline void mp_gather_sum_generic(float *y, int64_t n, const float *src, const int32_t *sel,
+                                         const float *coef, int64_t np) {
     mp_zero(y, n);
     int64_t p = 0;
     for (; p + 4 <= np; p += 4)
@@ -50,12 +51,71 @@ static inline void mp_gather_sum(float *y, int64_t n, const float *src, const in
     for (; p < np; p++) mp_axpy1(y, n, src + (int64_t)sel[p] * n, coef[p]);
 }
 
+#if MP_HAVE_AVX512_INTRIN
+/* The same sum with the output chunk held in registers: for each chunk of
+ * 128 floats, eight accumulators take one FMA per loaded source vector, so y
+ * is written once instead of once per group of source rows. The summation
+ * order per element (p ascending) is fixed, so results do not depend on the
+ * thread count. */
+MP_TARGET_AVX512
+static void mp_gather_sum_avx512(float *y, int64_t n, const float *src, const int32_t *sel,
+                                 const float *coef, int64_t np) {
+    int64_t i0 = 0;
+    for (; i0 + 128 <= n; i0 += 128) {
+        __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+        __m512 a4 = a0, a5 = a0, a6 = a0, a7 = a0;
+        for (int64_t p = 0; p < np; p++) {
+            const float *r = src + (int64_t)sel[p] * n + i0;
+            __m512 c = _mm512_set1_ps(coef[p]);
+            a0 = _mm512_fmadd_ps(c, _mm512_loadu_ps(r), a0);
+            a1 = _mm512_fmadd_ps(c, _mm512_loadu_ps(r + 16), a1);
+            a2 = _mm512_fmadd_ps(c, _mm512_loadu_ps(r + 32), a2);
+            a3 = _mm512_fmadd_ps(c, _mm512_loadu_ps(r + 48), a3);
+            a4 = _mm512_fmadd_ps(c, _mm512_loadu_ps(r + 64), a4);
+            a5 = _mm512_fmadd_ps(c, _mm512_loadu_ps(r + 80), a5);
+            a6 = _mm512_fmadd_ps(c, _mm512_loadu_ps(r + 96), a6);
+            a7 = _mm512_fmadd_ps(c, _mm512_loadu_ps(r + 112), a7);
+        }
+        _mm512_storeu_ps(y + i0, a0);
+        _mm512_storeu_ps(y + i0 + 16, a1);
+        _mm512_storeu_ps(y + i0 + 32, a2);
+        _mm512_storeu_ps(y + i0 + 48, a3);
+        _mm512_storeu_ps(y + i0 + 64, a4);
+        _mm512_storeu_ps(y + i0 + 80, a5);
+        _mm512_storeu_ps(y + i0 + 96, a6);
+        _mm512_storeu_ps(y + i0 + 112, a7);
+    }
+    for (; i0 < n; i0 += 16) {
+        __mmask16 live = n - i0 >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - i0)) - 1u);
+        __m512 a = _mm512_setzero_ps();
+        for (int64_t p = 0; p < np; p++) {
+            const float *r = src + (int64_t)sel[p] * n + i0;
+            a = _mm512_fmadd_ps(_mm512_set1_ps(coef[p]), _mm512_maskz_loadu_ps(live, r), a);
+        }
+        _mm512_mask_storeu_ps(y + i0, live, a);
+    }
+}
+#endif
+
+static inline void mp_gather_sum(float *y, int64_t n, const float *src, const int32_t *sel,
+                                 const float *coef, int64_t np, int avx512) {
+#if MP_HAVE_AVX512_INTRIN
+    if (avx512) {
+        mp_gather_sum_avx512(y, n, src, sel, coef, np);
+        return;
+    }
+#endif
+    (void)avx512;
+    mp_gather_sum_generic(y, n, src, sel, coef, np);
+}
+
 /* dx (B, n_in) from W (n_out, n_in) and the pairs (idx, val) (B, k).
  * sel_ws / coef_ws: nthreads * k scratch entries for the non-zero pairs. */
 static void mp_sparse_dx(const float *W, int64_t n_in, const int32_t *idx, const float *val,
                          int64_t B, int64_t k, float *dx, int32_t *sel_ws, float *coef_ws,
                          int nthreads) {
     int team = mp_team_size(nthreads, B * k * n_in, B);
+    const int avx512 = mp_cpu_avx512();
     #pragma omp parallel num_threads(team) if (team > 1)
     {
         int32_t *sel = sel_ws + (int64_t)mp_omp_thread_num() * k;
@@ -67,7 +127,7 @@ static void mp_sparse_dx(const float *W, int64_t n_in, const int32_t *idx, const
                 float v = val[b * k + t];
                 if (v != 0.0f) { sel[np] = idx[b * k + t]; coef[np] = v; np++; }
             }
-            mp_gather_sum(dx + b * n_in, n_in, W, sel, coef, np);
+            mp_gather_sum(dx + b * n_in, n_in, W, sel, coef, np, avx512);
         }
     }
 }
@@ -114,10 +174,12 @@ static void mp_sparse_dw(const float *x, int64_t n_in, int64_t r, const int32_t 
                          int nthreads) {
     int64_t npairs = offsets[r];
     int team = mp_team_size(nthreads, npairs * n_in, r);
+    const int avx512 = mp_cpu_avx512();
     #pragma omp parallel for num_threads(team) if (team > 1) schedule(dynamic, 4)
     for (int64_t q = 0; q < r; q++) {
         int64_t p0 = offsets[q];
-        mp_gather_sum(values + q * n_in, n_in, x, pair_b + p0, pair_v + p0, offsets[q + 1] - p0);
+        mp_gather_sum(values + q * n_in, n_in, x, pair_b + p0, pair_v + p0, offsets[q + 1] - p0,
+                      avx512);
     }
 }
 

@@ -135,13 +135,12 @@ static int64_t mp_filter_row_generic(const float *g, int64_t n, int64_t k, float
     return c;
 }
 
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(MEPROP_NO_DISPATCH)
-#include <immintrin.h>
+#if MP_HAVE_AVX512_INTRIN
 #define MP_HAVE_AVX512_FILTER 1
 /* The same filter with AVX-512: 16 entries per compare, survivors packed by
  * an in-register compress and one full-width store (the buffer keeps 16
  * entries of slack; a compress straight to memory is slow on some cores). */
-__attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,popcnt")))
+MP_TARGET_AVX512
 static int64_t mp_filter_row_avx512(const float *g, int64_t n, int64_t k, float *cm,
                                     int32_t *ci, float *scratch, int *bad) {
     const int64_t cap = mp_topk_cap(k);
@@ -173,11 +172,6 @@ static int64_t mp_filter_row_avx512(const float *g, int64_t n, int64_t k, float 
     return c;
 }
 
-static inline int mp_cpu_avx512(void) {
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl")
-        && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq");
-}
 #else
 #define MP_HAVE_AVX512_FILTER 0
 #endif
