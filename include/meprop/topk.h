@@ -34,7 +34,7 @@ MP_SIMD_CLONES
 static float mp_kth_largest(const float *MP_RESTRICT m, int64_t c, int64_t k,
                             float *MP_RESTRICT scratch) {
     if (c <= 256) {
-        float best = FLT_MAX;
+        float best = INFINITY;   /* a row may hold k or more infinities */
         for (int64_t i = 0; i < c; i++) {
             float mi = m[i];
             int above = 0;
@@ -71,7 +71,7 @@ static float mp_keep_best(float *m, int32_t *ix, int64_t c, int64_t k, float *sc
     int64_t above = 0;
     for (int64_t i = 0; i < c; i++) above += (m[i] > T);
     int64_t ties = k - above, w = 0;
-    for (int64_t i = 0; i < c; i++) {
+    for (int64_t i = 0; i < c && w < k; i++) {
         int take = m[i] > T || (m[i] == T && ties > 0);
         if (!take) continue;
         ties -= (m[i] == T);
@@ -226,7 +226,13 @@ static int64_t mp_topk_rows(const float *g, int64_t B, int64_t n, int64_t k,
             const float *row = g + b * n;
             int32_t *oi = idx + b * k;
             float *ov = val + b * k;
-            bad += mp_topk_row(row, n, k, heap, oi, avx512);
+            int64_t rb = mp_topk_row(row, n, k, heap, oi, avx512);
+            if (rb) {
+                /* NaN is never admitted, so fewer than k candidates may exist:
+                 * keep the indices valid; the caller reports the error */
+                for (int64_t t = 0; t < k; t++) oi[t] = (int32_t)t;
+                bad += rb;
+            }
             for (int64_t t = 0; t < k; t++) ov[t] = row[oi[t]];
         }
     }
@@ -267,7 +273,10 @@ static int64_t mp_topk_unified(const float *g, int64_t B, int64_t n, int64_t k, 
         int64_t j0 = c * chunk, j1 = j0 + chunk < n ? j0 + chunk : n;
         bad += mp_abs_colsum_block(g, B, n, j0, j1, colsum_ws);
     }
-    if (bad) return bad;
+    if (bad) {
+        for (int64_t t = 0; t < k; t++) idx[t] = (int32_t)t;   /* valid, never used */
+        return bad;
+    }
     /* huge finite inputs can overflow a column sum to Inf; the selector counts
      * that as non-finite, but Inf still ranks above every finite sum, so the
      * result is meaningful and the count is ignored here */
