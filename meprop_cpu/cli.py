@@ -1,0 +1,410 @@
+"""The ``meprop-cpu`` command line.
+
+    meprop-cpu train --dataset mnist --sizes 784,500,500,10 --k 20 --epochs 20
+    meprop-cpu data mnist [--data-dir DIR]
+    meprop-cpu info
+
+Exit codes: 0 success; 1 data or runtime error (message on stderr); 2 bad
+command line (one ``meprop-cpu CMD: error: ...`` line on stderr); 130
+interrupted.
+
+Subcommands are built by ``add_<name>_parser(subparsers)`` functions listed in
+``SUBCOMMANDS``; each sets ``func`` (``func(args, parser) -> int``) with
+``set_defaults``. To add one, write such a function and append it to
+``SUBCOMMANDS`` (or call ``register_subcommand(fn)`` before ``main``).
+
+The data set ``synthetic`` is a small, fixed, well-separated 10-class problem
+with 784 features built in-process (no files, no network): a smoke test for
+the command line, not a benchmark.
+"""
+import argparse
+import os
+import sys
+
+import numpy as np
+
+__all__ = ["main", "build_parser", "SUBCOMMANDS", "register_subcommand",
+           "add_train_parser", "add_data_parser", "add_info_parser",
+           "synthetic_dataset", "load_dataset", "DATASETS"]
+
+DATASETS = ("mnist", "fashion-mnist", "synthetic")
+N_FEATURES, N_CLASSES = 784, 10
+
+
+class CliError(Exception):
+    """A bad option found after parsing: reported as a usage error (exit 2)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but errors are one line on stderr (no usage block) and exit 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+# ------------------------------------------------------------------ data
+
+def synthetic_dataset(n_train=1000, n_dev=200, n_test=200, n_features=N_FEATURES,
+                      n_classes=N_CLASSES, seed=0):
+    """A seeded, well-separated classification problem shaped like MNIST.
+
+    Each class has a random prototype in [0, 1]^n_features; examples are the
+    prototype plus Gaussian noise. Returns the same dict as datasets.mnist().
+    """
+    rng = np.random.default_rng(seed)
+    protos = rng.random((n_classes, n_features), dtype=np.float32)
+    out = {}
+    for split, n in (("train", n_train), ("dev", n_dev), ("test", n_test)):
+        y = rng.integers(0, n_classes, size=n).astype(np.int64)
+        X = protos[y] + rng.normal(0.0, 0.35, size=(n, n_features)).astype(np.float32)
+        out[split] = (np.ascontiguousarray(X, dtype=np.float32), y)
+    return out
+
+
+def _has_mnist_files(d):
+    from . import datasets
+    return (os.path.isfile(d) or os.path.isfile(os.path.join(d, datasets.MNIST_PKL_NAME))
+            or any(os.path.exists(os.path.join(d, n)) or os.path.exists(os.path.join(d, n + ".gz"))
+                   for n in datasets.IDX_FILES.values()))
+
+
+def load_dataset(name, data_dir=None):
+    """{"train", "dev", "test"} for a data set name of DATASETS.
+
+    mnist: ``data_dir`` holding the IDX files or mnist.pkl.gz is read
+    directly; any other directory is used as the cache root (the file is
+    fetched into ``DIR/mnist/`` if missing). fashion-mnist: ``data_dir`` holds
+    the IDX files. Raises datasets.DataError.
+    """
+    from . import datasets
+    if name == "synthetic":
+        return synthetic_dataset()
+    if name == "mnist":
+        if data_dir is not None and _has_mnist_files(data_dir):
+            return datasets.mnist(data_dir)
+        return datasets.mnist(cache_dir=data_dir)
+    if name == "fashion-mnist":
+        return datasets.fashion_mnist(data_dir)
+    raise ValueError(f"unknown data set {name!r}; expected one of {DATASETS}")
+
+
+# ------------------------------------------------------------------ option types
+
+def _positive_int(text):
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {v}")
+    return v
+
+
+def _nonneg_int(text):
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {v}")
+    return v
+
+
+def _positive_float(text):
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
+    if not np.isfinite(v) or v <= 0:
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text}")
+    return v
+
+
+def _nonneg_float(text):
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not np.isfinite(v) or v < 0:
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text}")
+    return v
+
+
+def _probability(text):
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}") from None
+    if not 0.0 <= v < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text}")
+    return v
+
+
+def _sizes(text):
+    parts = [p.strip() for p in text.split(",")]
+    try:
+        sizes = [int(p) for p in parts]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers like 784,500,500,10, got {text!r}") from None
+    if len(sizes) < 2:
+        raise argparse.ArgumentTypeError(f"expected at least two layer sizes, got {text!r}")
+    if any(s < 1 for s in sizes):
+        raise argparse.ArgumentTypeError(f"layer sizes must be >= 1, got {text!r}")
+    return sizes
+
+
+# ------------------------------------------------------------------ subcommands
+
+def add_train_parser(subparsers):
+    p = subparsers.add_parser(
+        "train", help="train an MLP with meProp (or dense backprop)",
+        description="Train an MLP classifier with meProp top-k backprop (paper protocol: "
+                    "dev evaluated during training, test reported at the best dev).")
+    p.add_argument("--dataset", choices=DATASETS, default="mnist",
+                   help="mnist | fashion-mnist | synthetic (a tiny in-process smoke test)")
+    p.add_argument("--data-dir", default=None, metavar="DIR",
+                   help="directory with the data files (mnist: else used as the cache root)")
+    p.add_argument("--sizes", type=_sizes, default=[784, 500, 500, 10], metavar="N,H,...,C",
+                   help="layer widths, input first (default 784,500,500,10)")
+    p.add_argument("--k", type=_positive_int, default=20,
+                   help="top-k per hidden layer (default 20)")
+    p.add_argument("--mode", choices=("topk", "unified", "random", "dense"), default="topk",
+                   help="selection: per-example top-k, unified top-k, random-k or dense")
+    p.add_argument("--dense", action="store_true",
+                   help="ordinary backprop (ignores --k and --mode)")
+    p.add_argument("--topk-output", action="store_true",
+                   help="also sparsify the output layer's backprop")
+    p.add_argument("--dropout", type=_probability, default=0.0, metavar="P",
+                   help="dropout after each hidden layer, P in [0, 1) (default 0)")
+    p.add_argument("--optimizer", choices=("adam", "adagrad", "sgd"), default="adam")
+    p.add_argument("--lr", type=_positive_float, default=None,
+                   help="learning rate (default: adam 0.001, adagrad 0.01, sgd 0.1)")
+    p.add_argument("--clip", type=_nonneg_float, default=0.0,
+                   help="clip each gradient element to [-C, C] (0 = off)")
+    p.add_argument("--dense-update", action="store_true",
+                   help="update every weight each step (optimizer sparse=False, as the papers)")
+    p.add_argument("--batch-size", type=_positive_int, default=10)
+    p.add_argument("--epochs", type=_positive_int, default=20)
+    p.add_argument("--evals-per-epoch", type=_positive_int, default=1)
+    p.add_argument("--threads", type=_positive_int, default=None,
+                   help="kernel and BLAS threads (default: the current setting)")
+    p.add_argument("--seed", type=_nonneg_int, default=0)
+    p.add_argument("--max-train", type=_positive_int, default=None, metavar="N",
+                   help="use only the first N training examples")
+    p.add_argument("--log-json", default=None, metavar="FILE", help="JSON-lines log")
+    p.add_argument("--checkpoint", default=None, metavar="FILE",
+                   help="checkpoint written (atomically) after every epoch")
+    p.add_argument("--resume", default=None, metavar="FILE",
+                   help="continue from this checkpoint (checkpoints then go to --checkpoint, "
+                        "else to FILE)")
+    p.add_argument("--progress", choices=("auto", "on", "off"), default="auto",
+                   help="the updating progress line on stderr (auto: when it is a terminal)")
+    p.set_defaults(func=run_train)
+    return p
+
+
+def add_data_parser(subparsers):
+    p = subparsers.add_parser("data", help="fetch / verify a data set and print its shapes",
+                              description="Fetch (MNIST only) and verify a data set, then "
+                                          "print the shapes of its splits.")
+    p.add_argument("name", choices=DATASETS)
+    p.add_argument("--data-dir", default=None, metavar="DIR")
+    p.set_defaults(func=run_data)
+    return p
+
+
+def add_info_parser(subparsers):
+    p = subparsers.add_parser("info", help="print the build and threading configuration",
+                              description="Print meprop_cpu.show_config().")
+    p.set_defaults(func=run_info)
+    return p
+
+
+SUBCOMMANDS = [add_train_parser, add_data_parser, add_info_parser]
+
+
+def register_subcommand(add_parser):
+    """Add a subcommand builder ``add_parser(subparsers) -> parser`` (it must
+    ``set_defaults(func=...)``, ``func(args, parser) -> int``)."""
+    if add_parser not in SUBCOMMANDS:
+        SUBCOMMANDS.append(add_parser)
+    return add_parser
+
+
+def build_parser():
+    parser = _Parser(prog="meprop-cpu",
+                     description="meProp / meSimp training on multicore CPUs.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    for add in SUBCOMMANDS:
+        add(sub)
+    return parser
+
+
+# ------------------------------------------------------------------ train
+
+class _Threads:
+    """Set kernel threads and BLAS threads (threadpoolctl, if installed) to n;
+    ``restore()`` puts both back (main() may be called from Python)."""
+
+    def __init__(self, n):
+        from . import get_num_threads, set_num_threads
+        self._previous = get_num_threads()
+        self._blas = None
+        set_num_threads(n)
+        try:
+            from threadpoolctl import threadpool_limits
+        except ImportError:
+            return
+        self._blas = threadpool_limits(limits=n, user_api="blas")
+
+    def restore(self):
+        from . import set_num_threads
+        set_num_threads(self._previous)
+        if self._blas is not None:
+            self._blas.restore_original_limits()
+
+
+def _fmt_acc(v):
+    return "  -  " if v is None else f"{v:5.2f}"
+
+
+def _epoch_line(trainer, rec):
+    return (f"epoch {rec['epoch']:3d}/{trainer.epochs}  loss {rec['train_loss']:.4f}  "
+            f"dev {_fmt_acc(rec['dev_acc'])}  test@best-dev {_fmt_acc(rec['test_acc'])}  "
+            f"time {rec['time_epoch']:.2f}s (fwd {rec['time_forward']:.2f} "
+            f"bwd {rec['time_backward']:.2f} upd {rec['time_update']:.2f})  "
+            f"hidden {rec['hidden_sizes']}")
+
+
+def _summary_lines(s):
+    lines = [f"best dev {_fmt_acc(s['best_dev'])} (epoch {s['best_epoch']}, step "
+             f"{s['best_step']})  test at best dev {_fmt_acc(s['test_at_best_dev'])}"]
+    t = s["mean_time_epoch"]
+    if t is not None:
+        def part(name, v):
+            share = f" ({100.0 * v / t:.0f}%)" if t > 0 else ""
+            return f"{name} {v:.2f}s{share}"
+        lines.append(f"mean time per epoch {t:.2f}s: " + ", ".join([
+            part("forward", s["mean_time_forward"]), part("backward", s["mean_time_backward"]),
+            part("update", s["mean_time_update"])]))
+    lines.append(f"epochs {s['epochs_completed']}  threads {s['threads']}  k {s['k']}  "
+                 f"mode {s['mode']}  hidden {s['hidden_sizes']}")
+    return lines
+
+
+def run_train(args, parser):
+    from . import datasets
+    from .nn import MLP
+    from .train import Trainer, build_optimizer
+
+    if args.resume is not None and not os.path.isfile(args.resume):
+        raise CliError(f"--resume: checkpoint file {args.resume} does not exist")
+    if args.sizes[0] != N_FEATURES:
+        raise CliError(f"--sizes: the first size must be the input width {N_FEATURES} of "
+                       f"{args.dataset}, got {args.sizes[0]}")
+    if args.sizes[-1] != N_CLASSES:
+        raise CliError(f"--sizes: the last size must be the {N_CLASSES} classes of "
+                       f"{args.dataset}, got {args.sizes[-1]}")
+    threads = _Threads(args.threads) if args.threads is not None else None
+    try:
+        try:
+            data = load_dataset(args.dataset, args.data_dir)
+        except datasets.DataError as e:
+            print(f"{parser.prog}: data error: {e}", file=sys.stderr)
+            return 1
+        if args.max_train is not None:
+            X, y = data["train"]
+            data = dict(data, train=(np.ascontiguousarray(X[:args.max_train]),
+                                     np.ascontiguousarray(y[:args.max_train])))
+        dense = args.dense or args.mode == "dense"
+        model = MLP(args.sizes, k=None if dense else args.k,
+                    mode="dense" if dense else args.mode, dropout=args.dropout,
+                    topk_output=args.topk_output, seed=args.seed)
+        opt = build_optimizer(args.optimizer, model.parameters(), lr=args.lr,
+                              sparse=not args.dense_update, clip=args.clip)
+        ckpt = args.checkpoint if args.checkpoint is not None else args.resume
+        progress = {"auto": None, "on": True, "off": False}[args.progress]
+
+        def on_epoch(trainer, rec):
+            print(_epoch_line(trainer, rec), flush=True)
+
+        trainer = Trainer(model, opt, data, batch_size=args.batch_size, epochs=args.epochs,
+                          evals_per_epoch=args.evals_per_epoch, seed=args.seed,
+                          log_json=args.log_json, checkpoint=ckpt, progress=progress,
+                          on_epoch=on_epoch)
+        n_train = data["train"][0].shape[0]
+        from ._config import get_num_threads
+        print(f"train {args.dataset}: {n_train} train / {data['dev'][0].shape[0]} dev / "
+              f"{data['test'][0].shape[0]} test, sizes {args.sizes}, "
+              f"{'dense backprop' if dense else f'k {args.k} ({args.mode})'}, "
+              f"{args.optimizer} lr {opt.lr:g}{' dense update' if args.dense_update else ''}, "
+              f"batch {args.batch_size}, threads {get_num_threads()}", flush=True)
+        try:
+            summary = trainer.fit(resume=args.resume)
+        except (ValueError, FloatingPointError, OSError) as e:
+            print(f"{parser.prog}: error: {e}", file=sys.stderr)
+            return 1
+        for line in _summary_lines(summary):
+            print(line)
+        return 0
+    finally:
+        if threads is not None:
+            threads.restore()
+
+
+# ------------------------------------------------------------------ data / info
+
+def run_data(args, parser):
+    from . import datasets
+    try:
+        data = load_dataset(args.name, args.data_dir)
+    except datasets.DataError as e:
+        print(f"{parser.prog}: data error: {e}", file=sys.stderr)
+        return 1
+    print(f"{args.name}: ok")
+    for split in ("train", "dev", "test"):
+        X, y = data[split]
+        print(f"  {split:5s} X {X.shape} {X.dtype}  y {y.shape} {y.dtype}  "
+              f"classes {int(y.min())}..{int(y.max())}")
+    return 0
+
+
+def run_info(args, parser):
+    from . import show_config
+    show_config(print_out=True)
+    return 0
+
+
+# ------------------------------------------------------------------ main
+
+def main(argv=None):
+    """Run the command line; returns the exit code."""
+    parser = build_parser()
+    try:
+        args, extra = parser.parse_known_args(argv)
+        sub = _subparser(parser, args.command)
+        if extra:  # reported by the subcommand's parser, which names the subcommand
+            sub.error(f"unrecognized arguments: {' '.join(extra)}")
+    except SystemExit as e:  # --help (0) or a usage error (2)
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
+    try:
+        return int(args.func(args, sub) or 0)
+    except CliError as e:
+        print(f"{sub.prog}: error: {e} (see {sub.prog} --help)", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{sub.prog}: interrupted", file=sys.stderr)
+        return 130
+
+
+def _subparser(parser, name):
+    for action in parser._subparsers._group_actions:
+        if isinstance(action, argparse._SubParsersAction) and name in action.choices:
+            return action.choices[name]
+    return parser
+
+
+if __name__ == "__main__":
+    sys.exit(main())

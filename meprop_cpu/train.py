@@ -1,0 +1,690 @@
+"""The training loop: seeded shuffling, the papers' evaluation protocol,
+per-phase timings, JSON-lines logs and atomic, pickle-free checkpoints.
+
+Typical use::
+
+    model = MLP([784, 500, 500, 10], k=20)
+    opt = build_optimizer("adam", model.parameters())
+    trainer = Trainer(model, opt, datasets.mnist(), batch_size=10, epochs=20,
+                      log_json="run.jsonl", checkpoint="run.ckpt.npz")
+    summary = trainer.fit()                      # or trainer.fit(resume="run.ckpt.npz")
+
+Protocol (as in the papers): dev accuracy is measured ``evals_per_epoch``
+times per epoch at evenly spaced steps, the last one at the epoch's end;
+whenever dev improves (strictly), test accuracy is measured too, and the
+reported score is the test accuracy at the best dev accuracy. Accuracies are
+percentages.
+
+Resuming: ``fit(resume=path)`` restores weights, optimizer state, the shuffle
+generator, every Dropout's generator, random-k counters and the trainer's
+counters and history from a checkpoint written at the end of an epoch, then
+trains up to ``epochs`` (the total, not additional ones). With the same seed
+and thread count the result is bit-identical to an uninterrupted run.
+
+Checkpoint format (``CHECKPOINT_VERSION`` 1): one ``.npz`` (``np.savez``, read
+back with ``allow_pickle=False``) holding
+
+* ``param:<name>`` - every model parameter (``model.state_dict()`` names,
+  e.g. ``param:0.W``), float32 at its current (possibly simplified) shape;
+* ``opt:<i>:<j>`` - state array ``j`` of the optimizer's parameter ``i``;
+* ``hits:<i>`` - the activeness counters of the ``i``-th Linear layer;
+* ``meta`` - a uint8 array holding UTF-8 JSON: format name and version, the
+  model class, config and current sizes, the optimizer kind, hyper-parameters,
+  sparse flag and step counts, the trainer's epoch / step counters, best dev,
+  test at best dev and history, and the RNG states (shuffle generator and
+  every Dropout, as JSON dicts with big integers).
+
+It is written to a temporary file in the same directory, flushed, fsync'd and
+``os.replace``'d over the target, so an interrupted save leaves the previous
+checkpoint intact.
+"""
+import json
+import math
+import numbers
+import os
+import sys
+import tempfile
+import time
+import warnings
+import zipfile
+
+import numpy as np
+
+from ._config import get_num_threads
+from .nn import Dropout, Linear, MLP, SoftmaxCrossEntropy
+from .optim import SGD, AdaGrad, Adam
+
+__all__ = ["Trainer", "build_optimizer", "OPTIMIZERS", "DEFAULT_LR", "read_checkpoint",
+           "model_from_checkpoint", "LOG_KEYS", "CHECKPOINT_FORMAT", "CHECKPOINT_VERSION"]
+
+OPTIMIZERS = {"adam": Adam, "adagrad": AdaGrad, "sgd": SGD}
+DEFAULT_LR = {"adam": 1e-3, "adagrad": 0.01, "sgd": 0.1}
+
+CHECKPOINT_FORMAT = "meprop_cpu.checkpoint"
+CHECKPOINT_VERSION = 1
+
+# keys present on every JSON log line (evaluations, epochs, summary, error)
+LOG_KEYS = ("event", "epoch", "step", "global_step", "train_loss", "dev_acc", "test_acc",
+            "time_epoch", "time_forward", "time_backward", "time_update", "hidden_sizes",
+            "threads", "k", "mode")
+
+_TIME_KEYS = ("time_epoch", "time_forward", "time_backward", "time_update")
+
+
+def build_optimizer(name, params, lr=None, sparse=True, clip=0.0, weight_decay=0.0):
+    """An optimizer by name: "adam" | "adagrad" | "sgd".
+
+    ``lr=None`` takes the paper's default (adam 1e-3, adagrad 0.01, sgd 0.1).
+    ``sparse=False`` updates every weight each step (the papers' setting);
+    ``clip`` > 0 clips each gradient element to [-clip, clip].
+    """
+    key = str(name).lower()
+    if key not in OPTIMIZERS:
+        raise ValueError(f"build_optimizer: name must be one of {sorted(OPTIMIZERS)}, "
+                         f"got {name!r}")
+    if lr is None:
+        lr = DEFAULT_LR[key]
+    return OPTIMIZERS[key](list(params), lr=lr, sparse=sparse, clip=clip,
+                           weight_decay=weight_decay)
+
+
+# ------------------------------------------------------------------ helpers
+
+def _check_int(v, name, lo):
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Integral):
+        raise TypeError(f"Trainer: {name} must be an int, got {type(v).__name__} ({v!r})")
+    if int(v) < lo:
+        raise ValueError(f"Trainer: {name} must be >= {lo}, got {v}")
+    return int(v)
+
+
+def _check_split(data, split, required):
+    if split not in data or data[split] is None:
+        if required:
+            raise ValueError(f"Trainer: data must have a {split!r} entry (X, y)")
+        return None
+    try:
+        X, y = data[split]
+    except (TypeError, ValueError):
+        raise TypeError(f"Trainer: data[{split!r}] must be a pair (X, y)") from None
+    if not isinstance(X, np.ndarray) or X.dtype != np.float32 or X.ndim != 2:
+        raise TypeError(f"Trainer: data[{split!r}] X must be a 2-D float32 numpy array, got "
+                        f"{getattr(X, 'dtype', type(X).__name__)} "
+                        f"{getattr(X, 'shape', '')}")
+    y = np.asarray(y)
+    if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
+        raise TypeError(f"Trainer: data[{split!r}] y must be a 1-D integer array, got "
+                        f"{y.dtype} {y.shape}")
+    if y.shape[0] != X.shape[0]:
+        raise ValueError(f"Trainer: data[{split!r}] has {X.shape[0]} rows in X but "
+                         f"{y.shape[0]} labels")
+    if X.shape[0] == 0:
+        raise ValueError(f"Trainer: data[{split!r}] is empty")
+    return np.ascontiguousarray(X), np.ascontiguousarray(y, dtype=np.int64)
+
+
+def _to_json(obj):
+    """RNG states etc. as JSON-able values (ndarrays tagged, big ints kept)."""
+    if isinstance(obj, dict):
+        return {str(k): _to_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_to_json(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return {"__ndarray__": obj.tolist(), "dtype": obj.dtype.str}
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return obj
+
+
+def _from_json(obj):
+    if isinstance(obj, dict):
+        if "__ndarray__" in obj:
+            return np.array(obj["__ndarray__"], dtype=np.dtype(obj["dtype"]))
+        return {k: _from_json(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_from_json(v) for v in obj]
+    return obj
+
+
+def _dropouts(model):
+    return [m for m in getattr(model, "modules", []) if isinstance(m, Dropout)]
+
+
+def _linears(model):
+    return [m for m in getattr(model, "modules", []) if isinstance(m, Linear)]
+
+
+def _hidden_sizes(model):
+    hs = getattr(model, "hidden_sizes", None)
+    if hs is not None:
+        return list(hs)
+    lin = _linears(model)
+    return [m.n_out for m in lin[:-1]]
+
+
+def _model_sizes(model):
+    lin = _linears(model)
+    return [lin[0].n_in] + [m.n_out for m in lin] if lin else None
+
+
+def _atomic_savez(path, arrays):
+    """np.savez into a temp file beside ``path``, fsync, then os.replace."""
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp",
+                               dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    try:  # make the rename itself durable; not possible everywhere
+        dfd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError:
+        pass
+
+
+def read_checkpoint(path):
+    """Read and validate a checkpoint: returns ``(meta, arrays)``.
+
+    Raises FileNotFoundError if it does not exist and ValueError naming the
+    file if it is truncated, corrupt or not a meprop_cpu checkpoint.
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if not hasattr(z, "files"):
+                raise ValueError("it is a single .npy array, not an .npz archive")
+            arrays = {name: z[name] for name in z.files}
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, RuntimeError) as e:
+        raise ValueError(f"checkpoint {path} is truncated or corrupt "
+                         f"({type(e).__name__}: {e})") from e
+    raw = arrays.pop("meta", None)
+    if raw is None or raw.dtype != np.uint8 or raw.ndim != 1:
+        raise ValueError(f"checkpoint {path} has no 'meta' entry: not a meprop_cpu checkpoint")
+    try:
+        meta = json.loads(raw.tobytes().decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as e:
+        raise ValueError(f"checkpoint {path}: its meta entry is not valid JSON ({e})") from e
+    if not isinstance(meta, dict) or meta.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"checkpoint {path} is not a meprop_cpu checkpoint "
+                         f"(format {meta.get('format') if isinstance(meta, dict) else None!r})")
+    if meta.get("version") != CHECKPOINT_VERSION:
+        raise ValueError(f"checkpoint {path} has format version {meta.get('version')!r}; "
+                         f"this meprop_cpu reads version {CHECKPOINT_VERSION}")
+    for key in ("model", "optimizer", "trainer", "rng"):
+        if not isinstance(meta.get(key), dict):
+            raise ValueError(f"checkpoint {path}: meta lacks the {key!r} section")
+    for name, shape in meta["model"].get("params", []):
+        a = arrays.get("param:" + name)
+        if a is None or list(a.shape) != list(shape) or a.dtype != np.float32:
+            raise ValueError(f"checkpoint {path}: parameter {name} is missing or malformed")
+    return meta, arrays
+
+
+def model_from_checkpoint(path):
+    """Build an MLP with the checkpoint's config at its *current* sizes (after
+    any meSimp shrinking) and load its weights; returns the model."""
+    meta, arrays = read_checkpoint(path)
+    m = meta["model"]
+    if m.get("class") != "MLP" or not m.get("config"):
+        raise ValueError(f"checkpoint {path} holds a {m.get('class')}, not an MLP with a config")
+    cfg = dict(m["config"])
+    cfg["sizes"] = m["sizes"]
+    model = MLP(**cfg)
+    model.load_state_dict({name[6:]: a for name, a in arrays.items() if name.startswith("param:")})
+    return model
+
+
+class _Progress:
+    """One updating line on a terminal: epoch, steps, steps/s, running loss."""
+
+    def __init__(self, stream, interval=0.2):
+        self.stream = stream
+        self.interval = interval
+        self._last = 0.0
+        self._width = 0
+
+    def update(self, epoch, epochs, step, spe, loss, elapsed, force=False):
+        now = time.perf_counter()
+        if not force and now - self._last < self.interval:
+            return
+        self._last = now
+        rate = step / elapsed if elapsed > 0 else 0.0
+        line = (f"epoch {epoch}/{epochs}  step {step}/{spe}  {rate:,.0f} steps/s  "
+                f"loss {loss:.4f}")
+        pad = max(0, self._width - len(line))
+        self._width = len(line)
+        self.stream.write("\r" + line + " " * pad)
+        self.stream.flush()
+
+    def clear(self):
+        if self._width:
+            self.stream.write("\r" + " " * self._width + "\r")
+            self.stream.flush()
+            self._width = 0
+
+
+# ------------------------------------------------------------------ trainer
+
+class Trainer:
+    """Train ``model`` with ``optimizer`` on ``data`` (the papers' protocol).
+
+    data: ``{"train": (X, y), "dev": (X, y), "test": (X, y)}``; X float32
+    (N, n_in), y integer (N,); "test" is optional.
+    batch_size, epochs: ints >= 1; ``epochs`` is the total number of epochs
+    (also when resuming). The last partial batch of an epoch is kept.
+    evals_per_epoch: dev evaluations per epoch at evenly spaced steps (capped
+    at the number of steps), the last at the epoch's end.
+    seed: seeds the shuffle generator (one permutation per epoch).
+    log_json: path of a JSON-lines log (truncated by a fresh fit, appended to
+    when resuming or continuing).
+    checkpoint: path written (atomically) at the end of every epoch.
+    progress: True / False / None (auto: when stderr is a terminal).
+    callbacks: callables ``cb(trainer, epoch, step)`` run after every
+    optimizer step (epoch and step are 1-based; ``trainer.global_step``
+    counts all steps). They may reshape the model's parameters (meSimp):
+    nothing here caches parameter arrays across steps.
+    loss: the loss object (default SoftmaxCrossEntropy()).
+    on_epoch: optional ``f(trainer, record)`` called after each epoch with its
+    log record (the CLI prints its per-epoch line from it).
+
+    After ``fit()``: ``best_dev``, ``test_at_best_dev``, ``history`` (every
+    evaluation record) and ``epoch`` (epochs completed).
+    """
+
+    def __init__(self, model, optimizer, data, batch_size, epochs, evals_per_epoch=1, seed=0,
+                 log_json=None, checkpoint=None, progress=None, callbacks=(), *, loss=None,
+                 on_epoch=None, eval_batch_size=1024):
+        self.model = model
+        self.optimizer = optimizer
+        if not isinstance(data, dict):
+            raise TypeError(f"Trainer: data must be a dict with 'train', 'dev' (and optionally "
+                            f"'test') entries, got {type(data).__name__}")
+        self.data = {"train": _check_split(data, "train", True),
+                     "dev": _check_split(data, "dev", True),
+                     "test": _check_split(data, "test", False)}
+        self.batch_size = _check_int(batch_size, "batch_size", 1)
+        self.epochs = _check_int(epochs, "epochs", 1)
+        self.evals_per_epoch = _check_int(evals_per_epoch, "evals_per_epoch", 1)
+        if seed is not None:
+            seed = _check_int(seed, "seed", 0)
+        self.seed = seed
+        self.log_json = None if log_json is None else os.fspath(log_json)
+        self.checkpoint = None if checkpoint is None else os.fspath(checkpoint)
+        self.progress = progress
+        callbacks = list(callbacks or ())
+        for i, cb in enumerate(callbacks):
+            if not callable(cb):
+                raise TypeError(f"Trainer: callbacks[{i}] is not callable")
+        self.callbacks = callbacks
+        if on_epoch is not None and not callable(on_epoch):
+            raise TypeError("Trainer: on_epoch must be callable or None")
+        self.on_epoch = on_epoch
+        self.loss = SoftmaxCrossEntropy() if loss is None else loss
+        self.eval_batch_size = _check_int(eval_batch_size, "eval_batch_size", 1)
+
+        n = self.data["train"][0].shape[0]
+        self.n_train = n
+        self.steps_per_epoch = -(-n // self.batch_size)
+        e = min(self.evals_per_epoch, self.steps_per_epoch)
+        # evenly spaced, distinct (spe/e >= 1), the last one == steps_per_epoch
+        self.eval_steps = [self.steps_per_epoch * (i + 1) // e for i in range(e)]
+
+        self._rng = np.random.default_rng(seed)
+        self.epoch = 0            # epochs completed
+        self.global_step = 0      # optimizer steps taken
+        self.best_dev = None
+        self.test_at_best_dev = None
+        self.best_epoch = None
+        self.best_step = None
+        self.history = []         # one record per evaluation
+        self._log = None
+
+    # -- evaluation ----------------------------------------------------------
+    def evaluate(self, split):
+        """Accuracy (percent) of the model on data[split] ("dev" / "test")."""
+        X, y = self.data[split]
+        acc = getattr(self.model, "accuracy", None)
+        if acc is not None:
+            return float(acc(X, y, self.eval_batch_size))
+        was = getattr(self.model, "training", True)
+        self.model.eval()
+        try:
+            pred = np.concatenate([self.model.forward(X[i:i + self.eval_batch_size]).argmax(1)
+                                   for i in range(0, X.shape[0], self.eval_batch_size)])
+        finally:
+            self.model.train(was)
+        return 100.0 * float(np.mean(pred == y))
+
+    def _evaluate_protocol(self, epoch, step):
+        dev = self.evaluate("dev")
+        if self.best_dev is None or dev > self.best_dev:
+            self.best_dev = dev
+            self.best_epoch, self.best_step = epoch, step
+            self.test_at_best_dev = (self.evaluate("test") if self.data["test"] is not None
+                                     else None)
+        return dev
+
+    # -- logging -------------------------------------------------------------
+    def _model_k_mode(self):
+        cfg = getattr(self.model, "config", None) or {}
+        k, mode = cfg.get("k"), cfg.get("mode")
+        if k is None or mode == "dense":
+            return None, "dense"
+        return k, mode
+
+    def _record(self, event, epoch, step, train_loss, dev_acc, times, **extra):
+        k, mode = self._model_k_mode()
+        rec = {"event": event, "epoch": epoch, "step": step, "global_step": self.global_step,
+               "train_loss": train_loss, "dev_acc": dev_acc, "test_acc": self.test_at_best_dev,
+               "best_dev": self.best_dev}
+        rec.update(times)
+        rec.update({"hidden_sizes": _hidden_sizes(self.model), "threads": get_num_threads(),
+                    "k": k, "mode": mode})
+        rec.update(extra)
+        return rec
+
+    def _write_log(self, rec):
+        if self._log is not None:
+            self._log.write(json.dumps(rec) + "\n")
+            self._log.flush()
+
+    # -- the loop ------------------------------------------------------------
+    def fit(self, resume=None):
+        """Train until ``epochs`` epochs are completed; returns ``summary()``.
+
+        resume: path of a checkpoint to continue from (see load_checkpoint).
+        Raises FloatingPointError naming the epoch and step if the loss or the
+        gradients become NaN/Inf (the last good checkpoint is kept).
+        """
+        if resume is not None:
+            self.load_checkpoint(resume)
+        show = self.progress if self.progress is not None else _isatty(sys.stderr)
+        progress = _Progress(sys.stderr) if show else None
+        if self.log_json is not None:
+            d = os.path.dirname(os.path.abspath(self.log_json))
+            os.makedirs(d, exist_ok=True)
+            # a fresh run starts a new log; a resumed or continued one appends
+            fresh = resume is None and self.epoch == 0
+            self._log = open(self.log_json, "w" if fresh else "a", encoding="utf-8")
+        try:
+            for epoch in range(self.epoch + 1, self.epochs + 1):
+                rec = self._run_epoch(epoch, progress)
+                self.epoch = epoch
+                if self.checkpoint is not None:
+                    self._check_finite(epoch)
+                    self.save_checkpoint(self.checkpoint)
+                if self.on_epoch is not None:
+                    self.on_epoch(self, rec)
+            summary = self.summary()
+            self._write_log(summary)
+            return summary
+        finally:
+            if progress is not None:
+                progress.clear()
+            if self._log is not None:
+                self._log.close()
+                self._log = None
+
+    def _run_epoch(self, epoch, progress):
+        model, opt, loss_fn = self.model, self.optimizer, self.loss
+        X, y = self.data["train"]
+        B, spe = self.batch_size, self.steps_per_epoch
+        evals = set(self.eval_steps)
+        perm = self._rng.permutation(self.n_train)
+        model.train()
+        pc = time.perf_counter
+        t_fwd = t_bwd = t_upd = t_eval = 0.0
+        loss_sum, seen = 0.0, 0
+        rec = None
+        t_start = pc()
+        for step in range(1, spe + 1):
+            idx = perm[(step - 1) * B: step * B]
+            xb, yb = X[idx], y[idx]
+            t0 = pc()
+            logits = model.forward(xb)
+            loss = loss_fn.forward(logits, yb)
+            t1 = pc()
+            if not math.isfinite(loss):
+                self._diverged(epoch, step, f"the training loss is {loss}")
+            try:
+                model.backward(loss_fn.backward())
+            except FloatingPointError as e:
+                self._diverged(epoch, step, f"the backward pass failed: {e}", e)
+            t2 = pc()
+            opt.step()
+            opt.zero_grad()
+            t3 = pc()
+            t_fwd += t1 - t0
+            t_bwd += t2 - t1
+            t_upd += t3 - t2
+            self.global_step += 1
+            nb = idx.shape[0]
+            loss_sum += loss * nb
+            seen += nb
+            for cb in self.callbacks:
+                cb(self, epoch, step)
+            if progress is not None:
+                progress.update(epoch, self.epochs, step, spe, loss_sum / seen,
+                                pc() - t_start - t_eval, force=step == spe)
+            if step in evals:
+                te = pc()
+                times = {"time_epoch": te - t_start - t_eval, "time_forward": t_fwd,
+                         "time_backward": t_bwd, "time_update": t_upd}
+                dev = self._evaluate_protocol(epoch, step)
+                t_eval += pc() - te
+                event = "epoch" if step == spe else "eval"
+                rec = self._record(event, epoch, step, loss_sum / seen, dev, times,
+                                   time_eval=t_eval)
+                self.history.append(rec)
+                self._write_log(rec)
+        if progress is not None:
+            progress.clear()
+        return rec
+
+    def _diverged(self, epoch, step, why, cause=None):
+        where = f"epoch {epoch}, step {step} (global step {self.global_step + 1})"
+        kept = (f"; the last good checkpoint {self.checkpoint} was kept"
+                if self.checkpoint is not None and os.path.exists(self.checkpoint) else "")
+        msg = (f"training diverged at {where}: {why}{kept}. "
+               "Try a smaller learning rate or gradient clipping.")
+        self._write_log(self._record("error", epoch, step, None, None,
+                                     dict.fromkeys(_TIME_KEYS), message=msg))
+        raise FloatingPointError(msg) from cause
+
+    def _check_finite(self, epoch):
+        for i, p in enumerate(self.model.parameters()):
+            if not np.isfinite(p.data).all():
+                self._diverged(epoch, self.steps_per_epoch,
+                               f"parameter {i} ({p.name}) holds NaN/Inf after the epoch")
+
+    # -- summary -------------------------------------------------------------
+    def summary(self):
+        """The summary record (also the log's last line): best dev, test at best
+        dev, where the best dev was seen, mean per-epoch timings. The full
+        record of every evaluation is ``self.history``."""
+        ends = [r for r in self.history if r["event"] == "epoch"]
+        means = {k: (float(np.mean([r[k] for r in ends])) if ends else None) for k in _TIME_KEYS}
+        last = ends[-1] if ends else {}
+        out = self._record("summary", self.epoch, last.get("step"), last.get("train_loss"),
+                           self.best_dev, means)
+        out.update({"best_dev": self.best_dev, "test_at_best_dev": self.test_at_best_dev,
+                    "best_epoch": self.best_epoch, "best_step": self.best_step,
+                    "epochs_completed": self.epoch, "total_time_train":
+                    float(sum(r["time_epoch"] for r in ends)),
+                    "mean_time_epoch": means["time_epoch"],
+                    "mean_time_forward": means["time_forward"],
+                    "mean_time_backward": means["time_backward"],
+                    "mean_time_update": means["time_update"],
+                    "batch_size": self.batch_size, "steps_per_epoch": self.steps_per_epoch})
+        return out
+
+    # -- checkpoints ---------------------------------------------------------
+    def _meta(self):
+        model, opt = self.model, self.optimizer
+        names = [(n, list(a.shape)) for n, a in model.state_dict().items()]
+        osd = opt.state_dict()
+        rng = {"shuffle": _to_json(self._rng.bit_generator.state),
+               "dropout": [_to_json(d.rng_state()) for d in _dropouts(model)],
+               "linear": [{"rand_calls": int(getattr(m, "_rand_calls", 0)), "seen": int(m.seen),
+                           "track_hits": bool(m.track_hits)} for m in _linears(model)]}
+        return {
+            "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
+            "saved_at": time.time(),
+            "model": {"class": type(model).__name__,
+                      "config": _to_json(getattr(model, "config", None)),
+                      "sizes": _model_sizes(model), "params": names},
+            "optimizer": {"kind": osd["kind"], "hyper": _to_json(osd["hyper"]),
+                          "sparse": bool(opt.sparse), "steps": int(osd["steps"]),
+                          "param_steps": [None if st is None else int(st["step"])
+                                          for st in osd["params"]],
+                          "n_arrays": [None if st is None else len(st["arrays"])
+                                       for st in osd["params"]]},
+            "trainer": {"epoch": self.epoch, "global_step": self.global_step,
+                        "epochs": self.epochs, "batch_size": self.batch_size,
+                        "evals_per_epoch": self.evals_per_epoch, "seed": self.seed,
+                        "n_train": self.n_train, "best_dev": self.best_dev,
+                        "test_at_best_dev": self.test_at_best_dev,
+                        "best_epoch": self.best_epoch, "best_step": self.best_step,
+                        "history": self.history},
+            "rng": rng,
+        }, osd
+
+    def save_checkpoint(self, path=None):
+        """Write the full training state to ``path`` (default: the
+        ``checkpoint`` given at construction) atomically."""
+        path = self.checkpoint if path is None else os.fspath(path)
+        if path is None:
+            raise ValueError("Trainer.save_checkpoint: no path given and no checkpoint set")
+        meta, osd = self._meta()
+        arrays = {"param:" + n: a for n, a in self.model.state_dict().items()}
+        for i, st in enumerate(osd["params"]):
+            if st is not None:
+                for j, a in enumerate(st["arrays"]):
+                    arrays[f"opt:{i}:{j}"] = a
+        for i, m in enumerate(_linears(self.model)):
+            arrays[f"hits:{i}"] = m.hits
+        blob = json.dumps(meta, allow_nan=True).encode("utf-8")
+        arrays["meta"] = np.frombuffer(blob, dtype=np.uint8)
+        _atomic_savez(path, arrays)
+        return path
+
+    def load_checkpoint(self, path):
+        """Restore model, optimizer, RNGs and trainer counters from ``path``.
+
+        Everything is validated before anything is changed. Raises
+        FileNotFoundError, or ValueError naming the file for a corrupt or
+        truncated file, another architecture or another optimizer.
+        """
+        path = os.fspath(path)
+        meta, arrays = read_checkpoint(path)
+        model, opt = self.model, self.optimizer
+        mm, om, tm, rm = meta["model"], meta["optimizer"], meta["trainer"], meta["rng"]
+
+        # the model: same architecture (at its current sizes), same parameter names
+        current = model.state_dict()
+        saved = {n[6:]: a for n, a in arrays.items() if n.startswith("param:")}
+        want = _model_sizes(model)
+        if mm.get("sizes") is not None and want is not None and mm["sizes"] != want:
+            raise ValueError(f"checkpoint {path} is for a model with sizes {mm['sizes']}, "
+                             f"this model has sizes {want}")
+        if set(saved) != set(current):
+            raise ValueError(f"checkpoint {path} has parameters {sorted(saved)}, "
+                             f"the model {sorted(current)}")
+        for n, a in current.items():
+            if saved[n].shape != a.shape:
+                raise ValueError(f"checkpoint {path}: parameter {n} has shape {saved[n].shape}, "
+                                 f"the model expects {a.shape} (another architecture?)")
+        cfg = getattr(model, "config", None)
+        if cfg is not None and mm.get("config") is not None:
+            diff = {k for k in set(cfg) | set(mm["config"])
+                    if k != "sizes" and _to_json(cfg.get(k)) != mm["config"].get(k)}
+            if diff:
+                warnings.warn(f"checkpoint {path}: model settings {sorted(diff)} differ from the "
+                              "checkpoint's; the resumed run will not match the original",
+                              RuntimeWarning, stacklevel=2)
+
+        # the optimizer: same kind, state arrays matching the parameters' shapes
+        if om.get("kind") != type(opt).__name__:
+            raise ValueError(f"checkpoint {path} holds {om.get('kind')} state, the optimizer "
+                             f"is {type(opt).__name__}")
+        steps, n_arrays = om.get("param_steps", []), om.get("n_arrays", [])
+        if len(steps) != len(opt.params) or len(n_arrays) != len(opt.params):
+            raise ValueError(f"checkpoint {path} holds state for {len(steps)} parameters, "
+                             f"the optimizer has {len(opt.params)}")
+        name_of = {id(p): n for n, p in model.named_parameters()}
+        params_sd = []
+        for i, (p, st, na) in enumerate(zip(opt.params, steps, n_arrays)):
+            if st is None:
+                params_sd.append(None)
+                continue
+            shape = saved[name_of[id(p)]].shape if id(p) in name_of else p.data.shape
+            arrs = []
+            for j in range(na):
+                a = arrays.get(f"opt:{i}:{j}")
+                if a is None or a.shape != shape:
+                    raise ValueError(f"checkpoint {path}: optimizer state {i}:{j} is missing or "
+                                     f"does not match its parameter's shape {shape}")
+                arrs.append(a)
+            params_sd.append({"step": st, "arrays": arrs})
+        if len(rm.get("dropout", [])) != len(_dropouts(model)):
+            raise ValueError(f"checkpoint {path} has {len(rm.get('dropout', []))} dropout "
+                             f"layers, the model {len(_dropouts(model))}")
+        lins = _linears(model)
+        if len(rm.get("linear", [])) != len(lins):
+            raise ValueError(f"checkpoint {path} has {len(rm.get('linear', []))} Linear layers, "
+                             f"the model {len(lins)}")
+        hyper = {k: (tuple(v) if isinstance(v, list) else v)
+                 for k, v in _from_json(om.get("hyper", {})).items()}
+
+        # apply
+        model.load_state_dict(saved)
+        opt.load_state_dict({"kind": om["kind"], "hyper": hyper, "steps": om.get("steps", 0),
+                             "params": params_sd})
+        opt.sparse = bool(om.get("sparse", opt.sparse))
+        for d, st in zip(_dropouts(model), rm["dropout"]):
+            d.set_rng_state(_from_json(st))
+        for i, (m, st) in enumerate(zip(lins, rm["linear"])):
+            if hasattr(m, "_rand_calls"):
+                m._rand_calls = int(st.get("rand_calls", 0))
+            hits = arrays.get(f"hits:{i}")
+            if hits is not None and hits.shape == (m.n_out,):
+                m.hits = np.array(hits, dtype=np.int64)
+            m.seen = int(st.get("seen", 0))
+            m.track_hits = bool(st.get("track_hits", m.track_hits))
+        self._rng.bit_generator.state = _from_json(rm["shuffle"])
+        self.epoch = int(tm["epoch"])
+        self.global_step = int(tm["global_step"])
+        self.best_dev = tm.get("best_dev")
+        self.test_at_best_dev = tm.get("test_at_best_dev")
+        self.best_epoch = tm.get("best_epoch")
+        self.best_step = tm.get("best_step")
+        self.history = list(tm.get("history", []))
+        if tm.get("batch_size") != self.batch_size or tm.get("n_train") != self.n_train:
+            warnings.warn(f"checkpoint {path} was trained with batch_size {tm.get('batch_size')} "
+                          f"on {tm.get('n_train')} examples; resuming with {self.batch_size} on "
+                          f"{self.n_train}: the run will not match the original",
+                          RuntimeWarning, stacklevel=2)
+        return meta
+
+
+def _isatty(stream):
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
