@@ -38,4 +38,4 @@ bench: install
 	$(BIN)/python benchmarks/bench_kernels.py
 
 clean:
-	rm -rf build dist *.egg-info meprop_cpu/_kernels.c meprop_cpu/*.so .pytest_cache
+	rm -rf build dist *.egg-info meprop_cpu/_*.c meprop_cpu/*.so .pytest_cache

@@ -1,4 +1,6 @@
-"""Build the meprop_cpu C kernels (include/meprop/) into one Cython extension.
+"""Build the meprop_cpu C kernels (include/meprop/) into Cython extensions:
+meprop_cpu._kernels (sparse backward, top-k, optimizers) and meprop_cpu._dense
+(dense products).
 
 Environment variables:
   MEPROP_NO_OPENMP=1   build serially even if the compiler supports OpenMP
@@ -63,7 +65,9 @@ def openmp_flags():
     return None
 
 
-def extension():
+def build_flags():
+    """(cflags, ldflags, macros) shared by every extension: same optimisation,
+    OpenMP detection, optional -march=native and sanitizers."""
     cflags = ["-O3", "-std=c99", "-fno-math-errno", "-Wno-unused-function"]
     ldflags = []
     macros = [("NPY_NO_DEPRECATED_API", "NPY_2_0_API_VERSION")]
@@ -80,17 +84,31 @@ def extension():
         ldflags += [flag]
         # the sanitizers do not support GCC's ifunc dispatch well: build one baseline path
         macros.append(("MEPROP_NO_DISPATCH", "1"))
+    return cflags, ldflags, macros
+
+
+def make_extension(name, source, headers, flags):
+    cflags, ldflags, macros = flags
     return Extension(
-        "meprop_cpu._kernels",
-        sources=["meprop_cpu/_kernels.pyx"],
+        name,
+        sources=[source],
         include_dirs=[os.path.join(HERE, "include"), np.get_include()],
-        depends=[os.path.join("include", "meprop", f) for f in
-                 ("parallel.h", "topk.h", "sparse_linear.h", "optim.h")],
-        extra_compile_args=cflags,
-        extra_link_args=ldflags,
-        define_macros=macros,
+        depends=[os.path.join("include", "meprop", f) for f in headers],
+        extra_compile_args=list(cflags),
+        extra_link_args=list(ldflags),
+        define_macros=list(macros),
     )
 
 
-setup(ext_modules=cythonize([extension()], language_level=3,
+def extensions():
+    flags = build_flags()
+    return [
+        make_extension("meprop_cpu._kernels", "meprop_cpu/_kernels.pyx",
+                       ("parallel.h", "topk.h", "sparse_linear.h", "optim.h"), flags),
+        make_extension("meprop_cpu._dense", "meprop_cpu/_dense.pyx",
+                       ("parallel.h", "dense.h"), flags),
+    ]
+
+
+setup(ext_modules=cythonize(extensions(), language_level=3,
                             compiler_directives={"embedsignature": True}))

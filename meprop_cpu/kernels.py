@@ -14,7 +14,7 @@ import numbers
 
 import numpy as np
 
-from . import _kernels
+from . import _dense, _kernels
 from ._config import get_num_threads
 
 __all__ = ["RowGrad", "Workspace", "topk_rows", "topk_unified", "randk_rows",
@@ -79,14 +79,22 @@ class Workspace:
 
     def __init__(self):
         self._bufs = {}
+        self._views = {}
 
     def get(self, name, shape, dtype):
-        size = int(np.prod(shape, dtype=np.int64))
+        hit = self._views.get(name)
+        if hit is not None and hit[0] == shape and hit[1].dtype == dtype:
+            return hit[1]                       # the common case: same shape as last time
+        size = 1
+        for s in shape:
+            size *= int(s)
         buf = self._bufs.get(name)
         if buf is None or buf.dtype != dtype or buf.size < size:
             buf = np.empty(max(size, 1), dtype=dtype)
             self._bufs[name] = buf
-        return buf[:size].reshape(shape)
+        view = buf[:size].reshape(shape)
+        self._views[name] = (tuple(shape), view)
+        return view
 
     def nbytes(self):
         return sum(b.nbytes for b in self._bufs.values())
@@ -265,7 +273,7 @@ def sparse_backward(x, W, idx, val, *, threads=None):
 def unified_backward(x, W, idx, dy):
     """Backward with one index set ``idx`` (k,) for the batch (unified top-k):
     ``dx = dy[:, S] @ W[S]`` and ``dW[S] = dy[:, S].T @ x`` as small dense
-    products through numpy's BLAS. Returns ``dx`` and a :class:`RowGrad`."""
+    products (the library's OpenMP kernels). Returns ``dx`` and a :class:`RowGrad`."""
     _check_array(x, "x", 2)
     _check_array(W, "W", 2)
     _check_array(idx, "idx", 1, np.int32)
@@ -278,21 +286,38 @@ def unified_backward(x, W, idx, dy):
         raise ValueError(f"idx values must lie in [0, {W.shape[0]})")
     if np.any(np.diff(idx) <= 0):
         raise ValueError("idx must be strictly ascending (as topk_unified returns it)")
-    return unified_backward_into(x, W, idx, dy)
+    return unified_backward_into(x, W, idx, dy, Workspace(), get_num_threads())
 
 
-def unified_backward_into(x, W, idx, dy):
-    dyS = dy[:, idx]                 # (B, k) dense block
-    dx = dyS @ W[idx]                # (B, n_in)
-    values = dyS.T @ x               # (k, n_in)
+def unified_backward_into(x, W, idx, dy, ws, nthreads, need_dx=True):
+    """Unchecked unified backward: dense (B, k) and (k, n_in) blocks through the
+    library's own OpenMP products. Outputs live in ``ws``."""
+    B, n_in = x.shape
+    k = idx.shape[0]
+    dyS = ws.get("dyS", (B, k), np.float32)
+    np.take(dy, idx, axis=1, out=dyS)                 # (B, k) dense block of dy
+    dx = None
+    if need_dx:
+        Wk = ws.get("Wk", (k, n_in), np.float32)
+        np.take(W, idx, axis=0, out=Wk)               # the k selected rows of W
+        dx = ws.get("dx", (B, n_in), np.float32)
+        _dense.matmul_nn(dyS, Wk, dx, nthreads)
+    values = ws.get("values", (k, n_in), np.float32)
+    _dense.matmul_tn(dyS, x, values, nthreads)
     return dx, RowGrad(idx, values)
 
 
-def dense_backward(x, W, dy):
-    """Exact dense backward: ``dx = dy @ W``, dW = ``dy.T @ x`` (numpy BLAS)."""
+def dense_backward(x, W, dy, *, threads=None):
+    """Exact dense backward ``dx = dy @ W``, ``dW = dy.T @ x`` with the
+    library's OpenMP products (no BLAS thread pool involved)."""
     _check_array(x, "x", 2)
     _check_array(W, "W", 2)
     _check_array(dy, "dy", 2)
     if W.shape[1] != x.shape[1] or dy.shape != (x.shape[0], W.shape[0]):
         raise ValueError(f"shapes do not match: x {x.shape}, W {W.shape}, dy {dy.shape}")
-    return dy @ W, RowGrad(None, dy.T @ x)
+    nt = _threads(threads)
+    dx = np.empty_like(x)
+    gw = np.empty_like(W)
+    _dense.matmul_nn(dy, W, dx, nt)
+    _dense.matmul_tn(dy, x, gw, nt)
+    return dx, RowGrad(None, gw)

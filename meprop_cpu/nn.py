@@ -13,7 +13,7 @@ import numbers
 
 import numpy as np
 
-from . import _kernels, kernels
+from . import _dense, _kernels, kernels
 from ._config import get_num_threads
 from .kernels import RowGrad, Workspace
 
@@ -166,8 +166,8 @@ class Linear(Module):
 
     def forward(self, x):
         x = _check_input(x, self.n_in, "Linear.forward")
-        y = x @ self.W.data.T
-        y += self.b.data
+        y = np.empty((x.shape[0], self.n_out), dtype=np.float32)
+        _dense.linear_forward(x, self.W.data, self.b.data, y, False, get_num_threads())
         if self.training:
             self._x = x
         return y
@@ -184,10 +184,14 @@ class Linear(Module):
         self.b.grad = dy.sum(axis=0)
         nt = get_num_threads()
         dx = None
+        ws = self._ws
         if not self.sparse:
             if self.needs_input_grad:
-                dx = dy @ W
-            self.W.grad = RowGrad(None, dy.T @ x)
+                dx = np.empty_like(x)
+                _dense.matmul_nn(dy, W, dx, nt)
+            gw = ws.get("dense_gw", W.shape, np.float32)
+            _dense.matmul_tn(dy, x, gw, nt)
+            self.W.grad = RowGrad(None, gw)
             if self.track_hits:
                 # every neuron with a non-zero gradient counts as selected
                 self.hits += np.count_nonzero(dy, axis=0)
@@ -195,16 +199,14 @@ class Linear(Module):
             return dx
         k = self.k
         B = dy.shape[0]
-        ws = self._ws
         if self.mode == "unified":
             idx = ws.get("uidx", (k,), np.int32)
             bad = kernels.topk_unified_into(dy, k, idx, ws, nt)
             if bad:
                 raise FloatingPointError(f"Linear.backward: dy contains {bad} NaN/Inf value(s)")
-            dyS = dy[:, idx]
-            if self.needs_input_grad:
-                dx = dyS @ W[idx]
-            self.W.grad = RowGrad(idx, dyS.T @ x)
+            dx, self.W.grad = kernels.unified_backward_into(x, W, idx, dy, ws, nt,
+                                                            self.needs_input_grad)
+            dyS = ws.get("dyS", (B, k), np.float32)
             if self.track_hits:
                 self.hits[idx] += np.count_nonzero(dyS, axis=0)
                 self.seen += B
@@ -491,3 +493,95 @@ class MLP(Sequential):
     def accuracy(self, x, y, batch_size=1024):
         """Percentage of rows of x whose predicted class equals y."""
         return 100.0 * float(np.mean(self.predict(x, batch_size) == np.asarray(y)))
+
+    # -- export (meSimp): weights + a JSON architecture header, no pickle -------
+    def save(self, path):
+        """Write the model, at its current (possibly simplified) sizes, to ``path``
+        (an ``.npz``: ``W0, b0, W1, b1, ...`` float32 and ``architecture``, UTF-8
+        JSON as uint8). Written to a temporary file and renamed (atomic).
+        :func:`load` reads it back as a plain dense MLP for inference."""
+        import json
+        import os
+        import tempfile
+        arch = {"format": MODEL_FORMAT, "version": MODEL_VERSION, "class": "MLP",
+                "sizes": self.sizes, "activation": self.config["activation"],
+                "trained_with": {key: self.config[key] for key in
+                                 ("k", "mode", "dropout", "topk_output")}}
+        arrays = {}
+        for i, m in enumerate(self.linears):
+            arrays[f"W{i}"], arrays[f"b{i}"] = m.W.data, m.b.data
+        arrays["architecture"] = np.frombuffer(json.dumps(arch).encode("utf-8"), dtype=np.uint8)
+        path = os.fspath(path)
+        directory = os.path.dirname(os.path.abspath(path))
+        fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp",
+                                   dir=directory)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.savez(f, **arrays)
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+        return path
+
+
+MODEL_FORMAT, MODEL_VERSION = "meprop_cpu.model", 1
+__all__ += ["load", "MODEL_FORMAT", "MODEL_VERSION"]
+
+
+def load(path):
+    """Read a model file written by :meth:`MLP.save`: a dense MLP (``k=None``, no
+    dropout, eval mode) at the saved sizes, for inference (``predict``,
+    ``accuracy``). Raises FileNotFoundError, or ValueError naming the file if
+    it is corrupt or not a meprop_cpu model file."""
+    import json
+    import os
+    import zipfile
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"model file {path} does not exist")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if not hasattr(z, "files"):
+                raise ValueError("it is a single .npy array, not an .npz archive")
+            arrays = {name: z[name] for name in z.files}
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, RuntimeError) as e:
+        raise ValueError(f"model file {path} is truncated or corrupt ({type(e).__name__}: {e})") \
+            from e
+    raw = arrays.pop("architecture", None)
+    if raw is None or raw.dtype != np.uint8 or raw.ndim != 1:
+        raise ValueError(f"model file {path} has no 'architecture' entry: not a meprop_cpu model "
+                         "(a training checkpoint loads with train.model_from_checkpoint)")
+    try:
+        arch = json.loads(raw.tobytes().decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as e:
+        raise ValueError(f"model file {path}: its architecture entry is not valid JSON ({e})") \
+            from e
+    if not isinstance(arch, dict) or arch.get("format") != MODEL_FORMAT:
+        raise ValueError(f"model file {path} is not a meprop_cpu model file")
+    if arch.get("version") != MODEL_VERSION:
+        raise ValueError(f"model file {path} has format version {arch.get('version')!r}; this "
+                         f"meprop_cpu reads version {MODEL_VERSION}")
+    sizes = arch.get("sizes")
+    if (arch.get("class") != "MLP" or not isinstance(sizes, list) or len(sizes) < 2
+            or not all(isinstance(s, int) and s >= 1 for s in sizes)
+            or arch.get("activation", "relu") not in _ACTIVATIONS):
+        raise ValueError(f"model file {path}: malformed architecture {arch!r}")
+    n = len(sizes) - 1
+    want = {}
+    for i in range(n):
+        want[f"W{i}"], want[f"b{i}"] = (sizes[i + 1], sizes[i]), (sizes[i + 1],)
+    if set(arrays) != set(want):
+        raise ValueError(f"model file {path}: arrays {sorted(arrays)} do not match the "
+                         f"architecture {sizes}")
+    for name, shape in want.items():
+        a = arrays[name]
+        if a.shape != shape or a.dtype != np.float32:
+            raise ValueError(f"model file {path}: {name} has shape {a.shape} and dtype {a.dtype}, "
+                             f"expected {shape} float32")
+    model = MLP(sizes, k=None, mode="dense", activation=arch.get("activation", "relu"), seed=0)
+    for i, m in enumerate(model.linears):
+        m.W.data = np.ascontiguousarray(arrays[f"W{i}"])
+        m.b.data = np.ascontiguousarray(arrays[f"b{i}"])
+    return model.eval()

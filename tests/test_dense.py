@@ -1,0 +1,253 @@
+"""Dense products (include/meprop/dense.h via meprop_cpu._dense) against float64
+numpy references on every code path the CPU can run (AVX-512, AVX2+FMA,
+portable C), plus bit-identical results for any thread count and input
+alignment."""
+import numpy as np
+import pytest
+
+from meprop_cpu import _dense
+
+MIN_WORK = _dense.dense_min_work()
+
+
+@pytest.fixture(params=[2, 1, 0], ids=["avx512", "avx2", "portable"])
+def simd_path(request):
+    """Run on one code path (the level is capped; a CPU without AVX-512 or AVX2
+    runs the next lower path, which is then tested twice)."""
+    old = _dense.set_simd_limit(request.param)
+    assert _dense.simd_level() <= request.param
+    yield request.param
+    _dense.set_simd_limit(old)
+
+
+def _rand(rng, *shape):
+    return rng.standard_normal(shape).astype(np.float32)
+
+
+def _check_close(got, ref, absref, K):
+    """|got - ref| within a float32 summation bound: about K/16 + 8 roundings
+    (16 lane partial sums, then a tree) of the sum of |terms|."""
+    tol = 2.0 * np.finfo(np.float32).eps * (K / 16.0 + 8.0) * absref + 1e-30
+    err = np.abs(got.astype(np.float64) - ref)
+    assert got.dtype == np.float32
+    assert np.all(err <= tol), f"max err {err.max()}, worst ratio {(err / tol).max()}"
+
+
+# ---- naive references --------------------------------------------------------
+
+def ref_linear(x, W, b, relu):
+    x64, W64 = x.astype(np.float64), W.astype(np.float64)
+    y = x64 @ W64.T
+    absy = np.abs(x64) @ np.abs(W64).T
+    if b is not None:
+        y = y + b
+        absy = absy + np.abs(b.astype(np.float64))
+    if relu:
+        y = np.maximum(y, 0.0)
+    return y, absy
+
+
+def ref_nn(A, Bm):
+    A64, B64 = A.astype(np.float64), Bm.astype(np.float64)
+    return A64 @ B64, np.abs(A64) @ np.abs(B64)
+
+
+def ref_tn(A, Bm):
+    A64, B64 = A.astype(np.float64), Bm.astype(np.float64)
+    return A64.T @ B64, np.abs(A64).T @ np.abs(B64)
+
+
+# ---- calls -------------------------------------------------------------------
+
+def linear(x, W, b, relu=False, nthreads=1):
+    y = np.full((x.shape[0], W.shape[0]), np.nan, np.float32)
+    _dense.linear_forward(x, W, b, y, relu, nthreads)
+    return y
+
+
+def nn(A, Bm, nthreads=1):
+    C = np.full((A.shape[0], Bm.shape[1]), np.nan, np.float32)
+    _dense.matmul_nn(A, Bm, C, nthreads)
+    return C
+
+
+def tn(A, Bm, nthreads=1):
+    C = np.full((A.shape[1], Bm.shape[1]), np.nan, np.float32)
+    _dense.matmul_tn(A, Bm, C, nthreads)
+    return C
+
+
+# (B, n_in, n_out) / (M, K, N): ones, odd sizes, sizes around and not multiple
+# of the tiles (4 rows, 16-float vectors, 12 x 32 outer-product tiles, 256 K
+# blocks), and the MNIST layer shapes
+SHAPES = [(1, 1, 1), (1, 17, 1), (2, 3, 5), (3, 5, 7), (4, 16, 4), (5, 33, 6), (7, 1, 13),
+          (9, 15, 31), (12, 32, 32), (13, 47, 33), (17, 63, 19), (25, 64, 65), (31, 100, 3),
+          (64, 31, 97), (11, 257, 45), (3, 600, 70), (10, 784, 500), (100, 500, 10),
+          (37, 513, 129)]
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+@pytest.mark.parametrize("relu", [False, True], ids=["linear", "relu"])
+def test_linear_forward(simd_path, shape, bias, relu):
+    B, n_in, n_out = shape
+    rng = np.random.default_rng(hash(shape) % 2**32)
+    x, W = _rand(rng, B, n_in), _rand(rng, n_out, n_in)
+    b = _rand(rng, n_out) if bias else None
+    y = linear(x, W, b, relu)
+    ref, absref = ref_linear(x, W, b, relu)
+    _check_close(y, ref, absref, n_in)
+    if relu:
+        assert np.all(y >= 0)
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_matmul_nn(simd_path, shape):
+    M, K, N = shape
+    rng = np.random.default_rng(hash(shape) % 2**32 + 1)
+    A, Bm = _rand(rng, M, K), _rand(rng, K, N)
+    ref, absref = ref_nn(A, Bm)
+    _check_close(nn(A, Bm), ref, absref, K)
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_matmul_tn(simd_path, shape):
+    M, K, N = shape
+    rng = np.random.default_rng(hash(shape) % 2**32 + 2)
+    A, Bm = _rand(rng, K, M), _rand(rng, K, N)
+    ref, absref = ref_tn(A, Bm)
+    _check_close(tn(A, Bm), ref, absref, K)
+
+
+def test_long_k_uses_several_blocks(simd_path):
+    # K over the 256-row K block: C is reloaded and accumulated block by block
+    rng = np.random.default_rng(3)
+    A, Bm = _rand(rng, 30, 700), _rand(rng, 700, 50)
+    ref, absref = ref_nn(A, Bm)
+    _check_close(nn(A, Bm), ref, absref, 700)
+    At = np.ascontiguousarray(A.T)
+    _check_close(tn(At, Bm), ref, absref, 700)
+
+
+def test_empty_dimensions(simd_path):
+    rng = np.random.default_rng(4)
+    # n_in = 0: y = b
+    b = _rand(rng, 5)
+    y = linear(np.zeros((3, 0), np.float32), np.zeros((5, 0), np.float32), b)
+    assert np.array_equal(y, np.broadcast_to(b, (3, 5)))
+    y = linear(np.zeros((3, 0), np.float32), np.zeros((5, 0), np.float32), b, relu=True)
+    assert np.array_equal(y, np.broadcast_to(np.maximum(b, 0), (3, 5)))
+    # K = 0: C = 0
+    assert np.array_equal(nn(np.zeros((3, 0), np.float32), np.zeros((0, 4), np.float32)),
+                          np.zeros((3, 4), np.float32))
+    assert np.array_equal(tn(np.zeros((0, 3), np.float32), np.zeros((0, 4), np.float32)),
+                          np.zeros((3, 4), np.float32))
+    # no rows / no columns: nothing to do, no crash
+    assert linear(np.zeros((0, 4), np.float32), _rand(rng, 3, 4), None).shape == (0, 3)
+    assert linear(_rand(rng, 2, 4), np.zeros((0, 4), np.float32), None).shape == (2, 0)
+    assert nn(np.zeros((0, 4), np.float32), _rand(rng, 4, 3)).shape == (0, 3)
+    assert tn(_rand(rng, 4, 2), np.zeros((4, 0), np.float32)).shape == (2, 0)
+
+
+def test_relu_keeps_nan(simd_path):
+    x = np.array([[np.nan, 1.0], [1.0, 1.0]], np.float32)
+    W = np.array([[1.0, 1.0], [-1.0, -1.0]], np.float32)
+    y = linear(x, W, None, relu=True)
+    assert np.isnan(y[0, 0]) and np.isnan(y[0, 1])
+    assert y[1, 0] == 2.0 and y[1, 1] == 0.0
+
+
+def test_matches_numpy_float32_closely(simd_path):
+    # the training shapes: agreement with numpy's float32 product
+    rng = np.random.default_rng(5)
+    for B, n_in, n_out in [(10, 784, 500), (100, 500, 500), (100, 500, 10)]:
+        x, W, b = _rand(rng, B, n_in), _rand(rng, n_out, n_in), _rand(rng, n_out)
+        np.testing.assert_allclose(linear(x, W, b, True), np.maximum(x @ W.T + b, 0),
+                                   rtol=1e-4, atol=1e-4)
+        dy = _rand(rng, B, n_out)
+        np.testing.assert_allclose(nn(dy, W), dy @ W, rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(tn(dy, x), dy.T @ x, rtol=1e-4, atol=1e-4)
+
+
+# ---- determinism -------------------------------------------------------------
+
+# big enough for a team of 2 (work >= MIN_WORK multiply-adds), splitting the
+# output columns (W rows / C columns) or, when those are few, the rows
+PAR_LINEAR = [(101, 777, 203), (1001, 523, 9), (64, 1000, 130), (10, 2000, 999)]
+PAR_MATMUL = [(100, 500, 784), (1000, 300, 17), (1000, 50, 90), (17, 3000, 100),
+              (257, 301, 203)]
+
+
+@pytest.mark.parametrize("shape", PAR_LINEAR, ids=lambda s: "x".join(map(str, s)))
+def test_linear_thread_count_bit_identical(simd_path, shape):
+    B, n_in, n_out = shape
+    assert B * n_in * n_out >= MIN_WORK
+    rng = np.random.default_rng(6)
+    x, W, b = _rand(rng, B, n_in), _rand(rng, n_out, n_in), _rand(rng, n_out)
+    y1 = linear(x, W, b, True, nthreads=1)
+    for t in (2, 3, 8):
+        assert np.array_equal(linear(x, W, b, True, nthreads=t), y1)
+    ref, absref = ref_linear(x, W, b, True)
+    _check_close(y1, ref, absref, n_in)
+
+
+@pytest.mark.parametrize("shape", PAR_MATMUL, ids=lambda s: "x".join(map(str, s)))
+def test_matmul_thread_count_bit_identical(simd_path, shape):
+    M, K, N = shape
+    assert M * K * N >= MIN_WORK
+    rng = np.random.default_rng(7)
+    A, Bm, At = _rand(rng, M, K), _rand(rng, K, N), _rand(rng, K, M)
+    c1, d1 = nn(A, Bm, 1), tn(At, Bm, 1)
+    for t in (2, 3, 8):
+        assert np.array_equal(nn(A, Bm, t), c1)
+        assert np.array_equal(tn(At, Bm, t), d1)
+    ref, absref = ref_nn(A, Bm)
+    _check_close(c1, ref, absref, K)
+    ref, absref = ref_tn(At, Bm)
+    _check_close(d1, ref, absref, K)
+
+
+def _at_offset(a, offset_floats):
+    """A C-contiguous copy of a whose data starts offset_floats past a 64-byte boundary."""
+    buf = np.empty(a.size + 32, np.float32)
+    start = (-(buf.ctypes.data // 4)) % 16 + offset_floats
+    out = buf[start:start + a.size].reshape(a.shape)
+    out[...] = a
+    assert out.flags.c_contiguous and out.ctypes.data % 64 == 4 * offset_floats
+    return out
+
+
+@pytest.mark.parametrize("shape", [(100, 784, 500), (40, 500, 64), (9, 48, 40)],
+                         ids=lambda s: "x".join(map(str, s)))
+def test_alignment_does_not_change_bits(simd_path, shape):
+    # misaligned x is copied to an aligned buffer internally: same arithmetic
+    B, n_in, n_out = shape
+    rng = np.random.default_rng(8)
+    x, W, b = _rand(rng, B, n_in), _rand(rng, n_out, n_in), _rand(rng, n_out)
+    y0 = linear(_at_offset(x, 0), _at_offset(W, 0), b)
+    for ox, ow in [(4, 0), (0, 4), (3, 7), (8, 8)]:
+        assert np.array_equal(linear(_at_offset(x, ox), _at_offset(W, ow), b), y0)
+
+
+def test_paths_agree_closely():
+    rng = np.random.default_rng(9)
+    x, W, b = _rand(rng, 33, 300), _rand(rng, 70, 300), _rand(rng, 70)
+    A, Bm = _rand(rng, 33, 300), _rand(rng, 300, 70)
+    outs = []
+    for level in (2, 1, 0):
+        old = _dense.set_simd_limit(level)
+        try:
+            outs.append((linear(x, W, b), nn(A, Bm), tn(np.ascontiguousarray(A.T), Bm)))
+        finally:
+            _dense.set_simd_limit(old)
+    for other in outs[1:]:
+        for got, ref in zip(other, outs[0]):
+            np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_avx512_switch_caps_the_path():
+    old = _dense.set_avx512_disabled(True)
+    try:
+        assert _dense.simd_level() <= 1
+    finally:
+        _dense.set_avx512_disabled(old)
