@@ -38,7 +38,14 @@ import statistics
 import sys
 import time
 
-import numpy as np
+# numpy's OpenBLAS threads spin for a long time after each call and then
+# steal the cores from the next OpenMP call (ours or PyTorch's): with 2 cores
+# that made interleaved timings meaningless. A short spin timeout (OpenBLAS's
+# own knob, read when the library loads, hence before numpy is imported)
+# keeps the interleaved protocol fair; it is recorded in the JSON.
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+
+import numpy as np  # noqa: E402
 
 try:
     import threadpoolctl
@@ -192,7 +199,7 @@ def backward_variants(x, W, dy, k, nthreads):
 
     def meprop_unified():
         kernels.topk_unified_into(dy, k, uidx, ws_u, nthreads)
-        return kernels.unified_backward_into(x, W, uidx, dy)
+        return kernels.unified_backward_into(x, W, uidx, dy, ws_u, nthreads)
     fns["meprop_unified"] = meprop_unified
 
     dx_buf = np.empty((B, n_in), dtype=np.float32)

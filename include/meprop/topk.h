@@ -117,7 +117,7 @@ static int64_t mp_filter_row_generic(const float *g, int64_t n, int64_t k, float
                                      int32_t *ci, float *scratch, int *bad) {
     const int64_t cap = mp_topk_cap(k);
     int64_t c = 0;
-    float thr = -1.0f;          /* admits everything, zeros included, until k are held */
+    float thr = 0.0f;   /* zeros carry no gradient: admitted only if a row has < k non-zeros */
     for (int64_t j0 = 0; j0 < n; j0 += MP_TOPK_BLOCK) {
         int64_t len = n - j0 < MP_TOPK_BLOCK ? n - j0 : MP_TOPK_BLOCK;
         if (mp_block_scan(g + j0, len, thr, bad) == 0) continue;
@@ -147,7 +147,7 @@ static int64_t mp_filter_row_avx512(const float *g, int64_t n, int64_t k, float 
     const __m512 vmax = _mm512_set1_ps(FLT_MAX);
     const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
     int64_t c = 0;
-    float thr = -1.0f;
+    float thr = 0.0f;
     __m512 vthr = _mm512_set1_ps(thr);
     int nbad = 0;
     for (int64_t j0 = 0; j0 < n; j0 += MP_TOPK_BLOCK) {
@@ -194,10 +194,24 @@ static int64_t mp_topk_row(const float *g, int64_t n, int64_t k, void *ws, int32
         c = mp_filter_row_generic(g, n, k, cm, ci, scratch, &bad);
     (void)use_avx512;
     /* candidates are in index order, so the result comes out ascending */
-    if (c > k)
+    if (c > k) {
         (void)mp_keep_best(cm, ci, c, k, scratch, out_idx);
-    else
+    } else if (c == k) {
         for (int64_t t = 0; t < k; t++) out_idx[t] = ci[t];
+    } else {
+        /* fewer than k non-zeros: merge them with the lowest-index zeros */
+        int64_t zeros = k - c, w = 0, p = 0;
+        for (int64_t j = 0; j < n && w < k; j++) {
+            if (p < c && ci[p] == j) {
+                out_idx[w++] = (int32_t)j;
+                p++;
+            } else if (zeros > 0 && g[j] == 0.0f) {
+                out_idx[w++] = (int32_t)j;
+                zeros--;
+            }
+        }
+        for (; w < k; w++) out_idx[w] = (int32_t)w;   /* only with NaN (reported as bad) */
+    }
     return bad;
 }
 
