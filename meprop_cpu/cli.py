@@ -4,9 +4,10 @@
     meprop-cpu data mnist [--data-dir DIR]
     meprop-cpu info
 
-Exit codes: 0 success; 1 data or runtime error (message on stderr); 2 bad
+Exit codes: 0 success; 1 data or runtime error (one line on stderr); 2 bad
 command line (one ``meprop-cpu CMD: error: ...`` line on stderr); 130
-interrupted.
+interrupted (Ctrl-C during ``train`` first finishes the step, saves a
+checkpoint and prints the command that resumes it). See docs/errors.md.
 
 Subcommands are built by ``add_<name>_parser(subparsers)`` functions listed in
 ``SUBCOMMANDS``; each sets ``func`` (``func(args, parser) -> int``) with
@@ -110,6 +111,19 @@ def _nonneg_int(text):
     return v
 
 
+def _int_in(lo, hi):
+    """An option type: an integer in [lo, hi]."""
+    def parse(text):
+        try:
+            v = int(text)
+        except ValueError:
+            v = None
+        if v is None or not lo <= v <= hi:
+            raise argparse.ArgumentTypeError(f"expected an integer in [{lo}, {hi}], got {text!r}")
+        return v
+    return parse
+
+
 def _positive_float(text):
     try:
         v = float(text)
@@ -187,9 +201,9 @@ def add_train_parser(subparsers):
     p.add_argument("--batch-size", type=_positive_int, default=10)
     p.add_argument("--epochs", type=_positive_int, default=20)
     p.add_argument("--evals-per-epoch", type=_positive_int, default=1)
-    p.add_argument("--threads", type=_positive_int, default=None,
+    p.add_argument("--threads", type=_int_in(1, 4096), default=None,
                    help="kernel and BLAS threads (default: the current setting)")
-    p.add_argument("--seed", type=_nonneg_int, default=0)
+    p.add_argument("--seed", type=_int_in(0, 2**63 - 1), default=0)
     p.add_argument("--max-train", type=_positive_int, default=None, metavar="N",
                    help="use only the first N training examples")
     p.add_argument("--log-json", default=None, metavar="FILE", help="JSON-lines log")
@@ -200,6 +214,7 @@ def add_train_parser(subparsers):
                         "else to FILE)")
     p.add_argument("--progress", choices=("auto", "on", "off"), default="auto",
                    help="the updating progress line on stderr (auto: when it is a terminal)")
+    _add_mesimp_options(p)
     p.set_defaults(func=run_train)
     return p
 
@@ -297,7 +312,7 @@ def _summary_lines(s):
 def run_train(args, parser):
     from . import datasets
     from .nn import MLP
-    from .train import Trainer, build_optimizer
+    from .train import Trainer, TrainingInterrupted, build_optimizer
 
     if args.resume is not None and not os.path.isfile(args.resume):
         raise CliError(f"--resume: checkpoint file {args.resume} does not exist")
@@ -319,7 +334,7 @@ def run_train(args, parser):
             data = dict(data, train=(np.ascontiguousarray(X[:args.max_train]),
                                      np.ascontiguousarray(y[:args.max_train])))
         dense = args.dense or args.mode == "dense"
-        model = MLP(args.sizes, k=None if dense else args.k,
+        model = MLP(_resume_sizes(args), k=None if dense else args.k,
                     mode="dense" if dense else args.mode, dropout=args.dropout,
                     topk_output=args.topk_output, seed=args.seed)
         opt = build_optimizer(args.optimizer, model.parameters(), lr=args.lr,
@@ -333,7 +348,8 @@ def run_train(args, parser):
         trainer = Trainer(model, opt, data, batch_size=args.batch_size, epochs=args.epochs,
                           evals_per_epoch=args.evals_per_epoch, seed=args.seed,
                           log_json=args.log_json, checkpoint=ckpt, progress=progress,
-                          on_epoch=on_epoch)
+                          on_epoch=on_epoch, callbacks=_mesimp_callbacks(args, model, opt),
+                          interrupt_checkpoint=INTERRUPT_CHECKPOINT)
         n_train = data["train"][0].shape[0]
         from ._config import get_num_threads
         print(f"train {args.dataset}: {n_train} train / {data['dev'][0].shape[0]} dev / "
@@ -343,15 +359,40 @@ def run_train(args, parser):
               f"batch {args.batch_size}, threads {get_num_threads()}", flush=True)
         try:
             summary = trainer.fit(resume=args.resume)
+        except TrainingInterrupted as e:   # Ctrl-C: saved at a step boundary
+            if e.checkpoint is None:
+                print(f"{parser.prog}: {e}", file=sys.stderr)
+            else:
+                print(f"interrupted: checkpoint saved to {e.checkpoint}; resume with: "
+                      f"{_resume_command(args, e.checkpoint)}", file=sys.stderr)
+            return 130
         except (ValueError, FloatingPointError, OSError) as e:
             print(f"{parser.prog}: error: {e}", file=sys.stderr)
             return 1
         for line in _summary_lines(summary):
             print(line)
+        _save_model(args, model)
         return 0
     finally:
         if threads is not None:
             threads.restore()
+
+
+INTERRUPT_CHECKPOINT = "meprop-cpu-interrupted.npz"   # Ctrl-C without --checkpoint
+
+
+def _resume_command(args, path):
+    """The command line that continues this run from ``path``."""
+    import shlex
+    argv, out, skip = list(getattr(args, "argv", None) or ["train"]), [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--resume":
+            skip = True
+        elif not a.startswith("--resume="):
+            out.append(a)
+    return "meprop-cpu " + shlex.join(out + ["--resume", path])
 
 
 # ------------------------------------------------------------------ data / info
@@ -377,13 +418,158 @@ def run_info(args, parser):
     return 0
 
 
+# ------------------------------------------------------------------ meSimp
+
+_MESIMP_DEFAULTS = {"prune_rate": 0.1, "cycle_epochs": 5, "steps_per_epoch": 8, "min_width": 1}
+
+
+def _add_mesimp_options(p):
+    g = p.add_argument_group("meSimp (shrink the hidden layers while training)")
+    g.add_argument("--mesimp", action="store_true",
+                   help="remove inactive hidden neurons during training (cycle schedule)")
+    g.add_argument("--prune-rate", type=_probability, default=None, metavar="R",
+                   help="remove neuron j if hits[j] < floor(R * examples seen), R in [0, 1) "
+                        "(default 0.1)")
+    g.add_argument("--cycle-epochs", type=_positive_int, default=None, metavar="C",
+                   help="epochs per cycle; even cycles simplify, odd ones train normally, the "
+                        "optimizer state is reset between cycles (default 5)")
+    g.add_argument("--steps-per-epoch", type=_positive_int, default=None, metavar="S",
+                   help="simplification steps per epoch in simplifying cycles (default 8)")
+    g.add_argument("--min-width", type=_positive_int, default=None, metavar="W",
+                   help="never shrink a hidden layer below W neurons (default 1)")
+    g.add_argument("--save-model", default=None, metavar="FILE",
+                   help="after training, write the (simplified) model to FILE (.npz, "
+                        "see `meprop-cpu simplify`)")
+
+
+def _resume_sizes(args):
+    """The checkpoint's sizes when resuming a run whose hidden layers were shrunk
+    by meSimp (same depth, input and output, no hidden layer wider), else --sizes."""
+    if args.resume is None:
+        return args.sizes
+    from .train import read_checkpoint
+    try:
+        sizes = read_checkpoint(args.resume)[0]["model"].get("sizes")
+    except (OSError, ValueError):
+        return args.sizes   # reported by Trainer.fit with the usual message
+    if (isinstance(sizes, list) and len(sizes) == len(args.sizes) and sizes != args.sizes
+            and sizes[0] == args.sizes[0] and sizes[-1] == args.sizes[-1]
+            and all(1 <= a <= b for a, b in zip(sizes, args.sizes))):
+        print(f"resuming a simplified model: sizes {sizes}", flush=True)
+        return sizes
+    return args.sizes
+
+
+def _mesimp_callbacks(args, model, opt):
+    given = [f"--{k.replace('_', '-')}" for k in _MESIMP_DEFAULTS if getattr(args, k) is not None]
+    if not args.mesimp:
+        if given:
+            raise CliError(f"{', '.join(given)} need --mesimp")
+        return []
+    from .simplify import CycleSchedule, Simplifier
+    o = {k: (v if getattr(args, k) is None else getattr(args, k))
+         for k, v in _MESIMP_DEFAULTS.items()}
+    simp = Simplifier(model, opt, prune_rate=o["prune_rate"], min_width=o["min_width"],
+                      schedule=CycleSchedule(o["cycle_epochs"], o["steps_per_epoch"]),
+                      verbose=True)
+    print(f"meSimp: prune rate {o['prune_rate']:g}, cycles of {o['cycle_epochs']} epochs, "
+          f"{o['steps_per_epoch']} simplification steps per epoch in even cycles, "
+          f"min width {o['min_width']}", flush=True)
+    return [simp]
+
+
+def _save_model(args, model):
+    if args.save_model is not None:
+        model.save(args.save_model)
+        print(f"model saved to {args.save_model} (sizes {model.sizes})")
+
+
+def _model_summary(model):
+    W = sum(m.W.data.size for m in model.linears)
+    b = sum(m.b.data.size for m in model.linears)
+    return W, b
+
+
+def add_simplify_parser(subparsers):
+    p = subparsers.add_parser(
+        "simplify", help="show a (simplified) model file's architecture and size",
+        description="Print the architecture and parameter count of a model file written by "
+                    "`train --save-model` (or of a training checkpoint), optionally its test "
+                    "accuracy, and optionally export it as a model file.")
+    p.add_argument("model", metavar="MODEL", help="model file (.npz) or training checkpoint")
+    p.add_argument("--eval", action="store_true", help="also report the test accuracy")
+    p.add_argument("--dataset", choices=DATASETS, default="mnist",
+                   help="data set for --eval (default mnist)")
+    p.add_argument("--data-dir", default=None, metavar="DIR")
+    p.add_argument("--export", default=None, metavar="FILE",
+                   help="write the model as a model file (from a checkpoint, say)")
+    p.set_defaults(func=run_simplify)
+    return p
+
+
+def run_simplify(args, parser):
+    from . import datasets, nn
+    from .train import model_from_checkpoint
+    if not os.path.isfile(args.model):
+        print(f"{parser.prog}: error: model file {args.model} does not exist", file=sys.stderr)
+        return 1
+    try:
+        try:
+            model, kind = nn.load(args.model), "model file"
+        except ValueError as e:
+            try:
+                model, kind = model_from_checkpoint(args.model), "training checkpoint"
+            except ValueError:
+                raise e from None
+    except ValueError as e:
+        print(f"{parser.prog}: error: {e}", file=sys.stderr)
+        return 1
+    W, b = _model_summary(model)
+    sizes = model.sizes
+    print(f"{args.model}: {kind}")
+    print(f"sizes {'-'.join(map(str, sizes))}  (hidden {model.hidden_sizes}, "
+          f"activation {model.config['activation']})")
+    print(f"parameters {W + b:,} (weights {W:,}, biases {b:,})")
+    if args.export is not None:
+        model.save(args.export)
+        print(f"exported to {args.export}")
+    if args.eval:
+        try:
+            data = load_dataset(args.dataset, args.data_dir)
+        except datasets.DataError as e:
+            print(f"{parser.prog}: data error: {e}", file=sys.stderr)
+            return 1
+        X, y = data["test"]
+        if X.shape[1] != sizes[0] or int(y.max()) >= sizes[-1]:
+            print(f"{parser.prog}: error: the model ({sizes[0]} inputs, {sizes[-1]} classes) "
+                  f"does not fit {args.dataset}", file=sys.stderr)
+            return 1
+        print(f"test accuracy ({args.dataset}, {X.shape[0]} examples): "
+              f"{model.accuracy(X, y):.2f}%")
+    return 0
+
+
+register_subcommand(add_simplify_parser)
+
+
+def add_bench_parser(subparsers):
+    """`meprop-cpu bench`: built and run by meprop_cpu.bench."""
+    from .bench import add_parser
+    return add_parser(subparsers)
+
+
+register_subcommand(add_bench_parser)
+
+
 # ------------------------------------------------------------------ main
 
 def main(argv=None):
     """Run the command line; returns the exit code."""
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     try:
         args, extra = parser.parse_known_args(argv)
+        args.argv = argv
         sub = _subparser(parser, args.command)
         if extra:  # reported by the subcommand's parser, which names the subcommand
             sub.error(f"unrecognized arguments: {' '.join(extra)}")
@@ -397,6 +583,13 @@ def main(argv=None):
     except KeyboardInterrupt:
         print(f"{sub.prog}: interrupted", file=sys.stderr)
         return 130
+    except MemoryError as e:
+        print(f"{sub.prog}: error: out of memory ({e})", file=sys.stderr)
+        return 1
+    except (ValueError, OSError, RuntimeError, ArithmeticError) as e:
+        # bad data, files or settings found while running: one line, no traceback
+        print(f"{sub.prog}: error: {e}".splitlines()[0], file=sys.stderr)
+        return 1
 
 
 def _subparser(parser, name):

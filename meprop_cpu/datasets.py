@@ -39,6 +39,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import math
 import os
 import pickle
 import subprocess
@@ -208,10 +209,10 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
         )
     magic = int.from_bytes(data[:4], "big")
     zero, type_code, ndim = int.from_bytes(data[:2], "big"), data[2], data[3]
-    if zero != 0 or type_code not in _IDX_TYPES or ndim == 0:
+    if zero != 0 or type_code not in _IDX_TYPES or ndim == 0 or ndim > 32:
         raise DataFormatError(
             f"{path}: wrong magic 0x{magic:08x} for an IDX file (expected "
-            "0x0000TTDD with type TT in 08,09,0b,0c,0d,0e and DD >= 1 dims, "
+            "0x0000TTDD with type TT in 08,09,0b,0c,0d,0e and 1 <= DD <= 32 dims, "
             "e.g. 0x00000801 for labels, 0x00000803 for images)"
         )
     header = 4 + 4 * ndim
@@ -224,7 +225,7 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
         int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)
     )
     dtype = _IDX_TYPES[type_code]
-    expected = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
+    expected = math.prod(dims) * dtype.itemsize   # Python ints: no overflow
     got = len(data) - header
     if got < expected:
         raise DataFormatError(

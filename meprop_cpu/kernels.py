@@ -59,8 +59,9 @@ class RowGrad:
                 raise ValueError(f"RowGrad.to_dense: dense gradient has {self.values.shape[0]} "
                                  f"rows, n_out={n_out}")
             return np.array(self.values, dtype=np.float32)
-        if len(self.rows) and int(self.rows[-1]) >= n_out:
-            raise ValueError(f"RowGrad.to_dense: row {int(self.rows[-1])} >= n_out={n_out}")
+        if len(self.rows) and (int(self.rows.min()) < 0 or int(self.rows.max()) >= n_out):
+            raise ValueError(f"RowGrad.to_dense: rows must lie in [0, n_out={n_out}), got range "
+                             f"[{int(self.rows.min())}, {int(self.rows.max())}]")
         out = np.zeros((n_out, self.values.shape[1]), dtype=np.float32)
         out[self.rows] = self.values
         return out

@@ -542,6 +542,10 @@ def load(path):
     if not os.path.exists(path):
         raise FileNotFoundError(f"model file {path} does not exist")
     try:
+        with open(path, "rb") as f:   # else np.load would call a non-zip file a pickle
+            head = f.read(4)
+        if head != b"PK\x03\x04":
+            raise ValueError(f"not an .npz archive: it starts with {head!r}, not PK\\x03\\x04")
         with np.load(path, allow_pickle=False) as z:
             if not hasattr(z, "files"):
                 raise ValueError("it is a single .npy array, not an .npz archive")

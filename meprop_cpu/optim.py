@@ -131,37 +131,64 @@ class Optimizer:
         raise NotImplementedError
 
     def step(self):
-        """Apply one update from every parameter's current ``grad`` (None: skipped)."""
+        """Apply one update from every parameter's current ``grad`` (None: skipped).
+
+        Every gradient is checked (shape, row indices in range and strictly
+        ascending) before any parameter changes, so a bad gradient raises
+        ValueError / TypeError and leaves weights, state and step counts as
+        they were. Gradient values are not scanned for NaN/Inf (that would cost
+        a pass over them every step): the Trainer detects divergence."""
         nt = get_num_threads()
+        work = [(p,) + self._prepare(p) for p in self.params if p.grad is not None]
         self.steps += 1
-        for p in self.params:
-            g = p.grad
-            if g is None:
-                continue
-            w = p.data
+        for p, w2, rows, v2, r in work:
             st = self._state_for(p)
             st["step"] += 1
             mom, eps, b1, b2, step_size, isb = self._args(st["step"])
             arrs = [a if a.ndim == 2 else a.reshape(1, -1) for a in st["arrays"]]
             s1 = arrs[0] if len(arrs) > 0 else None
             s2 = arrs[1] if len(arrs) > 1 else None
-            rows = None
-            if isinstance(g, RowGrad):
-                if g.rows is None or not self.sparse:
-                    values = g.values if g.rows is None else g.to_dense(w.shape[0])
-                else:
-                    rows, values = g.rows, g.values
-            else:
-                values = np.asarray(g)
-                if values.shape != w.shape:
-                    raise ValueError(f"{type(self).__name__}.step: gradient of {p.name or 'param'} "
-                                     f"has shape {values.shape}, parameter {w.shape}")
-            w2 = w if w.ndim == 2 else w.reshape(1, -1)
-            v2 = values if values.ndim == 2 else values.reshape(1, -1)
-            v2 = np.ascontiguousarray(v2, dtype=np.float32)
-            r = v2.shape[0] if rows is None else rows.shape[0]
             _kernels.optim_rows(self._kind, w2, s1, s2, rows, v2, r, self.lr, mom, eps, b1, b2,
                                 self.weight_decay, self.clip, step_size, isb, nt)
+
+    def _prepare(self, p):
+        """Validate ``p.data`` and ``p.grad``: (w2, rows or None, values, r) for the kernel.
+        A bad row index would make the kernel write outside the parameter."""
+        who, name = type(self).__name__, p.name or "param"
+        w, g = p.data, p.grad
+        if not isinstance(w, np.ndarray) or w.dtype != np.float32 or w.ndim not in (1, 2):
+            raise TypeError(f"{who}.step: parameter {name} must be a 1-D or 2-D float32 array, "
+                            f"got {getattr(w, 'dtype', type(w).__name__)} "
+                            f"{getattr(w, 'shape', '')}")
+        if not w.flags.c_contiguous or not w.flags.writeable:
+            raise ValueError(f"{who}.step: parameter {name} must be C-contiguous and writable")
+        w2 = w if w.ndim == 2 else w.reshape(1, -1)
+        rows, values = None, g
+        if isinstance(g, RowGrad):
+            values = np.asarray(g.values)
+            if g.rows is not None:
+                rows, r, n = np.asarray(g.rows), g.values.shape[0], w2.shape[0]
+                if rows.dtype.kind not in "iu":
+                    raise TypeError(f"{who}.step: RowGrad rows of {name} must be integers, "
+                                    f"got {rows.dtype}")
+                if r and (rows[0] < 0 or rows[-1] >= n
+                          or (r > 1 and not (rows[1:] > rows[:-1]).all())):
+                    raise ValueError(f"{who}.step: RowGrad rows of {name} must be strictly "
+                                     f"ascending row indices in [0, {n})")
+                if values.shape != (r, w2.shape[1]):
+                    raise ValueError(f"{who}.step: RowGrad values of {name} have shape "
+                                     f"{values.shape}, expected ({r}, {w2.shape[1]})")
+                if self.sparse:
+                    rows = np.ascontiguousarray(rows, dtype=np.int32)
+                else:
+                    values, rows = g.to_dense(n), None
+        values = np.asarray(values)
+        if rows is None and values.shape != w.shape and values.shape != w2.shape:
+            raise ValueError(f"{who}.step: gradient of {name} has shape {values.shape}, "
+                             f"parameter {w.shape}")
+        v2 = values if values.ndim == 2 else values.reshape(1, -1)
+        v2 = np.ascontiguousarray(v2, dtype=np.float32)
+        return w2, rows, v2, v2.shape[0] if rows is None else rows.shape[0]
 
 
 class SGD(Optimizer):

@@ -21,6 +21,18 @@ counters and history from a checkpoint written at the end of an epoch, then
 trains up to ``epochs`` (the total, not additional ones). With the same seed
 and thread count the result is bit-identical to an uninterrupted run.
 
+Ctrl-C (SIGINT) during ``fit`` does not stop the process in the middle of an
+update: the trainer finishes the current step (and evaluation, if one is due),
+saves a checkpoint of that state to ``checkpoint`` (else
+``interrupt_checkpoint``; not if the weights hold NaN/Inf) and raises
+:class:`TrainingInterrupted` (a KeyboardInterrupt). Such a mid-epoch
+checkpoint also records the position in the epoch (``trainer.partial``: the
+step, the running loss and timings) with the shuffle generator rewound to the
+epoch's start, so resuming from it redraws the same permutation, skips the
+steps already done and ends bit-identical to an uninterrupted run. A second
+Ctrl-C stops at once with a plain KeyboardInterrupt (the checkpoint on disk is
+then the last one written). ``request_stop()`` does the same as one Ctrl-C.
+
 Checkpoint format (``CHECKPOINT_VERSION`` 1): one ``.npz`` (``np.savez``, read
 back with ``allow_pickle=False``) holding
 
@@ -42,8 +54,10 @@ import json
 import math
 import numbers
 import os
+import signal
 import sys
 import tempfile
+import threading
 import time
 import warnings
 import zipfile
@@ -54,8 +68,9 @@ from ._config import get_num_threads
 from .nn import Dropout, Linear, MLP, SoftmaxCrossEntropy
 from .optim import SGD, AdaGrad, Adam
 
-__all__ = ["Trainer", "build_optimizer", "OPTIMIZERS", "DEFAULT_LR", "read_checkpoint",
-           "model_from_checkpoint", "LOG_KEYS", "CHECKPOINT_FORMAT", "CHECKPOINT_VERSION"]
+__all__ = ["Trainer", "TrainingInterrupted", "build_optimizer", "OPTIMIZERS", "DEFAULT_LR",
+           "read_checkpoint", "model_from_checkpoint", "LOG_KEYS", "CHECKPOINT_FORMAT",
+           "CHECKPOINT_VERSION"]
 
 OPTIMIZERS = {"adam": Adam, "adagrad": AdaGrad, "sgd": SGD}
 DEFAULT_LR = {"adam": 1e-3, "adagrad": 0.01, "sgd": 0.1}
@@ -121,6 +136,25 @@ def _check_split(data, split, required):
     if X.shape[0] == 0:
         raise ValueError(f"Trainer: data[{split!r}] is empty")
     return np.ascontiguousarray(X), np.ascontiguousarray(y, dtype=np.int64)
+
+
+def _check_data_fits(data, sizes):
+    """Finite features, as many as the model takes, and labels in [0, classes)."""
+    for split, xy in data.items():
+        if xy is None:
+            continue
+        X, y = xy
+        if sizes is not None and X.shape[1] != sizes[0]:
+            raise ValueError(f"Trainer: data[{split!r}] has {X.shape[1]} features, the model "
+                             f"takes {sizes[0]}")
+        n_classes = sizes[-1] if sizes is not None else None
+        if y.min() < 0 or (n_classes is not None and y.max() >= n_classes):
+            raise ValueError(f"Trainer: data[{split!r}] labels must lie in [0, "
+                             f"{n_classes if n_classes is not None else 'classes'}), got range "
+                             f"[{y.min()}, {y.max()}]")
+        if not np.isfinite(X.sum(dtype=np.float64)):   # no temporary; exact count if it fails
+            bad = X.size - np.count_nonzero(np.isfinite(X))
+            raise ValueError(f"Trainer: data[{split!r}] X contains {bad} NaN/Inf value(s)")
 
 
 def _to_json(obj):
@@ -206,6 +240,10 @@ def read_checkpoint(path):
     if not os.path.exists(path):
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     try:
+        with open(path, "rb") as f:   # else np.load would call a non-zip file a pickle
+            head = f.read(4)
+        if head != b"PK\x03\x04":
+            raise ValueError(f"not an .npz archive: it starts with {head!r}, not PK\\x03\\x04")
         with np.load(path, allow_pickle=False) as z:
             if not hasattr(z, "files"):
                 raise ValueError("it is a single .npy array, not an .npz archive")
@@ -248,6 +286,18 @@ def model_from_checkpoint(path):
     model = MLP(**cfg)
     model.load_state_dict({name[6:]: a for name, a in arrays.items() if name.startswith("param:")})
     return model
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Training stopped at a step boundary after Ctrl-C (or ``request_stop()``).
+
+    ``checkpoint``: the path the state was saved to (None if the trainer has no
+    checkpoint path or the weights were not finite); ``epoch``, ``step``: the
+    epoch being trained and the last step completed in it (0: none)."""
+
+    def __init__(self, message, checkpoint=None, epoch=None, step=None):
+        super().__init__(message)
+        self.checkpoint, self.epoch, self.step = checkpoint, epoch, step
 
 
 class _Progress:
@@ -293,7 +343,8 @@ class Trainer:
     seed: seeds the shuffle generator (one permutation per epoch).
     log_json: path of a JSON-lines log (truncated by a fresh fit, appended to
     when resuming or continuing).
-    checkpoint: path written (atomically) at the end of every epoch.
+    checkpoint: path written (atomically) at the end of every epoch, and on Ctrl-C.
+    interrupt_checkpoint: where Ctrl-C saves when ``checkpoint`` is None.
     progress: True / False / None (auto: when stderr is a terminal).
     callbacks: callables ``cb(trainer, epoch, step)`` run after every
     optimizer step (epoch and step are 1-based; ``trainer.global_step``
@@ -309,7 +360,7 @@ class Trainer:
 
     def __init__(self, model, optimizer, data, batch_size, epochs, evals_per_epoch=1, seed=0,
                  log_json=None, checkpoint=None, progress=None, callbacks=(), *, loss=None,
-                 on_epoch=None, eval_batch_size=1024):
+                 on_epoch=None, eval_batch_size=1024, interrupt_checkpoint=None):
         self.model = model
         self.optimizer = optimizer
         if not isinstance(data, dict):
@@ -318,6 +369,7 @@ class Trainer:
         self.data = {"train": _check_split(data, "train", True),
                      "dev": _check_split(data, "dev", True),
                      "test": _check_split(data, "test", False)}
+        _check_data_fits(self.data, _model_sizes(model))
         self.batch_size = _check_int(batch_size, "batch_size", 1)
         self.epochs = _check_int(epochs, "epochs", 1)
         self.evals_per_epoch = _check_int(evals_per_epoch, "evals_per_epoch", 1)
@@ -326,6 +378,8 @@ class Trainer:
         self.seed = seed
         self.log_json = None if log_json is None else os.fspath(log_json)
         self.checkpoint = None if checkpoint is None else os.fspath(checkpoint)
+        self.interrupt_checkpoint = (None if interrupt_checkpoint is None
+                                     else os.fspath(interrupt_checkpoint))
         self.progress = progress
         callbacks = list(callbacks or ())
         for i, cb in enumerate(callbacks):
@@ -353,6 +407,8 @@ class Trainer:
         self.best_epoch = None
         self.best_step = None
         self.history = []         # one record per evaluation
+        self.partial = None       # position inside an interrupted epoch (see fit)
+        self._stop = False
         self._log = None
 
     # -- evaluation ----------------------------------------------------------
@@ -410,10 +466,12 @@ class Trainer:
 
         resume: path of a checkpoint to continue from (see load_checkpoint).
         Raises FloatingPointError naming the epoch and step if the loss or the
-        gradients become NaN/Inf (the last good checkpoint is kept).
+        gradients become NaN/Inf (the last good checkpoint is kept), and
+        TrainingInterrupted after Ctrl-C (see the module docstring).
         """
         if resume is not None:
             self.load_checkpoint(resume)
+        self._stop = False
         show = self.progress if self.progress is not None else _isatty(sys.stderr)
         progress = _Progress(sys.stderr) if show else None
         if self.log_json is not None:
@@ -422,9 +480,12 @@ class Trainer:
             # a fresh run starts a new log; a resumed or continued one appends
             fresh = resume is None and self.epoch == 0
             self._log = open(self.log_json, "w" if fresh else "a", encoding="utf-8")
+        restore_sigint = self._catch_sigint()
         try:
             for epoch in range(self.epoch + 1, self.epochs + 1):
                 rec = self._run_epoch(epoch, progress)
+                if rec is None:
+                    self._interrupted(epoch)
                 self.epoch = epoch
                 if self.checkpoint is not None:
                     self._check_finite(epoch)
@@ -435,6 +496,7 @@ class Trainer:
             self._write_log(summary)
             return summary
         finally:
+            restore_sigint()
             if progress is not None:
                 progress.clear()
             if self._log is not None:
@@ -446,6 +508,7 @@ class Trainer:
         X, y = self.data["train"]
         B, spe = self.batch_size, self.steps_per_epoch
         evals = set(self.eval_steps)
+        epoch_start_rng = self._rng.bit_generator.state
         perm = self._rng.permutation(self.n_train)
         model.train()
         pc = time.perf_counter
@@ -453,7 +516,24 @@ class Trainer:
         loss_sum, seen = 0.0, 0
         rec = None
         t_start = pc()
-        for step in range(1, spe + 1):
+        part, self.partial = self.partial, None
+        first = 1
+        if part is not None and part["epoch"] == epoch:   # resume inside this epoch
+            first = part["step"] + 1
+            loss_sum, seen = part["loss_sum"], part["seen"]
+            t_fwd, t_bwd, t_upd = part["time_forward"], part["time_backward"], part["time_update"]
+            t_eval = part["time_eval"]
+            t_start -= part["time_train"] + t_eval
+        for step in range(first, spe + 1):
+            if self._stop:   # Ctrl-C: stop between steps, rewind to the epoch's permutation
+                self._rng.bit_generator.state = epoch_start_rng
+                self.partial = {"epoch": epoch, "step": step - 1, "loss_sum": loss_sum,
+                                "seen": seen, "time_train": pc() - t_start - t_eval,
+                                "time_forward": t_fwd, "time_backward": t_bwd,
+                                "time_update": t_upd, "time_eval": t_eval}
+                if progress is not None:
+                    progress.clear()
+                return None
             idx = perm[(step - 1) * B: step * B]
             xb, yb = X[idx], y[idx]
             t0 = pc()
@@ -497,8 +577,46 @@ class Trainer:
             progress.clear()
         return rec
 
-    def _diverged(self, epoch, step, why, cause=None):
-        where = f"epoch {epoch}, step {step} (global step {self.global_step + 1})"
+    def request_stop(self):
+        """Ask a running ``fit`` to stop after the current step, as Ctrl-C does."""
+        self._stop = True
+
+    def _catch_sigint(self):
+        """Turn the first Ctrl-C into request_stop() while fit runs (main thread,
+        default handler only); a second one raises KeyboardInterrupt at once.
+        Returns the function that puts the previous handler back."""
+        if (threading.current_thread() is not threading.main_thread()
+                or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+            return lambda: None
+
+        def handler(signum, frame):
+            if self._stop:
+                signal.signal(signal.SIGINT, signal.default_int_handler)
+                raise KeyboardInterrupt
+            self._stop = True
+
+        signal.signal(signal.SIGINT, handler)
+        return lambda: signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    def _interrupted(self, epoch):
+        """Save the state at the step boundary where fit stopped, then raise."""
+        step = self.partial["step"]
+        path = self.checkpoint if self.checkpoint is not None else self.interrupt_checkpoint
+        where = f"epoch {epoch}, after step {step} of {self.steps_per_epoch}"
+        if path is not None and all(np.isfinite(p.data).all() for p in self.model.parameters()):
+            self.save_checkpoint(path)
+            msg = f"training interrupted at {where}; checkpoint saved to {path}"
+        else:
+            why = "no checkpoint path set" if path is None else "the weights hold NaN/Inf"
+            msg = f"training interrupted at {where}; no checkpoint saved ({why})"
+            path = None
+        self._write_log(self._record("interrupted", epoch, step, None, None,
+                                     dict.fromkeys(_TIME_KEYS), message=msg))
+        raise TrainingInterrupted(msg, path, epoch, step)
+
+    def _diverged(self, epoch, step, why, cause=None, step_done=False):
+        gs = self.global_step if step_done else self.global_step + 1
+        where = f"epoch {epoch}, step {step} (global step {gs})"
         kept = (f"; the last good checkpoint {self.checkpoint} was kept"
                 if self.checkpoint is not None and os.path.exists(self.checkpoint) else "")
         msg = (f"training diverged at {where}: {why}{kept}. "
@@ -511,7 +629,8 @@ class Trainer:
         for i, p in enumerate(self.model.parameters()):
             if not np.isfinite(p.data).all():
                 self._diverged(epoch, self.steps_per_epoch,
-                               f"parameter {i} ({p.name}) holds NaN/Inf after the epoch")
+                               f"parameter {i} ({p.name}) holds NaN/Inf after the epoch",
+                               step_done=True)
 
     # -- summary -------------------------------------------------------------
     def summary(self):
@@ -561,7 +680,7 @@ class Trainer:
                         "n_train": self.n_train, "best_dev": self.best_dev,
                         "test_at_best_dev": self.test_at_best_dev,
                         "best_epoch": self.best_epoch, "best_step": self.best_step,
-                        "history": self.history},
+                        "history": self.history, "partial": self.partial},
             "rng": rng,
         }, osd
 
@@ -651,6 +770,7 @@ class Trainer:
                              f"the model {len(lins)}")
         hyper = {k: (tuple(v) if isinstance(v, list) else v)
                  for k, v in _from_json(om.get("hyper", {})).items()}
+        partial = _check_partial(tm, path, self)
 
         # apply
         model.load_state_dict(saved)
@@ -675,12 +795,33 @@ class Trainer:
         self.best_epoch = tm.get("best_epoch")
         self.best_step = tm.get("best_step")
         self.history = list(tm.get("history", []))
+        self.partial = partial
         if tm.get("batch_size") != self.batch_size or tm.get("n_train") != self.n_train:
             warnings.warn(f"checkpoint {path} was trained with batch_size {tm.get('batch_size')} "
                           f"on {tm.get('n_train')} examples; resuming with {self.batch_size} on "
                           f"{self.n_train}: the run will not match the original",
                           RuntimeWarning, stacklevel=2)
         return meta
+
+
+def _check_partial(tm, path, trainer):
+    """Validate the mid-epoch position of a checkpoint written on Ctrl-C."""
+    part = tm.get("partial")
+    if part is None:
+        return None
+    if tm.get("batch_size") != trainer.batch_size or tm.get("n_train") != trainer.n_train:
+        raise ValueError(f"checkpoint {path} was saved in the middle of an epoch with "
+                         f"batch_size {tm.get('batch_size')} on {tm.get('n_train')} examples; "
+                         f"it resumes only with the same (got {trainer.batch_size} on "
+                         f"{trainer.n_train})")
+    keys = ("epoch", "step", "loss_sum", "seen", "time_train", "time_forward",
+            "time_backward", "time_update", "time_eval")
+    if (not isinstance(part, dict) or any(k not in part for k in keys)
+            or not isinstance(part["step"], int) or not isinstance(part["seen"], int)
+            or part["epoch"] != tm.get("epoch", -1) + 1
+            or not 0 <= part["step"] < trainer.steps_per_epoch):
+        raise ValueError(f"checkpoint {path}: malformed mid-epoch position {part!r}")
+    return dict(part)
 
 
 def _isatty(stream):

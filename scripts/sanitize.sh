@@ -1,0 +1,161 @@
+#!/usr/bin/env bash
+# Build meprop_cpu with AddressSanitizer + UndefinedBehaviorSanitizer in
+# scratch copies of the sources and run the kernel tests under both.
+#
+#   scripts/sanitize.sh                      # the kernel test files (default)
+#   scripts/sanitize.sh tests/test_nn.py     # other test files
+#   BUILDS=portable scripts/sanitize.sh      # only one of the two builds
+#   KEEP=1 scripts/sanitize.sh               # keep the scratch directory
+#
+# Two instrumented builds, each in its own copy of the sources:
+#   portable  setup.py's MEPROP_SANITIZE=address,undefined: -fsanitize=...,
+#             -O1 -g, and the portable C kernels (MEPROP_NO_DISPATCH: no
+#             target_clones, no intrinsics);
+#   simd      -fsanitize=address,undefined -g with MEPROP_NATIVE=1
+#             (-march=native, -O3): the hand-written AVX-512 / AVX2 intrinsic
+#             kernels this CPU runs in production, chosen at compile time (no
+#             ifunc); the tests also force the portable paths. Skipped on a
+#             CPU without AVX-512 (there -march=native would bring back the
+#             ifunc dispatch that the sanitizers do not support well).
+# Exits 0 only if the builds compile, the sanitizers are shown to be live (a
+# deliberate out-of-bounds write in a kernel must be reported), every test
+# passes and no sanitizer report appears; non-zero otherwise. The checkout
+# itself is not touched. Needs gcc with libasan and libubsan, Cython,
+# setuptools, numpy, pytest and hypothesis. A Python extension needs the ASan
+# runtime loaded first (LD_PRELOAD); CPython does not free everything at exit
+# by design, so leak detection is off (scripts/leak_check.py covers growth).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+PY=${PYTHON:-python3}
+CC_BIN=${CC:-gcc}
+BUILDS=${BUILDS:-portable simd}
+if [ "$#" -gt 0 ]; then
+    TESTS=("$@")
+else
+    TESTS=(tests/test_kernels.py tests/test_dense.py tests/test_dispatch.py
+           tests/test_nn.py tests/test_optim.py tests/test_properties.py)
+fi
+
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/meprop-sanitize.XXXXXX")
+cleanup() { if [ "${KEEP:-0}" = 1 ]; then echo "sanitize: kept $WORK"; else rm -rf "$WORK"; fi; }
+trap cleanup EXIT
+START=$(date +%s)
+
+LIBASAN=$("$CC_BIN" -print-file-name=libasan.so)
+if [ ! -e "$LIBASAN" ]; then
+    echo "sanitize: FAILED: $CC_BIN has no libasan.so ($LIBASAN)" >&2
+    exit 2
+fi
+
+# Python snippets run under the sanitizers --------------------------------------
+cat > "$WORK/check_build.py" <<'PYEOF'
+import os, subprocess
+import meprop_cpu
+from meprop_cpu import _dense, _kernels
+here = os.path.realpath(os.getcwd())
+for mod in (_kernels, _dense):
+    path = os.path.realpath(mod.__file__)
+    assert path.startswith(here), f"{mod.__name__} comes from {path}, not the sanitizer build"
+    syms = subprocess.run(["nm", "-D", path], capture_output=True, text=True).stdout
+    for needle in ("__asan_", "__ubsan_handle_"):
+        assert needle in syms, f"{path} is not instrumented ({needle} missing)"
+simd = meprop_cpu.show_config()["simd"]
+if os.environ["MEPROP_EXPECT"] == "simd":
+    assert _kernels.avx512_paths() and _dense.simd_level() == 2, f"no AVX-512 paths ({simd})"
+print(f"  instrumented build in {os.path.dirname(meprop_cpu.__file__)}: simd {simd}, "
+      f"AVX-512 kernels {_kernels.avx512_paths()}, dense level {_dense.simd_level()}")
+PYEOF
+
+# optim_rows is an unchecked wrapper: row 4 of a 4-row array lies past its end
+cat > "$WORK/canary.py" <<'PYEOF'
+import numpy as np
+from meprop_cpu import _kernels
+w = np.zeros((4, 3), np.float32)
+_kernels.optim_rows(0, w, None, None, np.array([4], np.int32), np.ones((1, 3), np.float32), 1,
+                    0.1, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1)
+print("canary: the out-of-bounds write was NOT reported")
+PYEOF
+
+run_build() {   # run_build NAME: copy, build, check, canary, tests
+    local name=$1 src="$WORK/$1" rc=0 reports t0
+    t0=$(date +%s)
+    mkdir -p "$src"
+    cp -r "$ROOT/setup.py" "$ROOT/pyproject.toml" "$ROOT/include" "$ROOT/meprop_cpu" \
+          "$ROOT/tests" "$src/"
+    if [ -f "$ROOT/README.md" ]; then cp "$ROOT/README.md" "$src/"; else : > "$src/README.md"; fi
+    rm -rf "$src"/meprop_cpu/*.so "$src"/meprop_cpu/_*.c "$src"/meprop_cpu/__pycache__ \
+           "$src"/tests/__pycache__
+
+    echo "sanitize[$name]: building in $src"
+    if [ "$name" = portable ]; then
+        (cd "$src" && MEPROP_SANITIZE=address,undefined CC="$CC_BIN" \
+            "$PY" setup.py build_ext --inplace) > "$WORK/$name-build.log" 2>&1 || rc=$?
+    else
+        (cd "$src" && MEPROP_NATIVE=1 CC="$CC_BIN" \
+            CFLAGS="-fsanitize=address,undefined -fno-omit-frame-pointer -g" \
+            LDFLAGS="-fsanitize=address,undefined" \
+            "$PY" setup.py build_ext --inplace) > "$WORK/$name-build.log" 2>&1 || rc=$?
+    fi
+    if [ "$rc" -ne 0 ]; then
+        tail -40 "$WORK/$name-build.log"
+        echo "sanitize[$name]: FAILED: the sanitizer build does not compile" >&2
+        return 2
+    fi
+
+    (
+        export LD_PRELOAD="$LIBASAN"
+        # reports go to files too: pytest's capture would swallow them when the process dies
+        mkdir -p "$WORK/$name-reports"
+        export ASAN_OPTIONS="detect_leaks=0:halt_on_error=1:exitcode=99:print_summary=1"
+        export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1:report_error_type=1:exitcode=98"
+        export PYTHONDONTWRITEBYTECODE=1
+        export PYTHONPATH="$src${PYTHONPATH:+:$PYTHONPATH}"   # ahead of any installed build
+        cd "$src"
+        MEPROP_EXPECT=$name "$PY" "$WORK/check_build.py" || exit 3
+
+        set +e
+        "$PY" "$WORK/canary.py" > "$WORK/$name-canary.log" 2>&1
+        rc=$?
+        set -e
+        if [ "$rc" -eq 0 ] || ! grep -q "AddressSanitizer: heap-buffer-overflow" "$WORK/$name-canary.log"; then
+            cat "$WORK/$name-canary.log"
+            echo "sanitize[$name]: FAILED: AddressSanitizer did not catch the canary (exit $rc)" >&2
+            exit 3
+        fi
+        echo "  canary caught: heap-buffer-overflow reported, exit $rc"
+
+        echo "  running ${TESTS[*]}"
+        export ASAN_OPTIONS="$ASAN_OPTIONS:log_path=$WORK/$name-reports/asan"
+        export UBSAN_OPTIONS="$UBSAN_OPTIONS:log_path=$WORK/$name-reports/ubsan"
+        set +e
+        "$PY" -m pytest -q -p no:cacheprovider -x "${TESTS[@]}" > "$WORK/$name-tests.log" 2>&1
+        rc=$?
+        set -e
+        tail -1 "$WORK/$name-tests.log" | sed 's/^/  /'
+        reports=$(cat "$WORK/$name-tests.log" "$WORK/$name-reports"/* 2>/dev/null \
+                  | grep -cE "ERROR: AddressSanitizer|runtime error:" || true)
+        if [ "$rc" -ne 0 ] || [ "$reports" -ne 0 ]; then
+            tail -30 "$WORK/$name-tests.log"
+            for f in "$WORK/$name-reports"/*; do [ -e "$f" ] && head -60 "$f"; done
+            echo "sanitize[$name]: FAILED (pytest exit $rc, $reports sanitizer report line(s))" >&2
+            exit 1
+        fi
+    ) || return $?
+    echo "sanitize[$name]: OK ($(( $(date +%s) - t0 ))s)"
+}
+
+status=0
+for name in $BUILDS; do
+    if [ "$name" = simd ] && ! grep -qw avx512f /proc/cpuinfo 2>/dev/null; then
+        echo "sanitize[simd]: skipped: this CPU has no AVX-512"
+        continue
+    fi
+    run_build "$name" || { status=$?; KEEP=1; break; }
+done
+ELAPSED=$(( $(date +%s) - START ))
+if [ "$status" -ne 0 ]; then
+    echo "sanitize: FAILED after ${ELAPSED}s (logs in $WORK)" >&2
+    exit "$status"
+fi
+echo "sanitize: OK: no AddressSanitizer / UndefinedBehaviorSanitizer report in [$BUILDS] (${ELAPSED}s)"
