@@ -24,6 +24,22 @@ from meprop_cpu import cli
 from meprop_cpu.nn import MLP
 from meprop_cpu.train import Trainer, TrainingInterrupted, build_optimizer, read_checkpoint
 
+
+@pytest.fixture(autouse=True)
+def _default_sigint():
+    """Ctrl-C must behave as in a terminal even when the test runner itself was
+    started with SIGINT ignored (a shell's background job, nohup, some CI
+    runners): Python then keeps SIG_IGN, and so would every child process."""
+    old = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, old)
+
+
+def _child_default_sigint():
+    """preexec_fn for children: start with SIGINT at its default disposition."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
 # The child's source: builds the run (the parent builds the same one in-process)
 CHILD = r'''
 import os, sys, time
@@ -331,7 +347,8 @@ def test_cli_sigint_saves_and_prints_the_resume_command(tmp_path, capsys):
     command finishes bit-identical to an uninterrupted run."""
     env = _child_env()
     p = subprocess.Popen([sys.executable, "-m", "meprop_cpu", *CLI_ARGS], cwd=tmp_path,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                         preexec_fn=_child_default_sigint)
     try:
         while True:                               # wait for the first epoch line
             line = p.stdout.readline()
