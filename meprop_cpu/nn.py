@@ -14,6 +14,7 @@ import numbers
 import numpy as np
 
 from . import _dense, _kernels, kernels
+from ._io import atomic_savez, read_npz
 from ._config import get_num_threads
 from .kernels import RowGrad, Workspace
 
@@ -225,10 +226,8 @@ class Linear(Module):
         if self.track_hits:
             _kernels.count_hits(idx, val, self.hits)
             self.seen += B
-        if self.needs_input_grad:
-            dx, self.W.grad = kernels.sparse_backward_into(x, W, idx, val, ws, nt)
-        else:
-            self.W.grad = _weight_grad_only(x, W, idx, val, ws, nt)
+        dx, self.W.grad = kernels.sparse_backward_into(x, W, idx, val, ws, nt,
+                                                       self.needs_input_grad)
         return dx
 
     def reset_hits(self):
@@ -237,22 +236,6 @@ class Linear(Module):
 
     def __repr__(self):
         return f"Linear({self.n_in}, {self.n_out}, k={self.k}, mode={self.mode!r})"
-
-
-def _weight_grad_only(x, W, idx, val, ws, nt):
-    """The RowGrad of dW without computing dx (for a network's first layer)."""
-    B, k = idx.shape
-    n_out, n_in = W.shape
-    npairs = B * k
-    cursor = ws.get("cursor", (n_out,), np.int32)
-    rows = ws.get("rows", (min(n_out, npairs),), np.int32)
-    offsets = ws.get("offsets", (min(n_out, npairs) + 1,), np.int32)
-    pair_b = ws.get("pair_b", (npairs,), np.int32)
-    pair_v = ws.get("pair_v", (npairs,), np.float32)
-    r = _kernels.group_pairs(idx, val, n_out, cursor, rows, offsets, pair_b, pair_v)
-    values = ws.get("values", (r, n_in), np.float32)
-    _kernels.sparse_dw(x, r, offsets, pair_b, pair_v, values, nt)
-    return RowGrad(rows[:r], values)
 
 
 class Identity(Module):
@@ -502,7 +485,6 @@ class MLP(Sequential):
         :func:`load` reads it back as a plain dense MLP for inference."""
         import json
         import os
-        import tempfile
         arch = {"format": MODEL_FORMAT, "version": MODEL_VERSION, "class": "MLP",
                 "sizes": self.sizes, "activation": self.config["activation"],
                 "trained_with": {key: self.config[key] for key in
@@ -512,17 +494,7 @@ class MLP(Sequential):
             arrays[f"W{i}"], arrays[f"b{i}"] = m.W.data, m.b.data
         arrays["architecture"] = np.frombuffer(json.dumps(arch).encode("utf-8"), dtype=np.uint8)
         path = os.fspath(path)
-        directory = os.path.dirname(os.path.abspath(path))
-        fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp",
-                                   dir=directory)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, **arrays)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        atomic_savez(path, arrays)
         return path
 
 
@@ -537,22 +509,8 @@ def load(path):
     it is corrupt or not a meprop_cpu model file."""
     import json
     import os
-    import zipfile
     path = os.fspath(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"model file {path} does not exist")
-    try:
-        with open(path, "rb") as f:   # else np.load would call a non-zip file a pickle
-            head = f.read(4)
-        if head != b"PK\x03\x04":
-            raise ValueError(f"not an .npz archive: it starts with {head!r}, not PK\\x03\\x04")
-        with np.load(path, allow_pickle=False) as z:
-            if not hasattr(z, "files"):
-                raise ValueError("it is a single .npy array, not an .npz archive")
-            arrays = {name: z[name] for name in z.files}
-    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, RuntimeError) as e:
-        raise ValueError(f"model file {path} is truncated or corrupt ({type(e).__name__}: {e})") \
-            from e
+    arrays = read_npz(path, "model file")
     raw = arrays.pop("architecture", None)
     if raw is None or raw.dtype != np.uint8 or raw.ndim != 1:
         raise ValueError(f"model file {path} has no 'architecture' entry: not a meprop_cpu model "

@@ -56,15 +56,14 @@ import numbers
 import os
 import signal
 import sys
-import tempfile
 import threading
 import time
 import warnings
-import zipfile
 
 import numpy as np
 
 from ._config import get_num_threads
+from ._io import atomic_savez, read_npz
 from .nn import Dropout, Linear, MLP, SoftmaxCrossEntropy
 from .optim import SGD, AdaGrad, Adam
 
@@ -203,31 +202,7 @@ def _model_sizes(model):
 
 def _atomic_savez(path, arrays):
     """np.savez into a temp file beside ``path``, fsync, then os.replace."""
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp",
-                               dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    try:  # make the rename itself durable; not possible everywhere
-        dfd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:
-        pass
+    atomic_savez(path, arrays)
 
 
 def read_checkpoint(path):
@@ -237,20 +212,7 @@ def read_checkpoint(path):
     file if it is truncated, corrupt or not a meprop_cpu checkpoint.
     """
     path = os.fspath(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    try:
-        with open(path, "rb") as f:   # else np.load would call a non-zip file a pickle
-            head = f.read(4)
-        if head != b"PK\x03\x04":
-            raise ValueError(f"not an .npz archive: it starts with {head!r}, not PK\\x03\\x04")
-        with np.load(path, allow_pickle=False) as z:
-            if not hasattr(z, "files"):
-                raise ValueError("it is a single .npy array, not an .npz archive")
-            arrays = {name: z[name] for name in z.files}
-    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, RuntimeError) as e:
-        raise ValueError(f"checkpoint {path} is truncated or corrupt "
-                         f"({type(e).__name__}: {e})") from e
+    arrays = read_npz(path, "checkpoint")
     raw = arrays.pop("meta", None)
     if raw is None or raw.dtype != np.uint8 or raw.ndim != 1:
         raise ValueError(f"checkpoint {path} has no 'meta' entry: not a meprop_cpu checkpoint")
