@@ -279,13 +279,33 @@ def test_settler_waits_for_a_quiet_window_and_respects_its_bounds():
     assert st.record()["calls"] == 3
 
 
+@pytest.mark.parametrize("retries, attempts, kept", [(0, 1, 0.5), (1, 2, 0.2), (2, 3, 0.01),
+                                                     (5, 3, 0.01)])
+def test_busy_layer_groups_are_measured_again(retries, attempts, kept):
+    shares = iter([0.5, 0.2, 0.01, 0.3])
+
+    class Mon:
+        def start(self):
+            return self
+
+        def stop(self):
+            return {"other_share": next(shares)}
+    pools = FakePools(("meprop_cpu",))
+    groups = bench.run_layer([(4, 16, 12)], [3], [1], repeats=1, warmup=0,
+                             controls=pools.controls(), log=lambda *a: None, check=False,
+                             retries=retries, monitor=Mon)
+    assert len(groups) == 1
+    assert groups[0]["attempts"] == attempts
+    assert groups[0]["cpu"]["other_share"] == kept
+
+
 def test_busy_measurements_are_flagged_in_the_report():
     doc = fake_doc()
     doc["e2e"][1]["other_share"] = 0.4
     doc["layer"][1]["cpu"] = {"other_share": 0.02}
     md = bench.render_markdown(doc)
     assert "| 40% (!) |" in md and "T=2: 2%" in md
-    assert "[other processes used 40% of the CPUs meanwhile]" in md
+    assert "| 10 | meProp topk k=20 | 1 (8.00x) (!) |" in md
 
 
 # ------------------------------------------------------------------ environment
@@ -372,18 +392,28 @@ def test_headline_and_reproduction_rows():
 
 def test_markdown_report_contains_the_tables():
     md = bench.render_markdown(fake_doc())
-    assert md.startswith("# meprop_cpu benchmark: `bench_test`")
+    assert md.startswith("# meprop_cpu benchmark: `bench_test`") and "\n\n\n" not in md
     assert "## Headline" in md and "## Layer level" in md and "## End to end" in md
     assert "## Reproduction table" in md
     assert "| 2 | topk | 20 | = dense | 2.00 s [1.80 s–2.40 s] |" in md
     assert "| 5.00x | 4.00x | 2.00x | 5.00x | 2.00x |" in md
     assert "**5.00x**" in md                          # headline vs torch
+    assert "| 10 | meProp topk k=20 | 1 (8.00x) | 96.50 | 96.00 |" in md
     assert "note: a note" in md
     # every table row has as many cells as its header
     for block in md.split("\n\n"):
         rows = [ln for ln in block.splitlines() if ln.startswith("|")]
         if rows:
             assert len({ln.count("|") for ln in rows}) == 1, block
+
+
+def test_headline_without_torch():
+    doc = fake_doc()
+    for g in doc["layer"]:
+        g["results"] = [r for r in g["results"] if r["variant"] != "torch"]
+    md = bench.render_markdown(doc)
+    assert "vs this project's dense 4.00 s = **2.00x** (torch not measured)" in md
+    assert "****" not in md
 
 
 def test_json_schema_and_outputs(tmp_path):
@@ -416,8 +446,8 @@ def test_readme_indexes_every_json(tmp_path):
     (tmp_path / "broken.json").write_text("{not json")
     (tmp_path / "sub").mkdir()
     text = bench.render_readme(str(tmp_path))
-    assert "| [kernels.json](kernels.json) | bench_kernels | 2026-01-02 | [kernels.md](kernels.md) |" \
-        in text
+    assert ("| [kernels.json](kernels.json) | bench_kernels | 2026-01-02 | "
+            "[kernels.md](kernels.md) |") in text
     assert "[broken.json](broken.json) | unreadable" in text
     assert "## bench_a (quick profile" in text and "### Headline" in text
     assert "[sub/](sub/)" in text
@@ -447,6 +477,16 @@ def test_plots_are_skipped_without_matplotlib(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     assert bench.make_plots(fake_doc(), str(tmp_path), "x") == []
     assert os.listdir(tmp_path) == []
+
+
+def test_other_mesimp_logs_are_read_in_both_layouts():
+    log = [[10, [400, 300]], [20, [350, 280]]]
+    assert bench._other_mesimp_logs({"runs": {"mesimp": {"sizes_log": log}}}) == [
+        ("mesimp_mnist.json", log)]
+    got = bench._other_mesimp_logs({"runs": [{"seed": 0, "mesimp": {"sizes_log": log}},
+                                             {"seed": 1, "mesimp": {}}]})
+    assert got == [("mesimp_mnist.json, seed 0", log)]
+    assert bench._other_mesimp_logs({"runs": "x"}) == [] and bench._other_mesimp_logs(None) == []
 
 
 def test_plots_with_matplotlib(tmp_path):

@@ -61,6 +61,27 @@ MP_TARGET_AVX512
 static void mp_gather_sum_avx512(float *y, int64_t n, const float *src, const int32_t *sel,
                                  const float *coef, int64_t np) {
     int64_t i0 = 0;
+    /* 256-float chunks: sixteen accumulators, and each source row is read as
+     * a run of 16 consecutive cache lines (kind to the hardware prefetcher);
+     * the next pair's row is prefetched while the current one is summed */
+    for (; i0 + 256 <= n; i0 += 256) {
+        __m512 a[16];
+        for (int q = 0; q < 16; q++) a[q] = _mm512_setzero_ps();
+        for (int64_t p = 0; p < np; p++) {
+            const float *r = src + (int64_t)sel[p] * n + i0;
+            if (p + 1 < np) {
+                const char *nx = (const char *)(src + (int64_t)sel[p + 1] * n + i0);
+                _mm_prefetch(nx, _MM_HINT_T0);
+                _mm_prefetch(nx + 256, _MM_HINT_T0);
+                _mm_prefetch(nx + 512, _MM_HINT_T0);
+                _mm_prefetch(nx + 768, _MM_HINT_T0);
+            }
+            __m512 c = _mm512_set1_ps(coef[p]);
+            for (int q = 0; q < 16; q++)
+                a[q] = _mm512_fmadd_ps(c, _mm512_loadu_ps(r + 16 * q), a[q]);
+        }
+        for (int q = 0; q < 16; q++) _mm512_storeu_ps(y + i0 + 16 * q, a[q]);
+    }
     for (; i0 + 128 <= n; i0 += 128) {
         __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
         __m512 a4 = a0, a5 = a0, a6 = a0, a7 = a0;

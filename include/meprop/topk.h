@@ -230,7 +230,7 @@ static inline int mp_topk_use_avx512(void) {
 static int64_t mp_topk_rows(const float *g, int64_t B, int64_t n, int64_t k,
                             int32_t *idx, float *val, mp_entry *heap_ws, int nthreads) {
     int64_t bad = 0;
-    int team = mp_team_size(nthreads, B * n * 2, B);
+    int team = mp_team_size(nthreads, B * n * 8, B);   /* ~8 multiply-adds' worth per entry */
     const int avx512 = mp_topk_use_avx512();
     #pragma omp parallel num_threads(team) if (team > 1) reduction(+:bad)
     {
