@@ -38,7 +38,7 @@ sanitize: install
 	PYTHON=$(abspath $(BIN))/python scripts/sanitize.sh
 
 demo: install
-	$(BIN)/python -m meprop_cpu.demo
+	$(BIN)/meprop-cpu demo
 
 bench: install
 	$(PIP) install -q "torch==2.13.0" || echo "torch not installed: PyTorch rows skipped"

@@ -236,7 +236,21 @@ def add_info_parser(subparsers):
     return p
 
 
-SUBCOMMANDS = [add_train_parser, add_data_parser, add_info_parser]
+def add_demo_parser(subparsers):
+    p = subparsers.add_parser("demo", help="train MNIST with dense backprop and meProp, print "
+                                           "the speed-up (what `make demo` runs)",
+                              description="Run meprop_cpu.demo; options after `demo` go to it "
+                                          "(see `meprop-cpu demo --help`).", add_help=False)
+    p.set_defaults(func=run_demo, passthrough=True)
+    return p
+
+
+def run_demo(args, parser):
+    from . import demo
+    return demo.main(args.passthrough_args)
+
+
+SUBCOMMANDS = [add_train_parser, add_data_parser, add_info_parser, add_demo_parser]
 
 
 def register_subcommand(add_parser):
@@ -571,6 +585,8 @@ def main(argv=None):
         args, extra = parser.parse_known_args(argv)
         args.argv = argv
         sub = _subparser(parser, args.command)
+        if getattr(args, "passthrough", False):   # `demo`: its own parser reads the rest
+            args.passthrough_args, extra = extra, []
         if extra:  # reported by the subcommand's parser, which names the subcommand
             sub.error(f"unrecognized arguments: {' '.join(extra)}")
     except SystemExit as e:  # --help (0) or a usage error (2)

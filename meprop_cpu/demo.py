@@ -1,4 +1,4 @@
-"""``python -m meprop_cpu.demo``: train the paper's MNIST MLP with dense
+"""``meprop-cpu demo`` (or ``python -m meprop_cpu.demo``): train the paper's MNIST MLP with dense
 backprop and with meProp side by side, and print accuracy and the measured
 speed-up. ``make demo`` runs it with the defaults below.
 
@@ -40,7 +40,7 @@ def _run(name, data, args, k, sparse):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m meprop_cpu.demo", description=__doc__,
+    p = argparse.ArgumentParser(prog="meprop-cpu demo", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--k", type=int, default=20, help="top-k per hidden layer (default 20)")
     p.add_argument("--epochs", type=int, default=2, help="epochs per run (default 2)")

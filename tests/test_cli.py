@@ -166,3 +166,12 @@ def test_synthetic_dataset_is_fixed_and_shaped_like_mnist():
         assert np.array_equal(a[split][0], b[split][0])
         assert a[split][0].dtype == np.float32 and a[split][0].shape[1] == 784
         assert a[split][1].dtype == np.int64 and set(a[split][1]) == set(range(10))
+
+
+def test_demo_subcommand_passes_options_through(capsys):
+    from meprop_cpu import cli
+    assert cli.main(["demo", "--help"]) == 0
+    assert "usage: meprop-cpu demo" in capsys.readouterr().out
+    assert cli.main(["demo", "--k", "0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["meprop-cpu demo: error: --k must be >= 1"]
