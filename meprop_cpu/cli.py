@@ -247,7 +247,10 @@ def add_demo_parser(subparsers):
 
 def run_demo(args, parser):
     from . import demo
-    return demo.main(args.passthrough_args)
+    try:
+        return demo.main(args.passthrough_args)
+    except SystemExit as e:   # its argparse: --help (0) or a usage error (2)
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
 
 
 SUBCOMMANDS = [add_train_parser, add_data_parser, add_info_parser, add_demo_parser]
