@@ -34,7 +34,7 @@ test-fast: install
 
 # Instrumented builds in scratch copies of the sources; exits non-zero on any report.
 sanitize: install
-	$(PIP) install -q "Cython>=3" "setuptools>=64"
+	$(PIP) install -q "Cython>=3" "setuptools>=77"
 	PYTHON=$(abspath $(BIN))/python scripts/sanitize.sh
 
 demo: install
