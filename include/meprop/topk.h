@@ -26,14 +26,14 @@
 typedef int64_t mp_entry;
 
 /* The k-th largest of m[0:c] (with multiplicity), 1 <= k <= c.
- * Small c (<= 128): for each entry count the entries strictly above it - a branch-free,
+ * Small c (<= 160): for each entry count the entries strictly above it - a branch-free,
  * vectorisable O(c^2) pass that beats a branchy selection for a few hundred
  * candidates; the answer is the smallest value with fewer than k above it.
  * Large c: quickselect on a scratch copy. */
 MP_SIMD_CLONES
 static float mp_kth_largest(const float *MP_RESTRICT m, int64_t c, int64_t k,
                             float *MP_RESTRICT scratch) {
-    if (c <= 128) {   /* measured: beyond ~128 candidates the quickselect below is faster */
+    if (c <= 160) {   /* measured: beyond ~160 candidates the quickselect below is faster */
         float best = INFINITY;   /* a row may hold k or more infinities */
         for (int64_t i = 0; i < c; i++) {
             float mi = m[i];
