@@ -91,24 +91,29 @@ def load_dataset(name, data_dir=None):
 
 # ------------------------------------------------------------------ option types
 
-def _positive_int(text):
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {v}")
-    return v
+def _option_type(convert, ok, expected, range_expected=None):
+    """An argparse type: ``convert(text)``, then ``ok(value)``; otherwise the error
+    says what was expected (``range_expected`` for a value out of range)."""
+    range_expected = range_expected or expected
+
+    def parse(text):
+        try:
+            v = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        if not ok(v):
+            raise argparse.ArgumentTypeError(f"expected {range_expected}, got {text}")
+        return v
+    return parse
 
 
-def _nonneg_int(text):
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {v}")
-    return v
+_positive_int = _option_type(int, lambda v: v >= 1, "an integer >= 1")
+_nonneg_int = _option_type(int, lambda v: v >= 0, "an integer >= 0")
+_positive_float = _option_type(float, lambda v: bool(np.isfinite(v)) and v > 0,
+                               "a number > 0", "a finite number > 0")
+_nonneg_float = _option_type(float, lambda v: bool(np.isfinite(v)) and v >= 0,
+                             "a number >= 0", "a finite number >= 0")
+_probability = _option_type(float, lambda v: 0.0 <= v < 1.0, "a number in [0, 1)")
 
 
 def _int_in(lo, hi):
@@ -122,36 +127,6 @@ def _int_in(lo, hi):
             raise argparse.ArgumentTypeError(f"expected an integer in [{lo}, {hi}], got {text!r}")
         return v
     return parse
-
-
-def _positive_float(text):
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
-    if not np.isfinite(v) or v <= 0:
-        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text}")
-    return v
-
-
-def _nonneg_float(text):
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
-    if not np.isfinite(v) or v < 0:
-        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text}")
-    return v
-
-
-def _probability(text):
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}") from None
-    if not 0.0 <= v < 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text}")
-    return v
 
 
 def _sizes(text):

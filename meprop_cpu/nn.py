@@ -188,7 +188,7 @@ class Linear(Module):
         ws = self._ws
         if not self.sparse:
             if self.needs_input_grad:
-                dx = np.empty_like(x)
+                dx = ws.get("dx", x.shape, np.float32)   # like the sparse paths: no allocation
                 _dense.matmul_nn(dy, W, dx, nt)
             gw = ws.get("dense_gw", W.shape, np.float32)
             _dense.matmul_tn(dy, x, gw, nt)
@@ -207,8 +207,8 @@ class Linear(Module):
                 raise FloatingPointError(f"Linear.backward: dy contains {bad} NaN/Inf value(s)")
             dx, self.W.grad = kernels.unified_backward_into(x, W, idx, dy, ws, nt,
                                                             self.needs_input_grad)
-            dyS = ws.get("dyS", (B, k), np.float32)
             if self.track_hits:
+                dyS = ws.get("dyS", (B, k), np.float32)   # the (B, k) block the kernel gathered
                 self.hits[idx] += np.count_nonzero(dyS, axis=0)
                 self.seen += B
             return dx
