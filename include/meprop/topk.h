@@ -8,7 +8,8 @@
  *
  * Selection is a threshold filter: entries above the current k-th best
  * magnitude are appended (branchless) to a small candidate buffer, which is
- * cut back to its k best by quickselect when it fills, raising the threshold.
+ * cut back to its k best when it fills (the k-th magnitude found by counting for
+ * small buffers, by an 8-bit radix select for larger ones), raising the threshold.
  * Blocks of 16 entries are first tested with one vectorisable
  * compare-and-count, so once the threshold settles most blocks cost a single
  * SIMD pass: expected O(n) per row. The
