@@ -146,6 +146,36 @@ def test_topk_rows_large_parallel(kind):
         assert_bit_equal(hits1, hits2)
 
 
+@pytest.mark.parametrize("n", [64, 100, 257, 500, 1024, 4099])
+@pytest.mark.parametrize("kind", KINDS)
+def test_topk_rows_lower_bound_regime(n, kind):
+    """k <= n/4: the filter starts from the k-th largest block maximum (a
+    lower bound on the answer) instead of zero; it must stay exact."""
+    rng = np.random.default_rng(n)
+    g = make_values(rng, (9, n), kind)
+    for k in sorted({1, 2, 5, 17, max(1, n // 8), max(1, n // 4)}):
+        check_topk_rows(g, k, threads=1 + (k % 2))
+
+
+def test_topk_rows_lower_bound_equals_answer_with_ties():
+    """Rows built so that the k-th largest block maximum is the k-th largest
+    entry, repeated within and across blocks: every tie must still go to the
+    lowest indices, and entries equal to the bound must not be skipped."""
+    n, k = 512, 8
+    g = np.full((4, n), 0.25, dtype=np.float32)
+    g[0, ::16] = 1.0                  # 32 equal maxima, one per lane-block
+    g[1, :] = 1.0                     # everything ties
+    g[2, 300:] = -1.0                 # ties only late in the row
+    g[3, ::37] = np.finfo(np.float32).max   # more than k entries at the top of the range
+    for threads in (1, 2):
+        check_topk_rows(g, k, threads)
+    np.testing.assert_array_equal(K.topk_rows(g, k)[0][3], np.arange(0, 37 * k, 37))
+    # column sums that overflow to Inf (more than k of them) rank first, lowest index first
+    big = np.zeros((2, n), dtype=np.float32)
+    big[:, ::37] = np.finfo(np.float32).max
+    np.testing.assert_array_equal(K.topk_unified(big, k), np.arange(0, 37 * k, 37))
+
+
 def test_topk_rows_tie_breaks_by_lower_index():
     g = np.array([[1, -3, 3, 2, -3, 0, 3]], dtype=np.float32)
     idx, val = K.topk_rows(g, 2)

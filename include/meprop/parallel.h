@@ -48,8 +48,10 @@ static inline int mp_team_size(int nthreads, int64_t work, int64_t units) {
 
 #if defined(__GNUC__)
 #define MP_RESTRICT __restrict__
+#define MP_UNLIKELY(x) __builtin_expect(!!(x), 0)
 #else
 #define MP_RESTRICT
+#define MP_UNLIKELY(x) (x)
 #endif
 
 /* Hand-written AVX-512 paths (intrinsics in functions compiled for AVX-512

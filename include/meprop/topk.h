@@ -31,18 +31,36 @@ typedef int64_t mp_entry;
  * vectorisable O(c^2) pass that beats a branchy selection for a few hundred
  * candidates; the answer is the smallest value with fewer than k above it.
  * Large c: a radix select on the float bits, using scratch (c entries). */
+#ifndef MP_KTH_COUNT_MAX
+#define MP_KTH_COUNT_MAX 100   /* measured: beyond ~100 candidates the radix select is faster */
+#endif
+
 MP_SIMD_CLONES
 static float mp_kth_largest(const float *MP_RESTRICT m, int64_t c, int64_t k,
                             float *MP_RESTRICT scratch) {
-    if (c <= 100) {   /* measured: beyond ~100 candidates the radix select below is faster */
-        float best = INFINITY;   /* a row may hold k or more infinities */
-        for (int64_t i = 0; i < c; i++) {
-            float mi = m[i];
-            int above = 0;
-            for (int64_t j = 0; j < c; j++) above += (m[j] > mi);
-            if (above < k && mi < best) best = mi;
+    if (c <= MP_KTH_COUNT_MAX) {
+        /* the counts for all i advance together (inner loop over i: one
+         * compare-and-add per 16 entries, no horizontal sums) */
+        int32_t above[MP_KTH_COUNT_MAX];
+        for (int64_t i = 0; i < c; i++) above[i] = 0;
+        for (int64_t j = 0; j < c; j++) {
+            const float mj = m[j];
+            for (int64_t i = 0; i < c; i++) above[i] += (mj > m[i]);
         }
-        return best;
+        /* the minimum over entries with fewer than k above, on the bit
+         * patterns (non-negative floats order like them, and an integer
+         * minimum vectorises); starts at +Inf: a row may hold k infinities */
+        const uint32_t inf_bits = 0x7f800000u;
+        uint32_t best = inf_bits;
+        for (int64_t i = 0; i < c; i++) {
+            uint32_t u;
+            memcpy(&u, &m[i], sizeof(u));
+            u = above[i] < k ? u : inf_bits;
+            best = u < best ? u : best;
+        }
+        float r;
+        memcpy(&r, &best, sizeof(r));
+        return r;
     }
     /* Radix select on the bit patterns: the magnitudes are >= 0 (or +Inf), and
      * non-negative floats order like their bits read as unsigned integers.
@@ -118,6 +136,47 @@ static inline int mp_block_scan(const float *MP_RESTRICT g, int64_t len, float t
     return above;
 }
 
+/* A lower bound L on the k-th largest |g| of a row, so the filter can start
+ * at L instead of 0. The row is cut into 16 * groups blocks (block = one
+ * lane of 16 across a run of consecutive 16-entry vectors; the masked tail
+ * counts as zeros); the k largest block maxima are k distinct entries, so
+ * their k-th is <= the k-th largest entry. With about 2k blocks only ~1.4k
+ * entries (normal data) pass ">= L", so the buffer rarely needs cutting and
+ * the final selection runs on few candidates: one cheap max pass replaces
+ * the repeated selections a threshold rising from 0 would need. */
+static inline int64_t mp_topk_lb_groups(int64_t n, int64_t k) {
+    int64_t nvec = (n + MP_TOPK_BLOCK - 1) / MP_TOPK_BLOCK;
+    int64_t groups = (2 * k + MP_TOPK_BLOCK - 1) / MP_TOPK_BLOCK;
+    /* blocks of fewer than ~2 entries bound nothing cheaply: k > ~n/4 */
+    return nvec >= 2 * groups ? groups : 0;
+}
+
+/* L as a starting threshold for the strict "> thr" admission: the largest
+ * float below L, so every entry >= L is admitted (zeros only when L is 0). */
+static inline float mp_topk_start_thr(float L) { return L > 0.0f ? nextafterf(L, 0.0f) : 0.0f; }
+
+/* mx: 16 * groups floats (overwritten); scratch for mp_kth_largest */
+MP_SIMD_CLONES
+static float mp_topk_lower_bound_generic(const float *MP_RESTRICT g, int64_t n, int64_t k,
+                                         int64_t groups, float *MP_RESTRICT mx,
+                                         float *MP_RESTRICT scratch) {
+    const int64_t nvec = (n + MP_TOPK_BLOCK - 1) / MP_TOPK_BLOCK;
+    for (int64_t q = 0; q < groups; q++) {
+        int64_t v0 = q * nvec / groups, v1 = (q + 1) * nvec / groups;
+        float *m = mx + MP_TOPK_BLOCK * q;
+        for (int l = 0; l < MP_TOPK_BLOCK; l++) m[l] = 0.0f;
+        for (int64_t v = v0; v < v1; v++) {
+            int64_t j0 = v * MP_TOPK_BLOCK;
+            int64_t len = n - j0 < MP_TOPK_BLOCK ? n - j0 : MP_TOPK_BLOCK;
+            for (int64_t l = 0; l < len; l++) {
+                float a = fabsf(g[j0 + l]);
+                m[l] = a > m[l] ? a : m[l];   /* NaN never wins */
+            }
+        }
+    }
+    return mp_kth_largest(mx, MP_TOPK_BLOCK * groups, k, scratch);
+}
+
 /* The exact admission rule: once k candidates are held, a later (higher)
  * index can only displace the k-th best with a strictly larger magnitude, so
  * "> threshold" admits exactly the entries that may still matter. When the
@@ -129,7 +188,10 @@ static int64_t mp_filter_row_generic(const float *g, int64_t n, int64_t k, float
                                      int32_t *ci, float *scratch, int *bad) {
     const int64_t cap = mp_topk_cap(k);
     int64_t c = 0;
-    float thr = 0.0f;   /* zeros carry no gradient: admitted only if a row has < k non-zeros */
+    /* zeros carry no gradient: admitted only if a row has < k non-zeros */
+    int64_t groups = mp_topk_lb_groups(n, k);
+    float thr = groups ? mp_topk_start_thr(mp_topk_lower_bound_generic(g, n, k, groups, cm, scratch))
+                       : 0.0f;
     for (int64_t j0 = 0; j0 < n; j0 += MP_TOPK_BLOCK) {
         int64_t len = n - j0 < MP_TOPK_BLOCK ? n - j0 : MP_TOPK_BLOCK;
         if (mp_block_scan(g + j0, len, thr, bad) == 0) continue;
@@ -151,36 +213,70 @@ static int64_t mp_filter_row_generic(const float *g, int64_t n, int64_t k, float
 #define MP_HAVE_AVX512_FILTER 1
 /* The same filter with AVX-512: 16 entries per compare, survivors packed by
  * an in-register compress and one full-width store (the buffer keeps 16
- * entries of slack; a compress straight to memory is slow on some cores). */
+ * entries of slack; a compress straight to memory is slow on some cores).
+ * Branch-free per vector: with the lower bound a fifth or so of the vectors
+ * hold a survivor, at random, and a branch on that mispredicts more than
+ * the compress costs. */
 MP_TARGET_AVX512
 static int64_t mp_filter_row_avx512(const float *g, int64_t n, int64_t k, float *cm,
-                                    int32_t *ci, float *scratch, int *bad) {
+                                    int32_t *ci, float *scratch, int *bad, const float *pf) {
     const int64_t cap = mp_topk_cap(k);
     const __m512 vmax = _mm512_set1_ps(FLT_MAX);
     const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    const int64_t nfull = n / 16, nvec = (n + 15) / 16;
+    const __mmask16 tail = (__mmask16)((1u << (n & 15)) - 1u);   /* live lanes of vector nfull */
     int64_t c = 0;
     float thr = 0.0f;
+    const int64_t groups = mp_topk_lb_groups(n, k);
+    if (groups) {   /* the lower bound of mp_topk_lower_bound_generic, vectorised */
+        for (int64_t q = 0; q < groups; q++) {
+            int64_t v0 = q * nvec / groups, v1 = (q + 1) * nvec / groups;
+            int64_t f1 = v1 < nfull ? v1 : nfull;
+            /* four independent chains (max is associative: same block maxima);
+             * max_ps returns its second operand when either is NaN: NaN never wins */
+            __m512 m0 = _mm512_setzero_ps(), m1 = m0, m2 = m0, m3 = m0;
+            int64_t v = v0;
+            for (; v + 4 <= f1; v += 4) {
+                m0 = _mm512_max_ps(_mm512_abs_ps(_mm512_loadu_ps(g + 16 * v)), m0);
+                m1 = _mm512_max_ps(_mm512_abs_ps(_mm512_loadu_ps(g + 16 * v + 16)), m1);
+                m2 = _mm512_max_ps(_mm512_abs_ps(_mm512_loadu_ps(g + 16 * v + 32)), m2);
+                m3 = _mm512_max_ps(_mm512_abs_ps(_mm512_loadu_ps(g + 16 * v + 48)), m3);
+            }
+            for (; v < f1; v++) m0 = _mm512_max_ps(_mm512_abs_ps(_mm512_loadu_ps(g + 16 * v)), m0);
+            if (v1 > nfull)   /* the partial last vector */
+                m0 = _mm512_max_ps(_mm512_abs_ps(_mm512_maskz_loadu_ps(tail, g + 16 * nfull)), m0);
+            m0 = _mm512_max_ps(_mm512_max_ps(m0, m1), _mm512_max_ps(m2, m3));
+            _mm512_storeu_ps(cm + 16 * q, m0);
+        }
+        thr = mp_topk_start_thr(mp_kth_largest(cm, 16 * groups, k, scratch));
+    }
     __m512 vthr = _mm512_set1_ps(thr);
-    int nbad = 0;
-    for (int64_t j0 = 0; j0 < n; j0 += MP_TOPK_BLOCK) {
-        __mmask16 live = n - j0 >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - j0)) - 1u);
+    __mmask16 anybad = 0;
+    for (int64_t v = 0; v < nvec; v++) {
+        const int64_t j0 = 16 * v;
+        const __mmask16 live = v < nfull ? (__mmask16)0xFFFF : tail;
+        /* this pass reads the row from L1 (the bound above brought it in):
+         * meanwhile pull the next row towards L2 */
+        if (pf) _mm_prefetch((const char *)(pf + j0), _MM_HINT_T1);
         __m512 a = _mm512_abs_ps(_mm512_maskz_loadu_ps(live, g + j0));
-        nbad += __builtin_popcount(_mm512_mask_cmp_ps_mask(live, a, vmax, _CMP_NLE_UQ));
+        anybad |= _mm512_mask_cmp_ps_mask(live, a, vmax, _CMP_NLE_UQ);
         __mmask16 m = _mm512_mask_cmp_ps_mask(live, a, vthr, _CMP_GT_OQ);
-        if (!m) continue;
-        if (c + 16 > cap) {
+        if (MP_UNLIKELY(c + 16 > cap)) {
             thr = mp_keep_best(cm, ci, c, k, scratch, NULL);
             c = k;
             vthr = _mm512_set1_ps(thr);
             m = _mm512_mask_cmp_ps_mask(live, a, vthr, _CMP_GT_OQ);
-            if (!m) continue;
         }
         __m512i j = _mm512_add_epi32(_mm512_set1_epi32((int)j0), iota);
         _mm512_storeu_ps(cm + c, _mm512_maskz_compress_ps(m, a));
         _mm512_storeu_si512((void *)(ci + c), _mm512_maskz_compress_epi32(m, j));
         c += __builtin_popcount(m);
     }
-    *bad += nbad;
+    if (anybad) {   /* rare: count them exactly for the error message */
+        int nbad = 0;
+        for (int64_t j = 0; j < n; j++) nbad += !(fabsf(g[j]) <= FLT_MAX);
+        *bad += nbad;
+    }
     return c;
 }
 
@@ -191,7 +287,7 @@ static int64_t mp_filter_row_avx512(const float *g, int64_t n, int64_t k, float 
 /* Select the k best entries of one row g[0:n] into out_idx (ascending).
  * ws: mp_topk_ws_entries(k) 8-byte entries. Returns the non-finite count. */
 static int64_t mp_topk_row(const float *g, int64_t n, int64_t k, void *ws, int32_t *out_idx,
-                           int use_avx512) {
+                           int use_avx512, const float *prefetch) {
     const int64_t cap = mp_topk_cap(k);
     float *cm = (float *)ws;
     int32_t *ci = (int32_t *)(cm + cap);
@@ -200,11 +296,12 @@ static int64_t mp_topk_row(const float *g, int64_t n, int64_t k, void *ws, int32
     int64_t c;
 #if MP_HAVE_AVX512_FILTER
     if (use_avx512)
-        c = mp_filter_row_avx512(g, n, k, cm, ci, scratch, &bad);
+        c = mp_filter_row_avx512(g, n, k, cm, ci, scratch, &bad, prefetch);
     else
 #endif
         c = mp_filter_row_generic(g, n, k, cm, ci, scratch, &bad);
     (void)use_avx512;
+    (void)prefetch;
     /* candidates are in index order, so the result comes out ascending */
     if (c > k) {
         (void)mp_keep_best(cm, ci, c, k, scratch, out_idx);
@@ -252,7 +349,10 @@ static int64_t mp_topk_rows(const float *g, int64_t B, int64_t n, int64_t k,
             const float *row = g + b * n;
             int32_t *oi = idx + b * k;
             float *ov = val + b * k;
-            int64_t rb = mp_topk_row(row, n, k, heap, oi, avx512);
+            /* the next row this thread takes (static schedule: b + 1 unless
+             * b ends this thread's chunk, when the prefetch is merely wasted) */
+            const float *next = b + 1 < B && n >= 1024 ? row + n : NULL;
+            int64_t rb = mp_topk_row(row, n, k, heap, oi, avx512, next);
             if (rb) {
                 /* NaN is never admitted, so fewer than k candidates may exist:
                  * keep the indices valid; the caller reports the error */
@@ -306,7 +406,7 @@ static int64_t mp_topk_unified(const float *g, int64_t B, int64_t n, int64_t k, 
     /* huge finite inputs can overflow a column sum to Inf; the selector counts
      * that as non-finite, but Inf still ranks above every finite sum, so the
      * result is meaningful and the count is ignored here */
-    (void)mp_topk_row(colsum_ws, n, k, heap_ws, idx, mp_topk_use_avx512());
+    (void)mp_topk_row(colsum_ws, n, k, heap_ws, idx, mp_topk_use_avx512(), NULL);
     return 0;
 }
 
