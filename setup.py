@@ -104,7 +104,7 @@ def extensions():
     flags = build_flags()
     return [
         make_extension("meprop_cpu._kernels", "meprop_cpu/_kernels.pyx",
-                       ("parallel.h", "topk.h", "sparse_linear.h", "optim.h"), flags),
+                       ("parallel.h", "topk.h", "sparse_linear.h", "optim.h", "elementwise.h"), flags),
         make_extension("meprop_cpu._dense", "meprop_cpu/_dense.pyx",
                        ("parallel.h", "dense.h"), flags),
     ]

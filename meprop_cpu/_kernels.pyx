@@ -49,6 +49,13 @@ cdef extern from "meprop/optim.h":
                        const float *values, int64_t r, int64_t n_cols, mp_optim_args a,
                        int nthreads) nogil
 
+cdef extern from "meprop/elementwise.h":
+    void mp_relu_forward(const float *x, float *y, int64_t n) nogil
+    void mp_relu_backward(const float *dy, const float *y, float *dx, int64_t n) nogil
+    int64_t mp_softmax_xent(const float *logits, const int64_t *y, int64_t B, int64_t C,
+                            float *d, double *loss) nogil
+    int64_t mp_check_rows(const int32_t *rows, int64_t r, int64_t n) nogil
+
 
 def openmp_enabled():
     return bool(MP_HAVE_OPENMP)
@@ -163,3 +170,30 @@ def optim_rows(int kind, float[:, ::1] w, float[:, ::1] s1, float[:, ::1] s2,
         prow = &rows[0]
     with nogil:
         mp_optim_rows(kind, &w[0, 0], p1, p2, prow, &values[0, 0], r, w.shape[1], a, nthreads)
+
+
+def relu_forward(const float[:, ::1] x, float[:, ::1] y):
+    with nogil:
+        mp_relu_forward(&x[0, 0], &y[0, 0], x.shape[0] * x.shape[1])
+
+
+def relu_backward(const float[:, ::1] dy, const float[:, ::1] y, float[:, ::1] dx):
+    with nogil:
+        mp_relu_backward(&dy[0, 0], &y[0, 0], &dx[0, 0], dy.shape[0] * dy.shape[1])
+
+
+def softmax_xent(const float[:, ::1] logits, const int64_t[::1] y, float[:, ::1] d):
+    """(status, loss): status 0, or 1 + the first example whose label is out of range."""
+    cdef double loss = 0.0
+    cdef int64_t st
+    with nogil:
+        st = mp_softmax_xent(&logits[0, 0], &y[0], logits.shape[0], logits.shape[1], &d[0, 0],
+                             &loss)
+    return st, loss
+
+
+def check_rows(const int32_t[::1] rows, int64_t n):
+    """0 if rows is strictly ascending within [0, n), else 1 + the first bad position."""
+    if rows.shape[0] == 0:
+        return 0
+    return mp_check_rows(&rows[0], rows.shape[0], n)

@@ -247,14 +247,26 @@ class Identity(Module):
 
 
 class ReLU(Module):
+    """max(x, 0). Keeps its output for the backward (dx = dy where y > 0)."""
+
     def forward(self, x):
-        y = np.maximum(x, 0.0, dtype=np.float32)
-        if self.training:
-            self._mask = x > 0
+        x = _check_input(x, None, "ReLU.forward")
+        y = np.empty_like(x)
+        _kernels.relu_forward(x, y)
+        self._y = y if self.training else None
         return y
 
     def backward(self, dy):
-        return np.multiply(dy, self._mask, dtype=np.float32)
+        y = getattr(self, "_y", None)
+        if y is None:
+            raise RuntimeError("ReLU.backward called without a forward pass in training mode")
+        dy = _check_input(dy, y.shape[1], "ReLU.backward", "dy")
+        if dy.shape != y.shape:
+            raise ValueError(f"ReLU.backward: dy has shape {dy.shape}, the forward output "
+                             f"{y.shape}")
+        dx = np.empty_like(dy)
+        _kernels.relu_backward(dy, y, dx)
+        return dx
 
 
 class Tanh(Module):
@@ -320,25 +332,22 @@ class SoftmaxCrossEntropy:
         if not np.issubdtype(y.dtype, np.integer):
             raise TypeError(f"SoftmaxCrossEntropy: y must hold integer labels, got {y.dtype}")
         C = logits.shape[1]
-        if y.size and (y.min() < 0 or y.max() >= C):
+        d = np.empty_like(logits)
+        status, loss = _kernels.softmax_xent(logits, np.ascontiguousarray(y, dtype=np.int64), d)
+        if status:
             raise ValueError(f"SoftmaxCrossEntropy: labels y must lie in [0, {C}), "
                              f"got range [{y.min()}, {y.max()}]")
-        z = logits - logits.max(axis=1, keepdims=True)
-        ez = np.exp(z)
-        s = ez.sum(axis=1, keepdims=True)
-        p = ez / s
-        rows = np.arange(logits.shape[0])
-        loss = float(np.mean(np.log(s[:, 0]) - z[rows, y]))
-        self._p, self._y = p, y
+        self._d = d
         return loss
 
     __call__ = forward
 
     def backward(self):
-        d = self._p.copy()
-        d[np.arange(d.shape[0]), self._y] -= 1.0
-        d *= np.float32(1.0 / d.shape[0])
-        return d
+        """d loss / d logits of the last forward: (softmax - onehot(y)) / B, a new array."""
+        d = getattr(self, "_d", None)
+        if d is None:
+            raise RuntimeError("SoftmaxCrossEntropy.backward called before forward")
+        return d.copy()
 
 
 class Sequential(Module):

@@ -171,8 +171,12 @@ class Optimizer:
                 if rows.dtype.kind not in "iu":
                     raise TypeError(f"{who}.step: RowGrad rows of {name} must be integers, "
                                     f"got {rows.dtype}")
-                if r and (rows[0] < 0 or rows[-1] >= n
-                          or (r > 1 and not (rows[1:] > rows[:-1]).all())):
+                if rows.dtype == np.int32 and rows.ndim == 1 and rows.flags.c_contiguous:
+                    bad = _kernels.check_rows(rows, n)   # one C pass (the common case)
+                else:   # checked before any narrowing to int32 could wrap a value
+                    bad = r and (rows[0] < 0 or rows[-1] >= n
+                                 or (r > 1 and not (rows[1:] > rows[:-1]).all()))
+                if bad:
                     raise ValueError(f"{who}.step: RowGrad rows of {name} must be strictly "
                                      f"ascending row indices in [0, {n})")
                 if values.shape != (r, w2.shape[1]):

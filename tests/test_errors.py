@@ -299,6 +299,7 @@ ROWS = {
     "Optimizer.step: RowGrad negative row": (lambda t, m: step_with(rg([-1, 2])), ValueError, r"rows of W.*\[0, 4\)"),
     "Optimizer.step: RowGrad rows not ascending": (lambda t, m: step_with(rg([2, 1])), ValueError, "strictly ascending"),
     "Optimizer.step: RowGrad repeated row": (lambda t, m: step_with(rg([1, 1])), ValueError, "strictly ascending"),
+    "Optimizer.step: RowGrad int64 row beyond int32": (lambda t, m: step_with(rg([0, 2**32 + 1], dtype=np.int64)), ValueError, r"\[0, 4\)"),
     "Optimizer.step: RowGrad float rows": (lambda t, m: step_with(rg([0, 1], dtype=np.float32)), TypeError, "integers"),
     "Optimizer.step: RowGrad values of the wrong width": (lambda t, m: step_with(rg([0, 1], (2, 5))), ValueError, r"values of W.*\(2, 3\)"),
     "Optimizer.step: RowGrad out of range, dense update": (lambda t, m: step_with(rg([0, 9]), sparse=False), ValueError, r"\[0, 4\)"),

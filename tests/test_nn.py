@@ -282,3 +282,50 @@ def test_mlp_bad_arguments():
         nn.MLP([3, 4, 2], dropout=1.0)
     with pytest.raises(ValueError, match="mode"):
         nn.MLP([3, 4, 2], mode="x")
+
+
+# ------------------------------------------- ReLU and the loss against numpy
+
+@pytest.mark.parametrize("B,C", [(1, 1), (1, 10), (10, 10), (7, 33), (100, 10)])
+def test_softmax_cross_entropy_matches_numpy(B, C):
+    rng = np.random.default_rng(B * 100 + C)
+    logits = (rng.standard_normal((B, C)) * 30).astype(np.float32)   # large: the max shift matters
+    y = rng.integers(0, C, B)
+    loss_fn = nn.SoftmaxCrossEntropy()
+    loss = loss_fn.forward(logits, y)
+    z = logits.astype(np.float64)
+    z -= z.max(axis=1, keepdims=True)
+    p = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+    ref = float(np.mean(-np.log(p[np.arange(B), y])))
+    assert loss == pytest.approx(ref, rel=1e-5, abs=1e-6)
+    d = loss_fn.backward()
+    p[np.arange(B), y] -= 1.0
+    assert d.dtype == np.float32 and d.shape == (B, C)
+    np.testing.assert_allclose(d, p / B, rtol=1e-5, atol=1e-7)
+    assert not np.shares_memory(d, loss_fn.backward())   # a new array each time
+    # int32 labels give the same result
+    assert loss_fn.forward(logits, y.astype(np.int32)) == loss
+
+
+def test_softmax_cross_entropy_non_finite_logit_gives_non_finite_loss():
+    logits = np.zeros((2, 3), np.float32)
+    logits[1, 2] = np.nan
+    assert not np.isfinite(nn.SoftmaxCrossEntropy().forward(logits, np.array([0, 1])))
+
+
+def test_relu_matches_numpy_and_keeps_nan():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((13, 37)).astype(np.float32)
+    x[0, :3] = [np.nan, -0.0, 0.0]
+    r = nn.ReLU()
+    y = r.forward(x)
+    ref = np.maximum(x, 0)
+    assert np.isnan(y[0, 0]) and np.array_equal(y[1:], ref[1:]) and np.array_equal(y[0, 1:], ref[0, 1:])
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    np.testing.assert_array_equal(r.backward(dy), np.where(x > 0, dy, 0).astype(np.float32))
+    with pytest.raises(ValueError, match="dy has shape"):
+        r.backward(dy[:5])
+    r.eval()
+    r.forward(x)
+    with pytest.raises(RuntimeError, match="without a forward pass in training mode"):
+        r.backward(dy)

@@ -1,0 +1,68 @@
+/* Small per-step kernels of the training loop: ReLU, softmax cross-entropy,
+ * and the validation of a row-sparse gradient's row indices.
+ *
+ * Each replaces several numpy calls (every one of which costs a microsecond
+ * or two of dispatch on a batch of 10) by one pass. Serial: the arrays are
+ * B x n activations or B x C logits, far below the threshold where an OpenMP
+ * team pays. */
+#ifndef MEPROP_ELEMENTWISE_H
+#define MEPROP_ELEMENTWISE_H
+
+#include <math.h>
+#include <stdint.h>
+#include "parallel.h"
+
+/* y = max(x, 0) (a NaN input gives NaN, as numpy's maximum does) */
+MP_SIMD_CLONES
+static void mp_relu_forward(const float *MP_RESTRICT x, float *MP_RESTRICT y, int64_t n) {
+    for (int64_t i = 0; i < n; i++) y[i] = x[i] > 0.0f ? x[i] : (x[i] != x[i] ? x[i] : 0.0f);
+}
+
+/* dx = dy where y > 0, else 0 (y: the forward's output) */
+MP_SIMD_CLONES
+static void mp_relu_backward(const float *MP_RESTRICT dy, const float *MP_RESTRICT y,
+                             float *MP_RESTRICT dx, int64_t n) {
+    for (int64_t i = 0; i < n; i++) dx[i] = y[i] > 0.0f ? dy[i] : 0.0f;
+}
+
+/* Mean softmax cross-entropy of logits (B, C) against labels y (B,), and its
+ * gradient d (B, C) = (softmax(logits) - onehot(y)) / B.
+ * Writes the loss to *loss and returns 0; returns 1 + b if label y[b] is
+ * outside [0, C) (nothing is written then). A non-finite logit gives a
+ * non-finite loss. */
+static int64_t mp_softmax_xent(const float *logits, const int64_t *y, int64_t B, int64_t C,
+                               float *d, double *loss) {
+    for (int64_t b = 0; b < B; b++)
+        if (y[b] < 0 || y[b] >= C) return 1 + b;
+    double total = 0.0;
+    const float inv_b = 1.0f / (float)B;
+    for (int64_t b = 0; b < B; b++) {
+        const float *z = logits + b * C;
+        float *db = d + b * C;
+        float mx = z[0];
+        for (int64_t c = 1; c < C; c++) mx = z[c] > mx ? z[c] : mx;
+        float s = 0.0f;
+        for (int64_t c = 0; c < C; c++) {
+            db[c] = expf(z[c] - mx);
+            s += db[c];
+        }
+        const float inv_s = 1.0f / s;
+        for (int64_t c = 0; c < C; c++) db[c] = db[c] * inv_s * inv_b;
+        db[y[b]] -= inv_b;
+        total += (double)logf(s) - (double)(z[y[b]] - mx);
+    }
+    *loss = total / (double)B;
+    return 0;
+}
+
+/* 0 if rows[0:r] is strictly ascending within [0, n), else 1 + the first bad
+ * position. Checked before an optimizer writes any row. */
+static int64_t mp_check_rows(const int32_t *rows, int64_t r, int64_t n) {
+    for (int64_t q = 0; q < r; q++) {
+        if (rows[q] < 0 || rows[q] >= n) return q + 1;
+        if (q > 0 && rows[q] <= rows[q - 1]) return q + 1;
+    }
+    return 0;
+}
+
+#endif
