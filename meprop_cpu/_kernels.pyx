@@ -48,6 +48,10 @@ cdef extern from "meprop/optim.h":
     void mp_optim_rows(int kind, float *w, float *s1, float *s2, const int32_t *rows,
                        const float *values, int64_t r, int64_t n_cols, mp_optim_args a,
                        int nthreads) nogil
+    void mp_optim_rows_factored(int kind, float *w, float *s1, float *s2, const int32_t *rows,
+                                int64_t r, int64_t n_cols, const float *x, const int32_t *offsets,
+                                const int32_t *pair_b, const float *pair_v, float *gbuf,
+                                mp_optim_args a, int nthreads) nogil
 
 cdef extern from "meprop/elementwise.h":
     void mp_relu_forward(const float *x, float *y, int64_t n) nogil
@@ -149,14 +153,45 @@ def sparse_dw(const float[:, ::1] x, int64_t r, const int32_t[::1] offsets,
                      &values[0, 0], nthreads)
 
 
+cdef mp_optim_args _optim_args(float lr, float momentum, float eps, float beta1, float beta2,
+                               float weight_decay, float clip, float step, float inv_sqrt_bc2):
+    cdef mp_optim_args a
+    a.lr = lr; a.momentum = momentum; a.eps = eps; a.beta1 = beta1; a.beta2 = beta2
+    a.weight_decay = weight_decay; a.clip = clip; a.step = step; a.inv_sqrt_bc2 = inv_sqrt_bc2
+    return a
+
+
+def optim_rows_factored(int kind, float[:, ::1] w, float[:, ::1] s1, float[:, ::1] s2,
+                        const int32_t[::1] rows, int64_t r, const float[:, ::1] x,
+                        const int32_t[::1] offsets, const int32_t[::1] pair_b,
+                        const float[::1] pair_v, float[::1] gbuf,
+                        float lr, float momentum, float eps, float beta1, float beta2,
+                        float weight_decay, float clip, float step, float inv_sqrt_bc2,
+                        int nthreads):
+    """Update rows[:r] of w from the factored sparse-backward gradient (see optim.h).
+    gbuf: nthreads * w.shape[1] floats of scratch."""
+    cdef mp_optim_args a = _optim_args(lr, momentum, eps, beta1, beta2, weight_decay, clip,
+                                       step, inv_sqrt_bc2)
+    cdef float *p1 = NULL
+    cdef float *p2 = NULL
+    if r == 0:
+        return
+    if s1 is not None:
+        p1 = &s1[0, 0]
+    if s2 is not None:
+        p2 = &s2[0, 0]
+    with nogil:
+        mp_optim_rows_factored(kind, &w[0, 0], p1, p2, &rows[0], r, w.shape[1], &x[0, 0],
+                               &offsets[0], &pair_b[0], &pair_v[0], &gbuf[0], a, nthreads)
+
+
 def optim_rows(int kind, float[:, ::1] w, float[:, ::1] s1, float[:, ::1] s2,
                const int32_t[::1] rows, const float[:, ::1] values, int64_t r,
                float lr, float momentum, float eps, float beta1, float beta2,
                float weight_decay, float clip, float step, float inv_sqrt_bc2, int nthreads):
     """Update r rows of w (rows None: the first r rows, densely)."""
-    cdef mp_optim_args a
-    a.lr = lr; a.momentum = momentum; a.eps = eps; a.beta1 = beta1; a.beta2 = beta2
-    a.weight_decay = weight_decay; a.clip = clip; a.step = step; a.inv_sqrt_bc2 = inv_sqrt_bc2
+    cdef mp_optim_args a = _optim_args(lr, momentum, eps, beta1, beta2, weight_decay, clip,
+                                       step, inv_sqrt_bc2)
     cdef float *p1 = NULL
     cdef float *p2 = NULL
     cdef const int32_t *prow = NULL

@@ -27,9 +27,18 @@ class RowGrad:
     ``rows`` is int32 (r,), strictly ascending; ``values`` float32 (r, n_in).
     ``rows is None`` marks a dense gradient (``values`` holds every row).
     Rows absent from ``rows`` have an exactly zero gradient.
+
+    The per-example meProp backward hands out a *factored* RowGrad: it keeps
+    the selected (example, value) pairs of every row and the layer input x,
+    and forms ``values`` only when first read. The optimizers apply such a
+    gradient directly (each row is summed into a small buffer and applied at
+    once, so the (r, n_in) block never goes to memory); reading ``values``
+    first gives bit-identical results. Like the eager form, it lives in the
+    layer's workspace: valid until the layer's next backward, with the
+    layer's input left unchanged.
     """
 
-    __slots__ = ("rows", "values")
+    __slots__ = ("rows", "_values", "_factors", "_n_in")
 
     def __init__(self, rows, values):
         values = np.asarray(values)
@@ -41,7 +50,38 @@ class RowGrad:
                 raise ValueError(f"RowGrad: rows must be 1-D with one entry per row of values "
                                  f"({values.shape[0]}), got shape {rows.shape}")
         self.rows = rows
-        self.values = values
+        self._values = values
+        self._factors = None
+        self._n_in = values.shape[1]
+
+    @classmethod
+    def _factored(cls, rows, x, offsets, pair_b, pair_v, out):
+        """Internal: the gradient of rows[q] = sum over p in offsets[q]:offsets[q+1] of
+        pair_v[p] * x[pair_b[p]]; ``out`` (r, n_in) receives it when first read."""
+        g = cls.__new__(cls)
+        g.rows = rows
+        g._values = None
+        g._factors = (x, offsets, pair_b, pair_v, out)
+        g._n_in = x.shape[1]
+        return g
+
+    @property
+    def values(self):
+        if self._values is None:
+            x, offsets, pair_b, pair_v, out = self._factors
+            _kernels.sparse_dw(x, self.rows.shape[0], offsets, pair_b, pair_v, out,
+                               get_num_threads())
+            self._values, self._factors = out, None
+        return self._values
+
+    @values.setter
+    def values(self, v):
+        self._values, self._factors = v, None
+
+    @property
+    def factored(self):
+        """True while the values are not formed yet (see the class docstring)."""
+        return self._factors is not None
 
     @property
     def dense(self):
@@ -49,7 +89,7 @@ class RowGrad:
 
     @property
     def nnz_rows(self):
-        return self.values.shape[0]
+        return self.rows.shape[0] if self.rows is not None else self._values.shape[0]
 
     def to_dense(self, n_out):
         """The full (n_out, n_in) gradient as a new float32 array."""
@@ -62,13 +102,13 @@ class RowGrad:
         if len(self.rows) and (int(self.rows.min()) < 0 or int(self.rows.max()) >= n_out):
             raise ValueError(f"RowGrad.to_dense: rows must lie in [0, n_out={n_out}), got range "
                              f"[{int(self.rows.min())}, {int(self.rows.max())}]")
-        out = np.zeros((n_out, self.values.shape[1]), dtype=np.float32)
+        out = np.zeros((n_out, self._n_in), dtype=np.float32)
         out[self.rows] = self.values
         return out
 
     def __repr__(self):
         r = "all" if self.rows is None else len(self.rows)
-        return f"RowGrad(rows={r}, n_in={self.values.shape[1]})"
+        return f"RowGrad(rows={r}, n_in={self._n_in})"
 
 
 class Workspace:
@@ -217,8 +257,9 @@ def randk_rows(B, n, k, seed, *, threads=None):
 
 # ---------------------------------------------------------------- backward
 
-def sparse_backward_into(x, W, idx, val, ws, nthreads, need_dx=True):
-    """Unchecked sparse backward. dx (None unless need_dx) and the RowGrad live in ``ws``."""
+def sparse_backward_into(x, W, idx, val, ws, nthreads, need_dx=True, factored=False):
+    """Unchecked sparse backward. dx (None unless need_dx) and the RowGrad live in ``ws``;
+    ``factored``: the RowGrad forms its values only when read (see RowGrad)."""
     dx = None
     if need_dx:
         B, k = idx.shape
@@ -226,10 +267,10 @@ def sparse_backward_into(x, W, idx, val, ws, nthreads, need_dx=True):
         sel = ws.get("sel", (nthreads * k,), np.int32)
         coef = ws.get("coef", (nthreads * k,), np.float32)
         _kernels.sparse_dx(W, idx, val, dx, sel, coef, nthreads)
-    return dx, sparse_dw_into(x, W.shape[0], idx, val, ws, nthreads)
+    return dx, sparse_dw_into(x, W.shape[0], idx, val, ws, nthreads, factored)
 
 
-def sparse_dw_into(x, n_out, idx, val, ws, nthreads):
+def sparse_dw_into(x, n_out, idx, val, ws, nthreads, factored=False):
     """Unchecked weight gradient of the sparse backward as a RowGrad (in ``ws``):
     the non-zero pairs regrouped by output row, then one sum of x rows per row."""
     B, k = idx.shape
@@ -242,6 +283,8 @@ def sparse_dw_into(x, n_out, idx, val, ws, nthreads):
     pair_v = ws.get("pair_v", (npairs,), np.float32)
     r = _kernels.group_pairs(idx, val, n_out, cursor, rows, offsets, pair_b, pair_v)
     values = ws.get("values", (r, n_in), np.float32)
+    if factored:
+        return RowGrad._factored(rows[:r], x, offsets, pair_b, pair_v, values)
     _kernels.sparse_dw(x, r, offsets, pair_b, pair_v, values, nthreads)
     return RowGrad(rows[:r], values)
 

@@ -226,8 +226,9 @@ class Linear(Module):
         if self.track_hits:
             _kernels.count_hits(idx, val, self.hits)
             self.seen += B
+        # factored: the optimizer forms each gradient row as it applies it
         dx, self.W.grad = kernels.sparse_backward_into(x, W, idx, val, ws, nt,
-                                                       self.needs_input_grad)
+                                                       self.needs_input_grad, factored=True)
         return dx
 
     def reset_hits(self):

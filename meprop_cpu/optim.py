@@ -22,7 +22,7 @@ import numpy as np
 
 from . import _kernels
 from ._config import get_num_threads
-from .kernels import RowGrad
+from .kernels import RowGrad, Workspace
 
 __all__ = ["Optimizer", "SGD", "AdaGrad", "Adam"]
 
@@ -60,6 +60,7 @@ class Optimizer:
         self.sparse = bool(sparse)
         self.state = {}
         self.steps = 0
+        self._scratch = Workspace()
 
     # -- state -------------------------------------------------------------
     def _state_for(self, p):
@@ -148,6 +149,13 @@ class Optimizer:
             arrs = [a if a.ndim == 2 else a.reshape(1, -1) for a in st["arrays"]]
             s1 = arrs[0] if len(arrs) > 0 else None
             s2 = arrs[1] if len(arrs) > 1 else None
+            if isinstance(v2, RowGrad):   # factored: gradient rows formed in the kernel
+                x, offsets, pair_b, pair_v, _ = v2._factors
+                gbuf = self._scratch.get("gbuf", (nt * w2.shape[1],), np.float32)
+                _kernels.optim_rows_factored(self._kind, w2, s1, s2, rows, r, x, offsets,
+                                             pair_b, pair_v, gbuf, self.lr, mom, eps, b1, b2,
+                                             self.weight_decay, self.clip, step_size, isb, nt)
+                continue
             _kernels.optim_rows(self._kind, w2, s1, s2, rows, v2, r, self.lr, mom, eps, b1, b2,
                                 self.weight_decay, self.clip, step_size, isb, nt)
 
@@ -165,6 +173,13 @@ class Optimizer:
         w2 = w if w.ndim == 2 else w.reshape(1, -1)
         rows, values = None, g
         if isinstance(g, RowGrad):
+            if g.factored and self.sparse and g._n_in == w2.shape[1]:
+                # a meProp backward's gradient: applied without forming its values
+                n = w2.shape[0]
+                if _kernels.check_rows(g.rows, n):
+                    raise ValueError(f"{who}.step: RowGrad rows of {name} must be strictly "
+                                     f"ascending row indices in [0, {n})")
+                return w2, g.rows, g, g.rows.shape[0]
             values = np.asarray(g.values)
             if g.rows is not None:
                 rows, r, n = np.asarray(g.rows), g.values.shape[0], w2.shape[0]

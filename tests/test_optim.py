@@ -209,3 +209,71 @@ def test_gradient_of_wrong_shape():
     p.grad = np.ones((4, 3), np.float32)
     with pytest.raises(ValueError, match="shape"):
         opt.step()
+
+
+# ------------------------------------- the factored gradient of the meProp backward
+
+def _factored_grad(seed, B=13, n_in=37, n_out=29, k=5):
+    """A factored RowGrad from the library's sparse backward, and its eager twin."""
+    from meprop_cpu import kernels
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((B, n_in)).astype(np.float32)
+    W = rng.standard_normal((n_out, n_in)).astype(np.float32)
+    dy = rng.standard_normal((B, n_out)).astype(np.float32)
+    dy[rng.random(dy.shape) < 0.3] = 0.0          # zero pairs are left out of the rows
+    idx, val = kernels.topk_rows(dy, k)
+    _, lazy = kernels.sparse_backward_into(x, W, idx, val, kernels.Workspace(), 1,
+                                           need_dx=False, factored=True)
+    _, eager = kernels.sparse_backward_into(x, W, idx, val, kernels.Workspace(), 1,
+                                            need_dx=False)
+    return lazy, eager, (n_out, n_in)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_factored_rowgrad_forms_the_eager_values(seed):
+    lazy, eager, (n_out, _) = _factored_grad(seed)
+    assert lazy.factored and not eager.factored
+    np.testing.assert_array_equal(lazy.rows, eager.rows)
+    assert lazy.nnz_rows == eager.nnz_rows
+    assert np.array_equal(lazy.to_dense(n_out), eager.to_dense(n_out))   # reads the values
+    assert not lazy.factored
+    assert lazy.values.tobytes() == eager.values.tobytes()
+
+
+@pytest.mark.parametrize("opt_cls, kw", [(optim.SGD, dict(lr=0.1)),
+                                         (optim.SGD, dict(lr=0.1, momentum=0.9, clip=0.5)),
+                                         (optim.AdaGrad, dict(lr=0.1, weight_decay=0.01)),
+                                         (optim.Adam, dict(lr=1e-3)),
+                                         (optim.Adam, dict(lr=1e-2, clip=0.3, weight_decay=0.1)),
+                                         (optim.Adam, dict(lr=1e-3, sparse=False))])
+@pytest.mark.parametrize("threads,big", [(1, False), (2, False), (2, True)])
+def test_optimizer_applies_factored_gradient_like_the_eager_one(opt_cls, kw, threads, big):
+    """The fused path (rows summed and applied in one kernel) is bit-identical
+    to forming the gradient first, over several steps, on both SIMD paths
+    (big: enough work for the parallel loop)."""
+    shape = dict(B=100, n_in=300, n_out=200, k=20) if big else {}
+    from meprop_cpu import _kernels
+    old_threads = mp.get_num_threads()
+    for portable in (False, True):
+        old = _kernels.set_avx512_disabled(portable)
+        mp.set_num_threads(threads)
+        try:
+            results = []
+            for fused in (True, False):
+                _, _, wshape = _factored_grad(0, **shape)
+                p = _param(wshape, seed=5)
+                opt = opt_cls([p], **kw)
+                for step in range(3):
+                    lazy, eager, _ = _factored_grad(step, **shape)
+                    p.grad = lazy if fused else eager
+                    opt.step()
+                    if fused and opt.sparse:
+                        assert lazy.factored      # applied without forming the values
+                results.append((p.data.copy(), [a.copy() for st in opt.state.values()
+                                                for a in st["arrays"]]))
+            assert results[0][0].tobytes() == results[1][0].tobytes()
+            for a, b in zip(results[0][1], results[1][1]):
+                assert a.tobytes() == b.tobytes()
+        finally:
+            _kernels.set_avx512_disabled(old)
+            mp.set_num_threads(old_threads)

@@ -19,6 +19,7 @@
 
 #include <math.h>
 #include "parallel.h"
+#include "sparse_linear.h"
 
 typedef struct {
     float lr, momentum, eps, beta1, beta2, weight_decay, clip;
@@ -68,6 +69,42 @@ static void mp_adam_row(float *MP_RESTRICT w, float *MP_RESTRICT m, float *MP_RE
 
 enum { MP_OPT_SGD = 0, MP_OPT_ADAGRAD = 1, MP_OPT_ADAM = 2 };
 
+static inline void mp_optim_row(int kind, float *w, float *s1, float *s2, int64_t j,
+                                const float *g, int64_t n_cols, mp_optim_args a) {
+    float *wr = w + j * n_cols;
+    if (kind == MP_OPT_SGD)
+        mp_sgd_row(wr, s1 ? s1 + j * n_cols : NULL, g, n_cols, a);
+    else if (kind == MP_OPT_ADAGRAD)
+        mp_adagrad_row(wr, s1 + j * n_cols, g, n_cols, a);
+    else
+        mp_adam_row(wr, s1 + j * n_cols, s2 + j * n_cols, g, n_cols, a);
+}
+
+/* The same update from the factored gradient of a sparse backward (the
+ * output of mp_group_pairs): row q's gradient, the sum of pair_v * x[pair_b]
+ * over its pairs, is formed in a per-thread buffer (gbuf: nthreads * n_cols
+ * floats; one row stays in L1) and applied at once, so the (r, n_cols)
+ * gradient never goes to memory. Same arithmetic as mp_sparse_dw followed by
+ * mp_optim_rows: bit-identical to it. */
+static void mp_optim_rows_factored(int kind, float *w, float *s1, float *s2,
+                                   const int32_t *rows, int64_t r, int64_t n_cols,
+                                   const float *x, const int32_t *offsets, const int32_t *pair_b,
+                                   const float *pair_v, float *gbuf, mp_optim_args a,
+                                   int nthreads) {
+    int team = mp_team_size(nthreads, (offsets[r] + 4 * r) * n_cols, r);
+    const int avx512 = mp_cpu_avx512();
+    #pragma omp parallel num_threads(team) if (team > 1)
+    {
+        float *g = gbuf + (int64_t)mp_omp_thread_num() * n_cols;
+        #pragma omp for schedule(dynamic, 4)
+        for (int64_t q = 0; q < r; q++) {
+            int64_t p0 = offsets[q];
+            mp_gather_sum(g, n_cols, x, pair_b + p0, pair_v + p0, offsets[q + 1] - p0, avx512);
+            mp_optim_row(kind, w, s1, s2, rows[q], g, n_cols, a);
+        }
+    }
+}
+
 /* One update of parameter w (n_rows, n_cols) from the row gradient.
  * s1, s2: state arrays shaped like w (s1 may be NULL for plain SGD). */
 static void mp_optim_rows(int kind, float *w, float *s1, float *s2, const int32_t *rows,
@@ -75,17 +112,8 @@ static void mp_optim_rows(int kind, float *w, float *s1, float *s2, const int32_
                           int nthreads) {
     int team = mp_team_size(nthreads, r * n_cols * 4, r);
     #pragma omp parallel for num_threads(team) if (team > 1) schedule(static)
-    for (int64_t q = 0; q < r; q++) {
-        int64_t j = rows ? (int64_t)rows[q] : q;
-        float *wr = w + j * n_cols;
-        const float *g = values + q * n_cols;
-        if (kind == MP_OPT_SGD)
-            mp_sgd_row(wr, s1 ? s1 + j * n_cols : NULL, g, n_cols, a);
-        else if (kind == MP_OPT_ADAGRAD)
-            mp_adagrad_row(wr, s1 + j * n_cols, g, n_cols, a);
-        else
-            mp_adam_row(wr, s1 + j * n_cols, s2 + j * n_cols, g, n_cols, a);
-    }
+    for (int64_t q = 0; q < r; q++)
+        mp_optim_row(kind, w, s1, s2, rows ? (int64_t)rows[q] : q, values + q * n_cols, n_cols, a);
 }
 
 #endif
