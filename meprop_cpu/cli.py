@@ -412,7 +412,8 @@ def run_info(args, parser):
 
 # ------------------------------------------------------------------ meSimp
 
-_MESIMP_DEFAULTS = {"prune_rate": 0.1, "cycle_epochs": 5, "steps_per_epoch": 8, "min_width": 1}
+_MESIMP_DEFAULTS = {"prune_rate": 0.1, "cycle_epochs": 5, "steps_per_epoch": 8, "min_width": 1,
+                    "reset": "authors"}
 
 
 def _add_mesimp_options(p):
@@ -427,6 +428,11 @@ def _add_mesimp_options(p):
                         "optimizer state is reset between cycles (default 5)")
     g.add_argument("--steps-per-epoch", type=_positive_int, default=None, metavar="S",
                    help="simplification steps per epoch in simplifying cycles (default 8)")
+    g.add_argument("--reset", choices=("authors", "paper"), default=None,
+                   help="how the optimizer is reset at the end of a cycle: 'authors' (their "
+                        "code: moments zeroed, step counts kept, at each simplification point "
+                        "of the cycle's last epoch; shrinks far more) or 'paper' (the whole "
+                        "state, once; default authors)")
     g.add_argument("--min-width", type=_positive_int, default=None, metavar="W",
                    help="never shrink a hidden layer below W neurons (default 1)")
     g.add_argument("--save-model", default=None, metavar="FILE",
@@ -462,11 +468,12 @@ def _mesimp_callbacks(args, model, opt):
     o = {k: (v if getattr(args, k) is None else getattr(args, k))
          for k, v in _MESIMP_DEFAULTS.items()}
     simp = Simplifier(model, opt, prune_rate=o["prune_rate"], min_width=o["min_width"],
-                      schedule=CycleSchedule(o["cycle_epochs"], o["steps_per_epoch"]),
+                      schedule=CycleSchedule(o["cycle_epochs"], o["steps_per_epoch"],
+                                             reset=o["reset"]),
                       verbose=True)
     print(f"meSimp: prune rate {o['prune_rate']:g}, cycles of {o['cycle_epochs']} epochs, "
           f"{o['steps_per_epoch']} simplification steps per epoch in even cycles, "
-          f"min width {o['min_width']}", flush=True)
+          f"min width {o['min_width']}, optimizer reset: {o['reset']}", flush=True)
     return [simp]
 
 

@@ -70,9 +70,18 @@ class Optimizer:
             self.state[id(p)] = st
         return st
 
-    def reset_state(self):
-        """Forget all moments / accumulators / step counts (meSimp does this per cycle)."""
-        self.state = {}
+    def reset_state(self, keep_steps=False):
+        """Forget all moments / accumulators and step counts (meSimp does this per cycle).
+
+        keep_steps=True zeroes the moments / accumulators in place but keeps each
+        parameter's step count, so Adam's bias correction goes on from where it
+        was (what the meSimp authors' code does; see CycleSchedule)."""
+        if not keep_steps:
+            self.state = {}
+            return
+        for st in self.state.values():
+            for a in st["arrays"]:
+                a[...] = 0.0
 
     def zero_grad(self):
         for p in self.params:

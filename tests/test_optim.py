@@ -277,3 +277,28 @@ def test_optimizer_applies_factored_gradient_like_the_eager_one(opt_cls, kw, thr
         finally:
             _kernels.set_avx512_disabled(old)
             mp.set_num_threads(old_threads)
+
+
+def test_reset_state_keeping_step_counts_continues_the_bias_correction():
+    """keep_steps=True (meSimp's authors' reset): moments zeroed, step counts kept,
+    so the next Adam step uses the bias correction of step t+1, not of step 1."""
+    p, q = _param((3, 4)), _param((3, 4))
+    g = np.random.default_rng(2).standard_normal((3, 4)).astype(np.float32)
+    a, b = optim.Adam([p], lr=1e-2), optim.Adam([q], lr=1e-2)
+    for _ in range(5):
+        p.grad = q.grad = g
+        a.step()
+        b.step()
+    a.reset_state(keep_steps=True)
+    b.reset_state()
+    st = a.state[id(p)]
+    assert st["step"] == 5 and not any(x.any() for x in st["arrays"])
+    assert b.state == {}
+    w, m, v = p.data.astype(np.float64), np.zeros((3, 4)), np.zeros((3, 4))
+    p.grad = q.grad = g
+    a.step()
+    b.step()
+    _ref_adam(w, g, m, v, t=6, lr=1e-2)
+    np.testing.assert_allclose(p.data, w, rtol=1e-5, atol=1e-6)
+    # the restart without bias correction takes a larger step than the fresh one
+    assert np.abs(p.data - q.data).max() > 0

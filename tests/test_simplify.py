@@ -320,9 +320,14 @@ def test_cycle_schedule_fires_on_exactly_the_expected_steps():
     expected = [(e - 1) * spe + s for e in (1, 2, 5, 6) for s in (2, 4, 7)]
     assert sch.firing_steps(8, spe) == expected
     assert [sch.tracking(e) for e in range(1, 9)] == [True, True, False, False] * 2
-    ends = [(e, s) for e in range(1, 9) for s in range(1, spe + 1)
-            if sch.cycle_end(e, s, spe, (e - 1) * spe + s)]
-    assert ends == [(2, 7), (4, 7), (6, 7), (8, 7)]
+    def ends(sch):
+        return [(e, s) for e in range(1, 9) for s in range(1, spe + 1)
+                if sch.cycle_end(e, s, spe, (e - 1) * spe + s)]
+    # the authors' reset (default): at each simplification point of a cycle's last epoch
+    assert ends(sch) == [(e, s) for e in (2, 4, 6, 8) for s in (2, 4, 7)] and sch.keep_steps
+    paper = CycleSchedule(cycle_epochs=2, steps_per_epoch=3, reset="paper")
+    assert ends(paper) == [(2, 7), (4, 7), (6, 7), (8, 7)] and not paper.keep_steps
+    assert ends(CycleSchedule(2, 3, reset_optimizer=False)) == []
     # more steps asked than minibatches: every minibatch
     assert CycleSchedule(1, 8).steps_in_epoch(5) == [1, 2, 3, 4, 5]
     assert CycleSchedule(1, 8).firing_steps(3, 5) == [1, 2, 3, 4, 5, 11, 12, 13, 14, 15]
@@ -345,7 +350,9 @@ class Recorder(Simplifier):
 
 
 @pytest.mark.parametrize("schedule, resets", [
-    (CycleSchedule(cycle_epochs=2, steps_per_epoch=3), [14, 28, 42]),
+    (CycleSchedule(cycle_epochs=2, steps_per_epoch=3, reset="paper"), [14, 28, 42]),
+    (CycleSchedule(cycle_epochs=2, steps_per_epoch=3),
+     [(e - 1) * 7 + s for e in (2, 4, 6) for s in (2, 4, 7)]),
     (EveryN(5), []), (EveryN(5, reset_optimizer=True), list(range(5, 43, 5)))])
 def test_schedules_fire_inside_the_trainer(schedule, resets):
     data = make_data(n_train=60)                   # batch 9: 7 steps per epoch
@@ -362,7 +369,11 @@ def test_schedules_fire_inside_the_trainer(schedule, resets):
     assert simp.optimizer_resets == resets
     if isinstance(schedule, CycleSchedule):
         assert tracking == [e in (1, 2, 5, 6) for e in range(1, 7) for _ in range(7)]
-        assert opt.state == {}                     # reset after the last cycle's last step
+        if schedule.reset == "paper":
+            assert opt.state == {}                 # reset after the last cycle's last step
+        else:                                      # moments zeroed, step counts kept
+            assert opt.state and all(st["step"] == 42 for st in opt.state.values())
+            assert all(not a.any() for st in opt.state.values() for a in st["arrays"])
     else:
         assert all(tracking)
 
@@ -379,6 +390,7 @@ def test_schedules_fire_inside_the_trainer(schedule, resets):
     (lambda m: Simplifier(MLP([N_IN, N_CLASSES])), "model"),
     (lambda m: CycleSchedule(cycle_epochs=0), "cycle_epochs"),
     (lambda m: CycleSchedule(steps_per_epoch=0), "steps_per_epoch"),
+    (lambda m: CycleSchedule(reset="sometimes"), "reset"),
     (lambda m: EveryN(0), "n"),
     (lambda m: select_keep(np.array([1, 2]), 10, prune_rate=1.5), "prune_rate"),
     (lambda m: select_keep(np.array([1, 2]), -1), "seen"),
