@@ -157,6 +157,19 @@ def test_topk_rows_lower_bound_regime(n, kind):
         check_topk_rows(g, k, threads=1 + (k % 2))
 
 
+@pytest.mark.parametrize("n", [5, 64, 100, 101, 500, 1000])
+@pytest.mark.parametrize("kind", KINDS)
+def test_topk_rows_without_lower_bound(n, kind):
+    """k > n/4: no useful block-maximum bound, the filter starts from zero and
+    cuts its candidate buffer back several times; still exact, per row and
+    unified."""
+    rng = np.random.default_rng(n + 7)
+    g = make_values(rng, (9, n), kind)
+    for k in sorted({n // 4 + 1, n // 3 + 1, n // 2, n - 1, n} - {0}):
+        check_topk_rows(g, k, threads=1 + (k % 2))
+        np.testing.assert_array_equal(K.topk_unified(g, k), ref_topk_unified(g, k))
+
+
 def test_topk_rows_lower_bound_equals_answer_with_ties():
     """Rows built so that the k-th largest block maximum is the k-th largest
     entry, repeated within and across blocks: every tie must still go to the
