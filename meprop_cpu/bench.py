@@ -124,8 +124,11 @@ def _nproc():
         return max(1, os.cpu_count() or 1)
 
 
-def _run(impl, mode, k, batch, dropout=0.0):
-    return {"impl": impl, "mode": mode, "k": k, "batch": batch, "dropout": dropout}
+def _run(impl, mode, k, batch, dropout=0.0, prune_rate=None):
+    r = {"impl": impl, "mode": mode, "k": k, "batch": batch, "dropout": dropout}
+    if prune_rate is not None:
+        r["prune_rate"] = prune_rate
+    return r
 
 
 def e2e_runs(name):
@@ -150,7 +153,11 @@ def e2e_runs(name):
                 + [_run("meprop_cpu", "unified", k, 100) for k in (20, 160)]
                 + [_run("meprop_cpu", "mesimp", 160, 100), _run("torch", "dense", None, 100)])
         return b10 + b100
-    raise ValueError(f"unknown profile {name!r}; expected 'quick' or 'full'")
+    if name == "mesimp":
+        return [_run("meprop_cpu", "dense", None, 100), _run("meprop_cpu", "mesimp", 160, 100),
+                _run("meprop_cpu", "mesimp", 160, 100, prune_rate=0.03),
+                _run("torch", "dense", None, 100)]
+    raise ValueError(f"unknown profile {name!r}; expected 'quick', 'full' or 'mesimp'")
 
 
 def profile(name, nproc=None):
@@ -168,10 +175,14 @@ def profile(name, nproc=None):
                 "threads": list(range(1, n + 1)), "e2e_threads": sorted({1, n}), "warmup": 3,
                 "repeats": 21, "epochs": 3, "max_train": None, "e2e_repeats": 1,
                 "e2e_warmup_steps": 50, "e2e_runs": e2e_runs("full")}
-    raise ValueError(f"unknown profile {name!r}; expected 'quick' or 'full'")
+    if name == "mesimp":   # whole trainings (the papers' 20 epochs) at batch 100, no layer sweep
+        return {"name": "mesimp", "ks": [], "shapes": [], "threads": [n], "e2e_threads": [n],
+                "warmup": 3, "repeats": 1, "epochs": 20, "max_train": None, "e2e_repeats": 1,
+                "e2e_warmup_steps": 50, "e2e_runs": e2e_runs("mesimp"), "skip_layer": True}
+    raise ValueError(f"unknown profile {name!r}; expected 'quick', 'full' or 'mesimp'")
 
 
-PROFILES = ("quick", "full")
+PROFILES = ("quick", "full", "mesimp")
 
 # The papers' MNIST numbers (PAPER.md section 3): ICML 2017 Table 1 / 2 (Adam,
 # batch 10, single-threaded C#) and TKDE 2018 (meSimp, batch 100).
@@ -968,6 +979,8 @@ def _label(run):
         s = "meprop_cpu dense"
     elif run["mode"] == "mesimp":
         s = f"meSimp k={run['k']}"
+        if run.get("prune_rate") is not None:
+            s += f" prune {run['prune_rate']:g}"
     else:
         s = f"meProp {run['mode']} k={run['k']}"
     if run.get("dropout"):
@@ -1012,7 +1025,7 @@ def train_meprop(run, data, epochs, seed=0, warmup_steps=50, sizes=(784, 500, 50
     callbacks, simp = [], None
     if mode == "mesimp":
         from .simplify import CycleSchedule, Simplifier
-        simp = Simplifier(model, opt, prune_rate=0.1,
+        simp = Simplifier(model, opt, prune_rate=run.get("prune_rate", 0.1),
                           schedule=CycleSchedule(cycle_epochs=5, steps_per_epoch=8))
         callbacks.append(simp)
     timer = HiddenBackwardTimer(model)
@@ -1249,6 +1262,7 @@ def run_e2e(runs, data, epochs, threads_list, torch_mod=None, controls=None, see
             all_epochs = [p for r in rec["repeats"] for p in r["per_epoch"]]
             shares = [r["other_share"] for r in rec["repeats"] if r["other_share"] is not None]
             rec["other_share"] = max(shares) if shares else None
+            rec["total_time_train"] = float(sum(p["time_epoch"] for p in first["per_epoch"]))
             rec.update({"best_dev": first["best_dev"], "test_at_best_dev":
                         first["test_at_best_dev"], "final_hidden_sizes":
                         first["final_hidden_sizes"], "optimizer": first["optimizer"],
@@ -1559,7 +1573,8 @@ def _e2e_section(doc):
              f"the run ((!) from {100 * BUSY_SHARE:.0f}%: the timing is not trustworthy, "
              "most of all with as many threads as CPUs).", ""]
     header = ["batch", "threads", "run", "epoch", "forward", "backward", "hidden bwd", "update",
-              "epoch vs torch", "epoch vs dense", "dev", "test", "hidden sizes", "others' CPU"]
+              "epoch vs torch", "epoch vs dense", "total", "total vs torch", "dev", "test",
+              "hidden sizes", "others' CPU"]
     rows = []
     for r in doc.get("e2e") or []:
         s = r["summary"]
@@ -1571,9 +1586,12 @@ def _e2e_section(doc):
                      _fmt_t(_med(s["time_hidden_backward"])), _fmt_t(_med(s["time_update"])),
                      _fmt_x(speedup(_med(tr["summary"]["time_epoch"]), t) if tr else None),
                      _fmt_x(speedup(_med(de["summary"]["time_epoch"]), t) if de else None),
+                     _fmt_t(r.get("total_time_train")),
+                     _fmt_x(speedup(tr.get("total_time_train"), r.get("total_time_train"))
+                            if tr and r.get("total_time_train") else None),
                      _fmt_acc(r["best_dev"]), _fmt_acc(r["test_at_best_dev"]),
                      r.get("final_hidden_sizes"), _fmt_share(_share(r))])
-    lines += _md_table(header, rows, ["---:", "---:", "---"] + ["---:"] * 9 + ["---", "---:"])
+    lines += _md_table(header, rows, ["---:", "---:", "---"] + ["---:"] * 11 + ["---", "---:"])
     return lines + [""]
 
 
@@ -1961,6 +1979,9 @@ def add_arguments(p):
                         "< 10 min on 2 cores (the default)")
     g.add_argument("--full", dest="profile", action="store_const", const="full",
                    help="every k (5..160), shape and thread count; 3 epochs end to end")
+    g.add_argument("--mesimp", dest="profile", action="store_const", const="mesimp",
+                   help="whole trainings only: 20 epochs at batch 100 on all threads, PyTorch "
+                        "dense vs this project's dense and meSimp k=160 (prune 0.1 and 0.03)")
     p.set_defaults(profile="quick")
     p.add_argument("--threads", type=_threads_list, default=None, metavar="T,T",
                    help="thread counts for the layer sweep (default: profile); end to end "
@@ -2084,6 +2105,8 @@ def run_cli(args, parser=None, set_before_numpy=False, log=print):
         return 2
 
     cfg = profile(args.profile)
+    if cfg.get("skip_layer"):
+        args.skip_layer = True
     if args.threads is not None:
         cfg["threads"] = args.threads
         cfg["e2e_threads"] = (sorted({min(args.threads), max(args.threads)})

@@ -346,6 +346,13 @@ def test_profiles():
     assert any(r["impl"] == "torch" for r in q["e2e_runs"])
     with pytest.raises(ValueError):
         bench.profile("medium")
+    m = bench.profile("mesimp", nproc=2)
+    assert m["skip_layer"] and m["epochs"] == 20 and m["e2e_threads"] == [2]
+    runs = m["e2e_runs"]
+    assert {r["batch"] for r in runs} == {100} and any(r["impl"] == "torch" for r in runs)
+    assert [r.get("prune_rate") for r in runs if r["mode"] == "mesimp"] == [None, 0.03]
+    assert [bench._label(r) for r in runs if r["mode"] == "mesimp"] == [
+        "meSimp k=160", "meSimp k=160 prune 0.03"]
 
 
 # ------------------------------------------------------------------ tables
