@@ -16,6 +16,7 @@ dense one and every weight and every moment is updated each step.
 Bias vectors (dense gradients) are always updated densely. The updates are C
 kernels (include/meprop/optim.h), parallel over rows when the work pays.
 """
+import math
 import numbers
 
 import numpy as np
@@ -69,6 +70,17 @@ class Optimizer:
             st = {"step": 0, "arrays": [np.zeros_like(p.data) for _ in range(self._n_state)]}
             self.state[id(p)] = st
         return st
+
+    @staticmethod
+    def _state_views(st):
+        """The state arrays as the kernel's (s1, s2) 2-D views, made once per state."""
+        v = st.get("views")
+        if v is None or (st["arrays"] and v[0].base is not st["arrays"][0]
+                         and v[0] is not st["arrays"][0]):
+            arrs = [a if a.ndim == 2 else a.reshape(1, -1) for a in st["arrays"]]
+            v = st["views"] = (arrs[0] if len(arrs) > 0 else None,
+                               arrs[1] if len(arrs) > 1 else None)
+        return v
 
     def reset_state(self, keep_steps=False):
         """Forget all moments / accumulators and step counts (meSimp does this per cycle).
@@ -155,9 +167,7 @@ class Optimizer:
             st = self._state_for(p)
             st["step"] += 1
             mom, eps, b1, b2, step_size, isb = self._args(st["step"])
-            arrs = [a if a.ndim == 2 else a.reshape(1, -1) for a in st["arrays"]]
-            s1 = arrs[0] if len(arrs) > 0 else None
-            s2 = arrs[1] if len(arrs) > 1 else None
+            s1, s2 = self._state_views(st)
             if isinstance(v2, RowGrad):   # factored: gradient rows formed in the kernel
                 x, offsets, pair_b, pair_v, _ = v2._factors
                 gbuf = self._scratch.get("gbuf", (nt * w2.shape[1],), np.float32)
@@ -180,6 +190,10 @@ class Optimizer:
         if not w.flags.c_contiguous or not w.flags.writeable:
             raise ValueError(f"{who}.step: parameter {name} must be C-contiguous and writable")
         w2 = w if w.ndim == 2 else w.reshape(1, -1)
+        if (type(g) is np.ndarray and g.dtype == np.float32 and g.shape == w.shape
+                and g.flags.c_contiguous):   # the common dense case (biases, dense layers)
+            g2 = g if g.ndim == 2 else g.reshape(1, -1)
+            return w2, None, g2, g2.shape[0]
         rows, values = None, g
         if isinstance(g, RowGrad):
             if g.factored and self.sparse and g._n_in == w2.shape[1]:
@@ -270,7 +284,7 @@ class Adam(Optimizer):
     def _args(self, step):
         b1, b2 = self.betas
         step_size = self.lr / (1.0 - b1 ** step)
-        inv_sqrt_bc2 = 1.0 / np.sqrt(1.0 - b2 ** step)
+        inv_sqrt_bc2 = 1.0 / math.sqrt(1.0 - b2 ** step)
         return 0.0, self.eps, b1, b2, step_size, inv_sqrt_bc2
 
     def _hyper(self):
