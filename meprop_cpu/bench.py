@@ -719,6 +719,10 @@ def layer_variants(B, n_in, n_out, ks, torch_mod=None, seed=SEED, data=None):
     def ops(name, lin, k=None):
         def backward():
             lin.backward(dy)
+            # meProp's backward hands the weight gradient to the optimizer in factored
+            # form (formed row by row inside the update); reading .values forms it here,
+            # so "backward" is the whole backward: top-k, dx and dW
+            lin.W.grad.values
 
         def step():
             lin.forward(x)

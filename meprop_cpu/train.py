@@ -316,6 +316,12 @@ class Trainer:
     on_epoch: optional ``f(trainer, record)`` called after each epoch with its
     log record (the CLI prints its per-epoch line from it).
 
+    Timings: ``time_forward`` covers forward and loss, ``time_backward`` the
+    backward pass, ``time_update`` the optimizer step. With a row-sparse
+    optimizer the weight-gradient rows of a per-example top-k (or random-k)
+    layer are formed inside the update, fused with it (see RowGrad), so that
+    work is counted in ``time_update``, not in ``time_backward``.
+
     After ``fit()``: ``best_dev``, ``test_at_best_dev``, ``history`` (every
     evaluation record) and ``epoch`` (epochs completed).
     """
