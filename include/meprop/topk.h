@@ -12,7 +12,9 @@
  * small buffers, by an 8-bit radix select for larger ones), raising the threshold.
  * Blocks of 16 entries are first tested with one vectorisable
  * compare-and-count, so once the threshold settles most blocks cost a single
- * SIMD pass: expected O(n) per row. The
+ * SIMD pass: expected O(n) per row. When k <= ~n/4 the threshold does not
+ * start at zero but at a lower bound on the answer (the k-th largest of ~2k
+ * block maxima, mp_topk_lower_bound_generic), so the buffer rarely fills. The
  * same block loop detects NaN and Inf, so no separate pass is needed. */
 #ifndef MEPROP_TOPK_H
 #define MEPROP_TOPK_H
