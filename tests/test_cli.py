@@ -65,7 +65,7 @@ def test_checkpoint_and_resume_match_a_straight_run(capsys, tmp_path):
     rc, out, err = run(capsys, *common, "--epochs", "2", "--resume", str(part))
     assert rc == 0, err
     assert "epoch   2/2" in out and "epoch   1/2" not in out
-    (ma, a), (mb, b) = read_checkpoint(straight), read_checkpoint(part)
+    (_, a), (mb, b) = read_checkpoint(straight), read_checkpoint(part)
     assert mb["trainer"]["epoch"] == 2          # --resume alone keeps writing to that file
     assert set(a) == set(b) and all(np.array_equal(a[n], b[n]) for n in a)
 

@@ -1,7 +1,6 @@
 """meSimp: activeness records, the pruning rule, physical compaction (same function
 as masking, optimizer state kept), schedules, Trainer integration, checkpoint
 resume after shrinking, model export and the CLI. Synthetic data only."""
-import copy
 import json
 from pathlib import Path
 
