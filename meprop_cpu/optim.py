@@ -73,10 +73,11 @@ class Optimizer:
 
     @staticmethod
     def _state_views(st):
-        """The state arrays as the kernel's (s1, s2) 2-D views, made once per state."""
+        """The state arrays as the kernel's (s1, s2) 2-D views, made once per state
+        dict (every path that replaces the arrays makes a new dict; resets that keep
+        the step counts zero the arrays in place)."""
         v = st.get("views")
-        if v is None or (st["arrays"] and v[0].base is not st["arrays"][0]
-                         and v[0] is not st["arrays"][0]):
+        if v is None:
             arrs = [a if a.ndim == 2 else a.reshape(1, -1) for a in st["arrays"]]
             v = st["views"] = (arrs[0] if len(arrs) > 0 else None,
                                arrs[1] if len(arrs) > 1 else None)
