@@ -54,6 +54,7 @@ except ImportError:
     torch = None
 
 from meprop_cpu import _dense   # noqa: E402
+from meprop_cpu.bench import _nproc as ncpus   # CPUs this process may use  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SHAPES = [(10, 784, 500), (100, 784, 500), (10, 500, 500), (100, 500, 500), (100, 500, 10),
@@ -61,13 +62,6 @@ SHAPES = [(10, 784, 500), (100, 784, 500), (10, 500, 500), (100, 500, 500), (100
 QUICK_SHAPES = [(10, 784, 500), (100, 784, 500), (1024, 784, 500)]
 SEED = 1234
 SETTLE_S = 0.2
-
-
-def ncpus():
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
 
 
 def parse_args(argv=None):

@@ -59,19 +59,13 @@ except ImportError:
 
 import meprop_cpu
 from meprop_cpu import kernels
+from meprop_cpu.bench import _nproc as ncpus   # CPUs this process may use  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SHAPES = [(10, 784, 500, 20), (100, 784, 500, 20), (256, 1024, 4096, 40)]
 TOPK_SHAPE = (256, 4096, 40)
 SEED = 1234
 BLOCKED_SETTLE_S = 0.3
-
-
-def ncpus():
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
 
 
 def parse_args(argv=None):
