@@ -3,17 +3,18 @@
 Times one linear layer's forward, backward and training step (forward +
 backward + Adam) at (B, 784, 500) for B = 1 and 10, dense and meProp k = 20
 (per-example and unified), with 1 and then 2 kernel threads, using the
-callables of the benchmark harness (``meprop_cpu.bench.layer_variants``).
-Three rounds alternate the thread counts; each cell is the median over the
-rounds of the median of 200 calls after 20 warm-up calls. Prints a markdown
-table (ratio 2t/1t > 1 means the second thread slowed it down).
+callables and the interleaved timing of the benchmark harness
+(``meprop_cpu.bench.layer_variants`` / ``interleave``). Three rounds alternate
+the thread counts; in each, the variants of a batch size are timed
+interleaved, 200 rounds after 20 warm-up rounds; each cell is the median over
+the three rounds of the per-round medians. Prints a markdown table (ratio
+2t/1t > 1 means the second thread slowed it down).
 
     python benchmarks/bench_tiny.py > benchmarks/results/tiny_threads.md
 """
 import datetime
 import os
 import sys
-import time
 
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
@@ -28,20 +29,12 @@ def main():
     prefixes = ("topk/k=20", "dense/", "unified/k=20")
     for B in (1, 10):
         fns = bench.layer_variants(B, 784, 500, [20])
-        keys = [k for k in fns if k.startswith(prefixes)]
+        fns = {k: f for k, f in fns.items() if k.startswith(prefixes)}
         for _ in range(3):
             for T in (1, 2):
                 mp.set_num_threads(T)
-                for k in keys:
-                    f = fns[k]
-                    for _ in range(20):
-                        f()
-                    ts = []
-                    for _ in range(200):
-                        t = time.perf_counter()
-                        f()
-                        ts.append(time.perf_counter() - t)
-                    res.setdefault((B, k, T), []).append(float(np.median(ts)) * 1e6)
+                for k, ts in bench.interleave(fns, repeats=200, warmup=20).items():
+                    res.setdefault((B, k, T), []).append(bench.summarize(ts)["median_s"] * 1e6)
     print("# Tiny work: 1 vs 2 threads\n")
     print(f"`python benchmarks/bench_tiny.py`, {datetime.datetime.now().isoformat(timespec='seconds')}, "
           f"load average {os.getloadavg()[0]:.2f}, {mp.show_config()['simd']}\n")
