@@ -23,6 +23,7 @@ import meprop_cpu as mp
 from meprop_cpu import cli
 from meprop_cpu.nn import MLP
 from meprop_cpu.train import Trainer, TrainingInterrupted, build_optimizer, read_checkpoint
+from toydata import blobs
 
 
 @pytest.fixture(autouse=True)
@@ -182,13 +183,7 @@ N_IN, N_CLASSES = 12, 3
 
 
 def make_data(n_train=60, seed=0):
-    rng = np.random.default_rng(seed)
-    protos = rng.normal(0, 1.5, size=(N_CLASSES, N_IN)).astype(np.float32)
-    out = {}
-    for split, n in (("train", n_train), ("dev", 20), ("test", 20)):
-        y = rng.integers(0, N_CLASSES, size=n).astype(np.int64)
-        out[split] = ((protos[y] + rng.normal(0, 0.5, size=(n, N_IN))).astype(np.float32), y)
-    return out
+    return blobs(N_IN, N_CLASSES, n_train, seed=seed)
 
 
 def make_trainer(mode="topk", opt="adam", sparse=True, **kw):

@@ -14,19 +14,13 @@ from meprop_cpu.nn import MLP, Linear
 from meprop_cpu.simplify import (CycleSchedule, EveryN, Simplifier, compact, hidden_layers,
                                  select_keep)
 from meprop_cpu.train import Trainer, build_optimizer, read_checkpoint
+from toydata import blobs
 
 N_IN, N_CLASSES = 12, 3
 
 
 def make_data(n_train=60, n_dev=20, n_test=20, seed=0):
-    rng = np.random.default_rng(seed)
-    protos = rng.normal(0, 1.5, size=(N_CLASSES, N_IN)).astype(np.float32)
-    out = {}
-    for split, n in (("train", n_train), ("dev", n_dev), ("test", n_test)):
-        y = rng.integers(0, N_CLASSES, size=n).astype(np.int64)
-        X = (protos[y] + rng.normal(0, 0.5, size=(n, N_IN))).astype(np.float32)
-        out[split] = (X, y)
-    return out
+    return blobs(N_IN, N_CLASSES, n_train, n_dev, n_test, seed)
 
 
 def read_log(path):

@@ -10,19 +10,14 @@ import meprop_cpu as mp
 from meprop_cpu import optim, train
 from meprop_cpu.nn import MLP
 from meprop_cpu.train import LOG_KEYS, Trainer, build_optimizer, read_checkpoint
+from toydata import blobs
 
 N_IN, N_CLASSES = 12, 3
 
 
 def make_data(n_train=50, n_dev=20, n_test=20, seed=0, with_test=True):
     """Tiny separable problem; column 0 of train holds the row index (to trace batches)."""
-    rng = np.random.default_rng(seed)
-    protos = rng.normal(0, 1.5, size=(N_CLASSES, N_IN)).astype(np.float32)
-    out = {}
-    for split, n in (("train", n_train), ("dev", n_dev), ("test", n_test)):
-        y = rng.integers(0, N_CLASSES, size=n).astype(np.int64)
-        X = (protos[y] + rng.normal(0, 0.5, size=(n, N_IN))).astype(np.float32)
-        out[split] = (X, y)
+    out = blobs(N_IN, N_CLASSES, n_train, n_dev, n_test, seed)
     X, y = out["train"]
     X[:, 0] = np.arange(n_train, dtype=np.float32) / n_train
     if not with_test:
