@@ -107,6 +107,9 @@ def extensions():
                        ("parallel.h", "topk.h", "sparse_linear.h", "optim.h", "elementwise.h"), flags),
         make_extension("meprop_cpu._dense", "meprop_cpu/_dense.pyx",
                        ("parallel.h", "dense.h"), flags),
+        make_extension("meprop_cpu._step", "meprop_cpu/_step.pyx",
+                       ("parallel.h", "topk.h", "sparse_linear.h", "optim.h", "elementwise.h",
+                        "dense.h", "step.h"), flags),
     ]
 
 

@@ -1015,6 +1015,7 @@ def _warm_meprop(model_fn, data, batch, steps, seed):
 def train_meprop(run, data, epochs, seed=0, warmup_steps=50, sizes=(784, 500, 500, 10)):
     """One end-to-end run of this project (Trainer). Returns its record."""
     from .nn import MLP
+    from . import fused
     from .train import Trainer, build_optimizer
     mode = run["mode"]
     k = None if mode == "dense" else run["k"]
@@ -1032,17 +1033,27 @@ def train_meprop(run, data, epochs, seed=0, warmup_steps=50, sizes=(784, 500, 50
         simp = Simplifier(model, opt, prune_rate=run.get("prune_rate", 0.1),
                           schedule=CycleSchedule(cycle_epochs=5, steps_per_epoch=8))
         callbacks.append(simp)
-    timer = HiddenBackwardTimer(model)
+    # the fused step times its hidden layers' backward itself; wrapping
+    # Linear.backward would send the Trainer down the module path
+    fused_path = fused.unsupported(model, opt) is None
+    timer = None if fused_path else HiddenBackwardTimer(model)
     hidden = []
 
+    fused_seen = [0.0]
+
     def on_epoch(trainer, rec):
-        hidden.append(timer.take())
+        # the module path's Linear.backward calls, or the fused step's own clock
+        fs = trainer._fused_step
+        fused_t = fs.time_hidden_backward if fs is not None else 0.0
+        hidden.append((timer.take() if timer is not None else 0.0) + fused_t - fused_seen[0])
+        fused_seen[0] = fused_t
     trainer = Trainer(model, opt, data, batch_size=run["batch"], epochs=epochs, seed=seed,
                       progress=False, callbacks=callbacks, on_epoch=on_epoch)
     t0 = _PC()
     summary = trainer.fit()
     wall = _PC() - t0
-    timer.remove()
+    if timer is not None:
+        timer.remove()
     ends = [r for r in trainer.history if r["event"] == "epoch"]
     per_epoch = []
     for r, h in zip(ends, hidden):
@@ -1054,7 +1065,8 @@ def train_meprop(run, data, epochs, seed=0, warmup_steps=50, sizes=(784, 500, 50
     out = {"best_dev": summary["best_dev"], "test_at_best_dev": summary["test_at_best_dev"],
            "best_epoch": summary["best_epoch"], "per_epoch": per_epoch, "wall_s": wall,
            "steps_per_epoch": trainer.steps_per_epoch, "final_hidden_sizes": model.hidden_sizes,
-           "optimizer": "meprop_cpu.optim.Adam(lr=1e-3, sparse=True)"}
+           "optimizer": "meprop_cpu.optim.Adam(lr=1e-3, sparse=True)",
+           "step_path": trainer.step_path}
     if simp is not None:
         out["width_log"] = [[g, list(s)] for g, s in simp.sizes_log]
         out["optimizer_resets"] = list(simp.optimizer_resets)

@@ -34,7 +34,7 @@ if [ "$#" -gt 0 ]; then
     TESTS=("$@")
 else
     TESTS=(tests/test_kernels.py tests/test_dense.py tests/test_dispatch.py
-           tests/test_nn.py tests/test_optim.py tests/test_properties.py)
+           tests/test_nn.py tests/test_optim.py tests/test_properties.py tests/test_fused.py)
 fi
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/meprop-sanitize.XXXXXX")
@@ -52,9 +52,9 @@ fi
 cat > "$WORK/check_build.py" <<'PYEOF'
 import os, subprocess
 import meprop_cpu
-from meprop_cpu import _dense, _kernels
+from meprop_cpu import _dense, _kernels, _step
 here = os.path.realpath(os.getcwd())
-for mod in (_kernels, _dense):
+for mod in (_kernels, _dense, _step):
     path = os.path.realpath(mod.__file__)
     assert path.startswith(here), f"{mod.__name__} comes from {path}, not the sanitizer build"
     syms = subprocess.run(["nm", "-D", path], capture_output=True, text=True).stdout

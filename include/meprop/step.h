@@ -1,0 +1,178 @@
+/* One whole training step of an MLP (Linear -> ReLU -> ... -> Linear ->
+ * softmax cross-entropy) in a single C call: forward, loss, meProp / dense
+ * backward and the optimizer update of every parameter.
+ *
+ * It calls the same kernels, on the same data and in the same order, as the
+ * module path of meprop_cpu.nn + meprop_cpu.optim (Linear.forward, ReLU,
+ * SoftmaxCrossEntropy, Linear.backward, Optimizer.step), so the weights and
+ * optimizer state it produces are bit-identical to that path; what it saves
+ * is the Python dispatch between ~25 kernel calls per step (about a third of
+ * a batch-10 step). meprop_cpu/fused.py decides when a model qualifies and
+ * owns the buffers. */
+#ifndef MEPROP_STEP_H
+#define MEPROP_STEP_H
+
+#include <math.h>
+#include <string.h>
+#include <time.h>
+#include "parallel.h"
+#include "topk.h"
+#include "sparse_linear.h"
+#include "optim.h"
+#include "elementwise.h"
+#include "dense.h"
+
+typedef struct {
+    int64_t n_in, n_out;
+    int64_t k;              /* > 0: per-example top-k backward; 0: dense backward */
+    int relu;               /* a ReLU follows this layer (every layer but the last) */
+    int need_dx;            /* compute the gradient of the input (not for layer 0) */
+    int64_t *hits;          /* meSimp activeness counts, or NULL */
+    float *W, *b;           /* parameters (n_out, n_in), (n_out,) */
+    float *sW1, *sW2, *sb1, *sb2;   /* optimizer state (NULL where the optimizer has none) */
+    int64_t tW, tb;         /* the parameters' optimizer step counts before this step */
+    /* buffers, sized for the largest batch */
+    float *y;               /* (B, n_out) pre-activation */
+    float *h;               /* (B, n_out) ReLU output (relu only) */
+    float *dy;              /* (B, n_out) gradient of the pre-activation */
+    float *dx;              /* (B, n_in) gradient of the input (need_dx only) */
+    float *gb;              /* (n_out,) bias gradient */
+    float *gw;              /* (n_out, n_in) dense weight gradient (k == 0 only) */
+    int32_t *idx; float *val;                 /* (B, k) top-k pairs */
+    mp_entry *heap;                           /* nthreads * mp_topk_ws_entries(k) */
+    int32_t *sel; float *coef;                /* nthreads * k */
+    int32_t *cursor, *rows, *offsets;         /* n_out, min(n_out, B k), that + 1 */
+    int32_t *pair_b; float *pair_v;           /* B k */
+    const float *x;         /* set by the step: this layer's input for the batch */
+    int64_t r;              /* set by the step: rows touched by the sparse weight gradient */
+} mp_step_layer;
+
+typedef struct {
+    int kind;                            /* MP_OPT_SGD / ADAGRAD / ADAM */
+    double lr, momentum, eps, beta1, beta2, weight_decay, clip;
+} mp_step_optim;
+
+typedef struct {
+    double loss;
+    int64_t bad;          /* status 1: 1 + the first bad label; status 3: non-finite count */
+    int64_t layer;        /* status 3: the layer whose top-k met a NaN / Inf */
+    double t_forward, t_backward, t_update;   /* seconds */
+    double t_hidden_backward;   /* seconds in the backward of every layer but the last
+                                   (what Linear.backward of the hidden layers does) */
+} mp_step_result;
+
+static inline double mp_step_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* The kernel arguments of one parameter's update at step count t (after the
+ * increment), computed as Optimizer._args does in double precision. */
+static inline mp_optim_args mp_step_args(const mp_step_optim *o, int64_t t) {
+    mp_optim_args a;
+    a.lr = (float)o->lr;
+    a.momentum = o->kind == MP_OPT_SGD ? (float)o->momentum : 0.0f;
+    a.eps = o->kind == MP_OPT_SGD ? 0.0f : (float)o->eps;
+    a.beta1 = o->kind == MP_OPT_ADAM ? (float)o->beta1 : 0.0f;
+    a.beta2 = o->kind == MP_OPT_ADAM ? (float)o->beta2 : 0.0f;
+    a.weight_decay = (float)o->weight_decay;
+    a.clip = (float)o->clip;
+    a.step = 0.0f;
+    a.inv_sqrt_bc2 = 0.0f;
+    if (o->kind == MP_OPT_ADAM) {
+        a.step = (float)(o->lr / (1.0 - pow(o->beta1, (double)t)));
+        a.inv_sqrt_bc2 = (float)(1.0 / sqrt(1.0 - pow(o->beta2, (double)t)));
+    }
+    return a;
+}
+
+/* Column sums over the batch in row order (what numpy's dy.sum(axis=0) does
+ * for a C-contiguous array: one row added after the other). */
+static void mp_step_colsum(const float *dy, int64_t B, int64_t n, float *out) {
+    memcpy(out, dy, (size_t)n * sizeof(float));
+    for (int64_t b = 1; b < B; b++) {
+        const float *row = dy + b * n;
+        for (int64_t j = 0; j < n; j++) out[j] += row[j];
+    }
+}
+
+/* One training step on the batch x (B, L[0].n_in), labels (B,).
+ * Returns 0 and fills res; 1: a label is outside [0, C) (res->bad = 1 + its
+ * position; nothing changed); 2: the loss is not finite (res->loss; nothing
+ * changed); 3: the top-k of layer res->layer met res->bad non-finite
+ * gradient entries (nothing changed). On 0 every parameter's step count went
+ * up by one: the caller records that. gbuf: nthreads * max n_in floats. */
+static int mp_mlp_step(mp_step_layer *L, int nl, const float *x, const int64_t *labels,
+                       int64_t B, const mp_step_optim *opt, float *gbuf, int nthreads,
+                       mp_step_result *res) {
+    double t0 = mp_step_now();
+    const float *in = x;
+    for (int i = 0; i < nl; i++) {
+        mp_step_layer *l = &L[i];
+        l->x = in;
+        mp_linear_forward(in, l->W, l->b, l->y, B, l->n_in, l->n_out, 0, nthreads);
+        if (l->relu) {
+            mp_relu_forward(l->y, l->h, B * l->n_out);
+            in = l->h;
+        } else {
+            in = l->y;
+        }
+    }
+    mp_step_layer *last = &L[nl - 1];
+    double loss = 0.0;
+    int64_t st = mp_softmax_xent(last->y, labels, B, last->n_out, last->dy, &loss);
+    if (st) { res->bad = st; return 1; }
+    res->loss = loss;
+    if (!isfinite(loss)) return 2;
+    double t1 = mp_step_now();
+
+    double t_hidden = 0.0, tl = t1;
+    for (int i = nl - 1; i >= 0; i--) {
+        mp_step_layer *l = &L[i];
+        if (i < nl - 1) tl = mp_step_now();
+        mp_step_colsum(l->dy, B, l->n_out, l->gb);
+        if (l->k == 0) {
+            if (l->need_dx) mp_matmul_nn(l->dy, l->W, l->dx, B, l->n_out, l->n_in, nthreads);
+            mp_matmul_tn(l->dy, l->x, l->gw, l->n_out, B, l->n_in, nthreads);
+            if (l->hits)
+                for (int64_t b = 0; b < B; b++)
+                    for (int64_t j = 0; j < l->n_out; j++)
+                        l->hits[j] += l->dy[b * l->n_out + j] != 0.0f;
+        } else {
+            int64_t bad = mp_topk_rows(l->dy, B, l->n_out, l->k, l->idx, l->val, l->heap,
+                                       nthreads);
+            if (bad) { res->bad = bad; res->layer = i; return 3; }
+            if (l->hits) mp_count_hits(l->idx, l->val, B * l->k, l->hits);
+            if (l->need_dx)
+                mp_sparse_dx(l->W, l->n_in, l->idx, l->val, B, l->k, l->dx, l->sel, l->coef,
+                             nthreads);
+            l->r = mp_group_pairs(l->idx, l->val, B, l->k, l->n_out, l->cursor, l->rows,
+                                  l->offsets, l->pair_b, l->pair_v);
+        }
+        if (i < nl - 1) t_hidden += mp_step_now() - tl;
+        if (i == 0 || !l->need_dx) break;
+        mp_relu_backward(l->dx, L[i - 1].h, L[i - 1].dy, B * l->n_in);
+    }
+    double t2 = mp_step_now();
+
+    for (int i = nl - 1; i >= 0; i--) {
+        mp_step_layer *l = &L[i];
+        mp_optim_args aw = mp_step_args(opt, l->tW + 1), ab = mp_step_args(opt, l->tb + 1);
+        if (l->k == 0)
+            mp_optim_rows(opt->kind, l->W, l->sW1, l->sW2, NULL, l->gw, l->n_out, l->n_in, aw,
+                          nthreads);
+        else if (l->r > 0)
+            mp_optim_rows_factored(opt->kind, l->W, l->sW1, l->sW2, l->rows, l->r, l->n_in,
+                                   l->x, l->offsets, l->pair_b, l->pair_v, gbuf, aw, nthreads);
+        mp_optim_rows(opt->kind, l->b, l->sb1, l->sb2, NULL, l->gb, 1, l->n_out, ab, nthreads);
+    }
+    double t3 = mp_step_now();
+    res->t_forward = t1 - t0;
+    res->t_backward = t2 - t1;
+    res->t_update = t3 - t2;
+    res->t_hidden_backward = t_hidden;
+    return 0;
+}
+
+#endif

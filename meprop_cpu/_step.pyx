@@ -1,0 +1,292 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, initializedcheck=False, cdivision=True
+"""The fused MLP training step of include/meprop/step.h.
+
+meprop_cpu/fused.py builds a :class:`MLPStep` from a model and an optimizer
+(after checking that they qualify) and calls :meth:`MLPStep.run` once per
+batch. The object keeps references to every array whose address it holds,
+so nothing it points to can be freed while it lives.
+"""
+import numpy as np
+cimport numpy as cnp
+from libc.stdint cimport int32_t, int64_t
+from libc.stdlib cimport calloc, free
+from libc.string cimport memcpy
+
+cnp.import_array()
+
+cdef extern from "meprop/parallel.h":
+    int mp_avx512_disabled
+
+cdef extern from "meprop/dense.h":
+    int mp_dense_simd_limit
+
+cdef extern from "meprop/topk.h":
+    ctypedef struct mp_entry:
+        float m
+        int32_t i
+    int64_t mp_topk_ws_entries(int64_t k) nogil
+
+cdef extern from "meprop/step.h":
+    ctypedef struct mp_step_layer:
+        int64_t n_in, n_out, k
+        int relu, need_dx
+        int64_t *hits
+        float *W
+        float *b
+        float *sW1
+        float *sW2
+        float *sb1
+        float *sb2
+        int64_t tW, tb
+        float *y
+        float *h
+        float *dy
+        float *dx
+        float *gb
+        float *gw
+        int32_t *idx
+        float *val
+        mp_entry *heap
+        int32_t *sel
+        float *coef
+        int32_t *cursor
+        int32_t *rows
+        int32_t *offsets
+        int32_t *pair_b
+        float *pair_v
+        const float *x
+        int64_t r
+    ctypedef struct mp_step_optim:
+        int kind
+        double lr, momentum, eps, beta1, beta2, weight_decay, clip
+    ctypedef struct mp_step_result:
+        double loss
+        int64_t bad, layer
+        double t_forward, t_backward, t_update, t_hidden_backward
+    int mp_mlp_step(mp_step_layer *L, int nl, const float *x, const int64_t *labels, int64_t B,
+                    const mp_step_optim *opt, float *gbuf, int nthreads,
+                    mp_step_result *res) nogil
+
+
+def set_avx512_disabled(bint disabled):
+    """Force the portable kernels in this extension (tests); returns the previous setting."""
+    global mp_avx512_disabled
+    old = bool(mp_avx512_disabled)
+    mp_avx512_disabled = 1 if disabled else 0
+    return old
+
+
+def set_simd_limit(int level):
+    """Cap the dense products' code path in this extension (tests); returns the old cap."""
+    global mp_dense_simd_limit
+    old = mp_dense_simd_limit
+    mp_dense_simd_limit = level
+    return old
+
+
+cdef void *_ptr(object a, str name, int typenum, int64_t size) except NULL:
+    """The data pointer of a C-contiguous, writable array of the given type and size."""
+    if type(a) is not np.ndarray:
+        raise TypeError(f"MLPStep: {name} must be a numpy.ndarray, got {type(a).__name__}")
+    cdef cnp.ndarray arr = <cnp.ndarray>a
+    if cnp.PyArray_TYPE(arr) != typenum or not cnp.PyArray_IS_C_CONTIGUOUS(arr) \
+            or not cnp.PyArray_ISWRITEABLE(arr) or cnp.PyArray_SIZE(arr) != size:
+        raise ValueError(f"MLPStep: {name} must be a writable C-contiguous "
+                         f"{'float32' if typenum == cnp.NPY_FLOAT32 else 'int64'} array of "
+                         f"{size} elements, got {a.dtype} {a.shape}")
+    return cnp.PyArray_DATA(arr)
+
+
+cdef class MLPStep:
+    """Buffers and pointers for one model at a fixed structure.
+
+    layers: one dict per Linear with keys W, b (parameter arrays), sW, sb
+    (lists of the optimizer's state arrays for them, 0-2 each), hits (int64
+    array or None), k (0 for a dense backward), relu, need_dx. max_batch, threads: the largest batch and thread count run()
+    will be given.
+    """
+    cdef mp_step_layer *L
+    cdef int nl
+    cdef float *gbuf
+    cdef float *xbuf
+    cdef int64_t *ybuf
+    cdef readonly int64_t max_batch
+    cdef readonly int threads
+    cdef readonly int64_t n_in, n_classes
+    cdef list keep
+
+    def __cinit__(self, list layers, int64_t max_batch, int threads):
+        self.L = NULL
+
+    def __init__(self, list layers, int64_t max_batch, int threads):
+        if not layers:
+            raise ValueError("MLPStep: layers is empty")
+        if max_batch < 1 or threads < 1:
+            raise ValueError(f"MLPStep: max_batch and threads must be >= 1, got "
+                             f"{max_batch}, {threads}")
+        self.nl = len(layers)
+        self.max_batch = max_batch
+        self.threads = threads
+        self.keep = []
+        self.L = <mp_step_layer *>calloc(self.nl, sizeof(mp_step_layer))
+        if self.L == NULL:
+            raise MemoryError()
+        cdef int i
+        cdef mp_step_layer *l
+        cdef int64_t n_in, n_out, k, B = max_batch, max_in = 1, npairs
+        for i, d in enumerate(layers):
+            l = &self.L[i]
+            W, b = d["W"], d["b"]
+            n_out, n_in = W.shape
+            k = d["k"]
+            if not 0 <= k < n_out:
+                raise ValueError(f"MLPStep: layer {i}: k must be in [0, {n_out}), got {k}")
+            if i > 0 and n_in != self.L[i - 1].n_out:
+                raise ValueError(f"MLPStep: layer {i} takes {n_in} inputs, layer {i - 1} "
+                                 f"gives {self.L[i - 1].n_out}")
+            l.n_in, l.n_out, l.k = n_in, n_out, k
+            l.relu = 1 if d["relu"] else 0
+            l.need_dx = 1 if d["need_dx"] else 0
+            if i == self.nl - 1 and l.relu:
+                raise ValueError("MLPStep: the last layer must not have a ReLU")
+            if i > 0 and not self.L[i - 1].relu:
+                raise ValueError(f"MLPStep: layer {i - 1} must be followed by a ReLU")
+            max_in = max(max_in, n_in)
+            l.W = <float *>_ptr(W, f"layers[{i}].W", cnp.NPY_FLOAT32, n_out * n_in)
+            l.b = <float *>_ptr(b, f"layers[{i}].b", cnp.NPY_FLOAT32, n_out)
+            sW, sb = list(d["sW"]), list(d["sb"])
+            if len(sW) != len(sb) or len(sW) > 2:
+                raise ValueError(f"MLPStep: layer {i}: state arrays do not pair up")
+            l.sW1 = <float *>_ptr(sW[0], "sW[0]", cnp.NPY_FLOAT32, n_out * n_in) if len(sW) > 0 else NULL
+            l.sW2 = <float *>_ptr(sW[1], "sW[1]", cnp.NPY_FLOAT32, n_out * n_in) if len(sW) > 1 else NULL
+            l.sb1 = <float *>_ptr(sb[0], "sb[0]", cnp.NPY_FLOAT32, n_out) if len(sb) > 0 else NULL
+            l.sb2 = <float *>_ptr(sb[1], "sb[1]", cnp.NPY_FLOAT32, n_out) if len(sb) > 1 else NULL
+            hits = d["hits"]
+            l.hits = <int64_t *>_ptr(hits, "hits", cnp.NPY_INT64, n_out) if hits is not None else NULL
+            self.keep.append((W, b, sW, sb, hits))
+            l.y = self._buf(B * n_out, np.float32)
+            l.h = self._buf(B * n_out, np.float32) if l.relu else NULL
+            l.dy = self._buf(B * n_out, np.float32)
+            l.dx = self._buf(B * n_in, np.float32) if l.need_dx else NULL
+            l.gb = self._buf(n_out, np.float32)
+            if k == 0:
+                l.gw = self._buf(n_out * n_in, np.float32)
+            else:
+                npairs = B * k
+                l.idx = <int32_t *>self._buf(npairs, np.int32)
+                l.val = self._buf(npairs, np.float32)
+                l.heap = <mp_entry *>self._buf(threads * mp_topk_ws_entries(k), np.int64)
+                l.sel = <int32_t *>self._buf(threads * k, np.int32)
+                l.coef = self._buf(threads * k, np.float32)
+                l.cursor = <int32_t *>self._buf(n_out, np.int32)
+                l.rows = <int32_t *>self._buf(min(n_out, npairs), np.int32)
+                l.offsets = <int32_t *>self._buf(min(n_out, npairs) + 1, np.int32)
+                l.pair_b = <int32_t *>self._buf(npairs, np.int32)
+                l.pair_v = self._buf(npairs, np.float32)
+        self.gbuf = self._buf(threads * max_in, np.float32)
+        self.xbuf = self._buf(B * self.L[0].n_in, np.float32)
+        self.ybuf = <int64_t *>self._buf(B, np.int64)
+        self.n_in = self.L[0].n_in
+        self.n_classes = self.L[self.nl - 1].n_out
+
+    cdef float *_buf(self, int64_t n, dtype) except NULL:
+        a = np.zeros(max(n, 1), dtype=dtype)
+        self.keep.append(a)
+        return <float *>cnp.PyArray_DATA(<cnp.ndarray>a)
+
+    def __dealloc__(self):
+        free(self.L)
+
+    def run_rows(self, X, Y, idx, list counts, int nthreads, int kind, double lr,
+                 double momentum, double eps, double beta1, double beta2, double weight_decay,
+                 double clip):
+        """run() on the batch X[idx], Y[idx], gathered here into the step's own
+        buffers (X float32 (N, n_in) and Y int64 (N,) C-contiguous, idx int64
+        (B,) in [0, N))."""
+        if type(X) is not np.ndarray or type(Y) is not np.ndarray or type(idx) is not np.ndarray:
+            raise TypeError("MLPStep.run_rows: X, Y and idx must be numpy arrays")
+        cdef cnp.ndarray xa = <cnp.ndarray>X, ya = <cnp.ndarray>Y, ia = <cnp.ndarray>idx
+        if (cnp.PyArray_TYPE(xa) != cnp.NPY_FLOAT32 or cnp.PyArray_NDIM(xa) != 2
+                or not cnp.PyArray_IS_C_CONTIGUOUS(xa) or xa.shape[1] != self.n_in):
+            raise ValueError(f"MLPStep.run_rows: X must be a C-contiguous float32 "
+                             f"(N, {self.n_in}) array, got {X.dtype} {X.shape}")
+        cdef int64_t N = xa.shape[0], n_in = self.n_in
+        if (cnp.PyArray_TYPE(ya) != cnp.NPY_INT64 or cnp.PyArray_NDIM(ya) != 1
+                or not cnp.PyArray_IS_C_CONTIGUOUS(ya) or ya.shape[0] != N):
+            raise ValueError(f"MLPStep.run_rows: Y must be a contiguous int64 array of {N} "
+                             f"labels, got {Y.dtype} {Y.shape}")
+        if (cnp.PyArray_TYPE(ia) != cnp.NPY_INT64 or cnp.PyArray_NDIM(ia) != 1
+                or not cnp.PyArray_IS_C_CONTIGUOUS(ia)):
+            raise ValueError(f"MLPStep.run_rows: idx must be a contiguous 1-D int64 array, "
+                             f"got {idx.dtype} {idx.shape}")
+        cdef int64_t B = ia.shape[0], b, r
+        if B < 1 or B > self.max_batch:
+            raise ValueError(f"MLPStep.run_rows: batch of {B} rows, expected 1..{self.max_batch}")
+        cdef const int64_t *pi = <const int64_t *>cnp.PyArray_DATA(ia)
+        cdef const float *px = <const float *>cnp.PyArray_DATA(xa)
+        cdef const int64_t *py = <const int64_t *>cnp.PyArray_DATA(ya)
+        for b in range(B):
+            if pi[b] < 0 or pi[b] >= N:
+                raise ValueError(f"MLPStep.run_rows: idx[{b}] = {pi[b]} is outside [0, {N})")
+        with nogil:
+            for b in range(B):
+                r = pi[b]
+                memcpy(self.xbuf + b * n_in, px + r * n_in, n_in * sizeof(float))
+                self.ybuf[b] = py[r]
+        return self._run(self.xbuf, self.ybuf, B, counts, nthreads, kind, lr, momentum, eps,
+                         beta1, beta2, weight_decay, clip)
+
+    def run(self, x, labels, list counts, int nthreads, int kind, double lr, double momentum,
+            double eps, double beta1, double beta2, double weight_decay, double clip):
+        """One training step. x float32 (B, n_in) C-contiguous, labels int64 (B,);
+        counts: the optimizer step counts [tW0, tb0, tW1, tb1, ...] before the step.
+
+        Returns (status, loss, bad, layer, t_forward, t_backward, t_update,
+        t_hidden_backward):
+        status 0 ok (parameters, state and step counts updated), 1 bad label
+        (bad = 1 + its position), 2 non-finite loss, 3 non-finite gradient in
+        layer's top-k (bad = count); on a non-zero status nothing changed."""
+        if type(x) is not np.ndarray or type(labels) is not np.ndarray:
+            raise TypeError("MLPStep.run: x and labels must be numpy arrays")
+        cdef cnp.ndarray xa = <cnp.ndarray>x, ya = <cnp.ndarray>labels
+        if (cnp.PyArray_TYPE(xa) != cnp.NPY_FLOAT32 or cnp.PyArray_NDIM(xa) != 2
+                or not cnp.PyArray_IS_C_CONTIGUOUS(xa) or xa.shape[1] != self.n_in):
+            raise ValueError(f"MLPStep.run: x must be a C-contiguous float32 (B, {self.n_in}) "
+                             f"array, got {x.dtype} {x.shape}")
+        cdef int64_t B = xa.shape[0]
+        if B < 1 or B > self.max_batch:
+            raise ValueError(f"MLPStep.run: batch of {B} rows, expected 1..{self.max_batch}")
+        if (cnp.PyArray_TYPE(ya) != cnp.NPY_INT64 or cnp.PyArray_NDIM(ya) != 1
+                or not cnp.PyArray_IS_C_CONTIGUOUS(ya) or ya.shape[0] != B):
+            raise ValueError(f"MLPStep.run: labels must be a contiguous int64 array of {B} "
+                             f"entries, got {labels.dtype} {labels.shape}")
+        return self._run(<const float *>cnp.PyArray_DATA(xa),
+                         <const int64_t *>cnp.PyArray_DATA(ya), B, counts, nthreads, kind, lr,
+                         momentum, eps, beta1, beta2, weight_decay, clip)
+
+    cdef tuple _run(self, const float *px, const int64_t *py, int64_t B, list counts,
+                    int nthreads, int kind, double lr, double momentum, double eps, double beta1,
+                    double beta2, double weight_decay, double clip):
+        if nthreads < 1 or nthreads > self.threads:
+            raise ValueError(f"MLPStep.run: nthreads must be in [1, {self.threads}], "
+                             f"got {nthreads}")
+        if kind < 0 or kind > 2:
+            raise ValueError(f"MLPStep.run: kind must be 0, 1 or 2, got {kind}")
+        if len(counts) != 2 * self.nl:
+            raise ValueError(f"MLPStep.run: counts must have {2 * self.nl} entries")
+        cdef int i
+        for i in range(self.nl):
+            self.L[i].tW = counts[2 * i]
+            self.L[i].tb = counts[2 * i + 1]
+        cdef mp_step_optim o
+        o.kind, o.lr, o.momentum, o.eps = kind, lr, momentum, eps
+        o.beta1, o.beta2, o.weight_decay, o.clip = beta1, beta2, weight_decay, clip
+        cdef mp_step_result res
+        res.loss = 0.0
+        res.bad = res.layer = 0
+        res.t_forward = res.t_backward = res.t_update = res.t_hidden_backward = 0.0
+        cdef int st
+        with nogil:
+            st = mp_mlp_step(self.L, self.nl, px, py, B, &o, self.gbuf, nthreads, &res)
+        return (st, res.loss, res.bad, res.layer, res.t_forward, res.t_backward, res.t_update,
+                res.t_hidden_backward)

@@ -1,0 +1,216 @@
+"""The fused training step: a whole MLP step (forward, loss, meProp backward,
+optimizer update) in one C call (include/meprop/step.h).
+
+The module path (``model.forward``, ``loss``, ``model.backward``,
+``optimizer.step``) makes about 25 kernel calls per step, each wrapped in
+Python; on a batch of 10 that dispatch is about a third of the step. The
+fused step runs the same kernels in the same order on the same data, so the
+weights, optimizer state, step counts and meSimp activeness counts it leaves
+behind are bit-identical to the module path's (tests/test_fused.py).
+
+:class:`FusedStep` is what :class:`~meprop_cpu.train.Trainer` uses when the
+model qualifies (``Trainer(..., fused=True)``, the default); anything else
+takes the module path. A model qualifies when :func:`unsupported` returns None:
+
+* ``model`` is a :class:`~meprop_cpu.nn.Sequential` or
+  :class:`~meprop_cpu.nn.MLP` (not a subclass) of ``Linear, ReLU, Linear,
+  ReLU, ..., Linear`` (no dropout, no other activation; no subclasses, no
+  forward / backward replaced on an instance), in training mode;
+* each Linear backpropagates per-example top-k (mode ``"topk"``) or densely
+  (``k=None``, ``k >= n_out`` or mode ``"dense"``), and every layer but the
+  first computes its input gradient;
+* the optimizer is :class:`~meprop_cpu.optim.SGD`, ``AdaGrad`` or ``Adam``
+  over exactly the model's parameters, row-sparse (``sparse=True``) when a
+  layer is top-k;
+* the loss is :class:`~meprop_cpu.nn.SoftmaxCrossEntropy`.
+
+The step keeps pointers to the parameters and optimizer state; before every
+step it checks that the model's parameter arrays, the optimizer's state
+dicts, each layer's k / mode / hit tracking and the thread count are the
+ones it was built for, and rebuilds itself when not (meSimp's compaction,
+``load_state_dict``, ``reset_state`` all replace those objects). What it
+does not do: it leaves ``p.grad`` as it was (None in the Trainer, which
+clears gradients after every step) and does not refresh the layers' cached
+forward inputs (``Linear._x``, ``ReLU._y``), which only a following
+``model.backward`` would read.
+"""
+import numpy as np
+
+from . import _step, nn, optim
+from ._config import get_num_threads
+
+__all__ = ["FusedStep", "unsupported"]
+
+_KINDS = {optim.SGD: 0, optim.AdaGrad: 1, optim.Adam: 2}
+
+
+def unsupported(model, optimizer, loss=None):
+    """None if (model, optimizer, loss) can take the fused step, else the reason (a str)."""
+    if type(loss) is not nn.SoftmaxCrossEntropy and loss is not None:
+        return f"the loss is {type(loss).__name__}, not SoftmaxCrossEntropy"
+    if type(model) not in (nn.Sequential, nn.MLP):
+        return f"the model is a {type(model).__name__}, not a Sequential / MLP"
+    mods = model.modules
+    for obj in [model] + list(mods):
+        if "forward" in vars(obj) or "backward" in vars(obj):
+            return f"{type(obj).__name__} has its own forward / backward attribute"
+    if len(mods) % 2 != 1:
+        return "the model is not Linear, ReLU, ..., Linear"
+    for i, m in enumerate(mods):
+        want = nn.Linear if i % 2 == 0 else nn.ReLU
+        if type(m) is not want:
+            return (f"module {i} is a {type(m).__name__}, the fused step takes "
+                    f"Linear, ReLU, ..., Linear")
+    if not model.training:
+        return "the model is in eval mode"
+    if type(optimizer) not in _KINDS:
+        return f"the optimizer is a {type(optimizer).__name__}, not SGD / AdaGrad / Adam"
+    params = model.parameters()
+    if len(optimizer.params) != len(params) or \
+            {id(p) for p in optimizer.params} != {id(p) for p in params}:
+        return "the optimizer does not hold exactly the model's parameters"
+    for i, lin in enumerate(mods[::2]):
+        if lin.sparse and lin.mode != "topk":
+            return f"layer {i} uses mode {lin.mode!r} (the fused step does topk and dense)"
+        if lin.sparse and not optimizer.sparse:
+            return "the optimizer is dense (sparse=False) and a layer is top-k"
+        if i > 0 and not lin.needs_input_grad:
+            return f"layer {i} does not compute its input gradient"
+    for p in params:
+        d = p.data
+        if not (isinstance(d, np.ndarray) and d.dtype == np.float32 and d.flags.c_contiguous
+                and d.flags.writeable):
+            return f"parameter {p.name} is not a writable C-contiguous float32 array"
+    return None
+
+
+class FusedStep:
+    """One training step of ``model`` with ``optimizer`` in a single C call.
+
+    ``step(x, y)`` -> ``(loss, t_forward, t_backward, t_update)`` (seconds,
+    measured inside the C step), or None, with nothing done, when the model
+    or optimizer has changed so that it no longer qualifies (the reason is
+    then in ``.unsupported``; take the module path). Raises ValueError for a label outside the
+    classes (nothing changes), FloatingPointError if a top-k meets a NaN / Inf
+    gradient (nothing changes); a non-finite loss is returned with nothing
+    changed, for the caller to report. Build it only when
+    ``unsupported(model, optimizer, loss)`` is None.
+    """
+
+    def __init__(self, model, optimizer, max_batch):
+        why = unsupported(model, optimizer)
+        if why is not None:
+            raise ValueError(f"FusedStep: {why}")
+        self.model, self.optimizer = model, optimizer
+        self.max_batch = int(max_batch)
+        self._plan = None
+        self._key = None
+        self.unsupported = None
+        self.builds = 0           # how many times the buffers were (re)built
+        self.time_hidden_backward = 0.0   # seconds, summed over steps (see step.h)
+
+    def _current_key(self):
+        """Everything the built plan depends on, compared by identity / value."""
+        st = self.optimizer.state
+        key = [type(self.optimizer), self.optimizer.sparse, self.optimizer._n_state]
+        for lin in self.model.modules[::2]:
+            key += (lin, lin.W.data, lin.b.data, st.get(id(lin.W)), st.get(id(lin.b)),
+                    lin.k, lin.mode, lin.hits if lin.track_hits else None)
+        return key
+
+    def _valid(self, key):
+        old = self._key
+        if old is None or len(old) != len(key):
+            return False
+        for a, b in zip(old, key):   # arrays and dicts by identity, k and mode by value
+            if a is not b and not (type(a) in (int, str) and a == b):
+                return False
+        return True
+
+    def _build(self, nthreads):
+        opt = self.optimizer
+        lins = self.model.modules[::2]
+        layers = []
+        for i, lin in enumerate(lins):
+            stW, stb = opt._state_for(lin.W), opt._state_for(lin.b)
+            layers.append({"W": lin.W.data, "b": lin.b.data,
+                           "sW": stW["arrays"], "sb": stb["arrays"],
+                           "hits": lin.hits if lin.track_hits else None,
+                           "k": lin.k if lin.sparse else 0,
+                           "relu": i < len(lins) - 1,
+                           "need_dx": i > 0 or lin.needs_input_grad})
+        threads = max(nthreads, self._plan.threads if self._plan is not None else 1)
+        self._plan = _step.MLPStep(layers, self.max_batch, threads)
+        self._states = [st for lin in lins for st in (opt._state_for(lin.W), opt._state_for(lin.b))]
+        self._tracked = [lin for lin in lins if lin.track_hits]
+        self._key = self._current_key()
+        self.builds += 1
+
+    def _ready(self, B):
+        """Rebuild if anything changed; the run() arguments after (x, y), or None
+        when the model no longer qualifies."""
+        nt = get_num_threads()
+        key = self._current_key()
+        if not self._valid(key) or nt > self._plan.threads or B > self.max_batch:
+            self.unsupported = unsupported(self.model, self.optimizer)
+            if self.unsupported is not None:
+                self._plan = self._key = None
+                return None
+            self.max_batch = max(self.max_batch, B)
+            self._build(nt)
+        opt = self.optimizer
+        kind = _KINDS[type(opt)]
+        if kind == 2:
+            b1, b2 = opt.betas
+            mom, eps = 0.0, opt.eps
+        else:
+            b1 = b2 = 0.0
+            mom = opt.momentum if kind == 0 else 0.0
+            eps = opt.eps if kind == 1 else 0.0
+        return ([s["step"] for s in self._states], nt, kind, opt.lr, mom, eps, b1, b2,
+                opt.weight_decay, opt.clip)
+
+    def _finish(self, out, B, y, idx=None):
+        st, loss, bad, layer, tf, tb, tu, th = out
+        if st == 1:
+            C = self._plan.n_classes
+            y = y if idx is None else y[idx]
+            raise ValueError(f"SoftmaxCrossEntropy: labels y must lie in [0, {C}), "
+                             f"got range [{y.min()}, {y.max()}]")
+        if st == 3:
+            raise FloatingPointError(f"Linear.backward: dy contains {bad} NaN/Inf value(s) "
+                                     f"(layer {layer})")
+        if st == 0:
+            self.optimizer.steps += 1
+            for s in self._states:
+                s["step"] += 1
+            for lin in self._tracked:
+                lin.seen += B
+            self.time_hidden_backward += th
+        return loss, tf, tb, tu
+
+    def step(self, x, y):
+        x = nn._check_input(x, self.model.modules[0].n_in, "FusedStep", "x")
+        if not (type(y) is np.ndarray and y.dtype == np.int64 and y.flags.c_contiguous):
+            y = np.asarray(y)
+            if not np.issubdtype(y.dtype, np.integer):
+                raise TypeError(f"SoftmaxCrossEntropy: y must hold integer labels, got {y.dtype}")
+            y = np.ascontiguousarray(y, dtype=np.int64)
+        B = x.shape[0]
+        if y.ndim != 1 or y.shape[0] != B:
+            raise ValueError(f"SoftmaxCrossEntropy: y must be 1-D with {B} labels, "
+                             f"got shape {y.shape}")
+        args = self._ready(B)
+        if args is None:
+            return None
+        return self._finish(self._plan.run(x, y, *args), B, y)
+
+    def step_rows(self, X, y, idx):
+        """``step(X[idx], y[idx])`` without the two numpy gathers: the rows are
+        copied straight into the step's buffers. X float32 (N, n_in) and y
+        int64 (N,) C-contiguous (the Trainer's training split), idx int64 (B,)."""
+        B = idx.shape[0]
+        args = self._ready(B)
+        if args is None:
+            return None
+        return self._finish(self._plan.run_rows(X, y, idx, *args), B, y, idx)
