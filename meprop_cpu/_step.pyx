@@ -31,6 +31,10 @@ cdef extern from "meprop/step.h":
         int64_t n_in, n_out, k
         int relu, need_dx
         int64_t *hits
+        const float *drop_u
+        float drop_p, drop_s
+        float *drop_scale
+        float *hd
         float *W
         float *b
         float *sW1
@@ -102,7 +106,9 @@ cdef class MLPStep:
 
     layers: one dict per Linear with keys W, b (parameter arrays), sW, sb
     (lists of the optimizer's state arrays for them, 0-2 each), hits (int64
-    array or None), k (0 for a dense backward), relu, need_dx. max_batch, threads: the largest batch and thread count run()
+    array or None), k (0 for a dense backward), relu, need_dx, and optionally
+    drop_u (float32 (max_batch, n_out): where the caller draws the dropout
+    uniforms before each run) with drop_p (the dropout probability). max_batch, threads: the largest batch and thread count run()
     will be given.
     """
     cdef mp_step_layer *L
@@ -164,6 +170,16 @@ cdef class MLPStep:
             hits = d["hits"]
             l.hits = <int64_t *>_ptr(hits, "hits", cnp.NPY_INT64, n_out) if hits is not None else NULL
             self.keep.append((W, b, sW, sb, hits))
+            drop_u = d.get("drop_u")
+            if drop_u is not None:
+                if not l.relu:
+                    raise ValueError(f"MLPStep: layer {i}: dropout needs the ReLU before it")
+                l.drop_u = <const float *>_ptr(drop_u, "drop_u", cnp.NPY_FLOAT32, B * n_out)
+                l.drop_p = <float>d["drop_p"]
+                l.drop_s = <float>(1.0 / (1.0 - <double>d["drop_p"]))
+                l.drop_scale = self._buf(B * n_out, np.float32)
+                l.hd = self._buf(B * n_out, np.float32)
+                self.keep.append(drop_u)
             l.y = self._buf(B * n_out, np.float32)
             l.h = self._buf(B * n_out, np.float32) if l.relu else NULL
             l.dy = self._buf(B * n_out, np.float32)

@@ -13,9 +13,10 @@ model qualifies (``Trainer(..., fused=True)``, the default); anything else
 takes the module path. A model qualifies when :func:`unsupported` returns None:
 
 * ``model`` is a :class:`~meprop_cpu.nn.Sequential` or
-  :class:`~meprop_cpu.nn.MLP` (not a subclass) of ``Linear, ReLU, Linear,
-  ReLU, ..., Linear`` (no dropout, no other activation; no subclasses, no
-  forward / backward replaced on an instance), in training mode;
+  :class:`~meprop_cpu.nn.MLP` (not a subclass) of ``Linear, ReLU[, Dropout],
+  ..., Linear`` (no other activation; no subclasses, no forward / backward
+  replaced on an instance), in training mode; dropout draws its uniforms
+  from each Dropout's own generator, as Dropout.forward does;
 * each Linear backpropagates per-example top-k (mode ``"topk"``) or densely
   (``k=None``, ``k >= n_out`` or mode ``"dense"``), and every layer but the
   first computes its input gradient;
@@ -44,6 +45,28 @@ __all__ = ["FusedStep", "unsupported"]
 _KINDS = {optim.SGD: 0, optim.AdaGrad: 1, optim.Adam: 2}
 
 
+def _layers(mods):
+    """[(Linear, Dropout or None)] for Linear, ReLU[, Dropout], ..., Linear, else
+    the reason (a str) the module list does not have that form."""
+    form = "Linear, ReLU[, Dropout], ..., Linear"
+    out, i, n = [], 0, len(mods)
+    while i < n:
+        if type(mods[i]) is not nn.Linear:
+            return f"module {i} is a {type(mods[i]).__name__}, the fused step takes {form}"
+        lin, i = mods[i], i + 1
+        if i == n:
+            out.append((lin, None))
+            return out
+        if type(mods[i]) is not nn.ReLU:
+            return f"module {i} is a {type(mods[i]).__name__}, the fused step takes {form}"
+        i += 1
+        drop = None
+        if i < n and type(mods[i]) is nn.Dropout:
+            drop, i = mods[i], i + 1
+        out.append((lin, drop))
+    return f"the model ends in an activation; the fused step takes {form}"
+
+
 def unsupported(model, optimizer, loss=None):
     """None if (model, optimizer, loss) can take the fused step, else the reason (a str)."""
     if type(loss) is not nn.SoftmaxCrossEntropy and loss is not None:
@@ -54,13 +77,9 @@ def unsupported(model, optimizer, loss=None):
     for obj in [model] + list(mods):
         if "forward" in vars(obj) or "backward" in vars(obj):
             return f"{type(obj).__name__} has its own forward / backward attribute"
-    if len(mods) % 2 != 1:
-        return "the model is not Linear, ReLU, ..., Linear"
-    for i, m in enumerate(mods):
-        want = nn.Linear if i % 2 == 0 else nn.ReLU
-        if type(m) is not want:
-            return (f"module {i} is a {type(m).__name__}, the fused step takes "
-                    f"Linear, ReLU, ..., Linear")
+    layers = _layers(mods)
+    if isinstance(layers, str):
+        return layers
     if not model.training:
         return "the model is in eval mode"
     if type(optimizer) not in _KINDS:
@@ -69,7 +88,7 @@ def unsupported(model, optimizer, loss=None):
     if len(optimizer.params) != len(params) or \
             {id(p) for p in optimizer.params} != {id(p) for p in params}:
         return "the optimizer does not hold exactly the model's parameters"
-    for i, lin in enumerate(mods[::2]):
+    for i, (lin, _) in enumerate(layers):
         if lin.sparse and lin.mode != "topk":
             return f"layer {i} uses mode {lin.mode!r} (the fused step does topk and dense)"
         if lin.sparse and not optimizer.sparse:
@@ -105,6 +124,7 @@ class FusedStep:
         self.max_batch = int(max_batch)
         self._plan = None
         self._key = None
+        self._lins, self._drops = [], []
         self.unsupported = None
         self.builds = 0           # how many times the buffers were (re)built
         self.time_hidden_backward = 0.0   # seconds, summed over steps (see step.h)
@@ -112,10 +132,14 @@ class FusedStep:
     def _current_key(self):
         """Everything the built plan depends on, compared by identity / value."""
         st = self.optimizer.state
-        key = [type(self.optimizer), self.optimizer.sparse, self.optimizer._n_state]
-        for lin in self.model.modules[::2]:
-            key += (lin, lin.W.data, lin.b.data, st.get(id(lin.W)), st.get(id(lin.b)),
+        key = [type(self.optimizer), self.optimizer.sparse, self.optimizer._n_state,
+               len(self.model.modules)]
+        key += self.model.modules
+        for lin in self._lins:
+            key += (lin.W.data, lin.b.data, st.get(id(lin.W)), st.get(id(lin.b)),
                     lin.k, lin.mode, lin.hits if lin.track_hits else None)
+        for d in self._drops:
+            key.append(d.p)
         return key
 
     def _valid(self, key):
@@ -123,15 +147,17 @@ class FusedStep:
         if old is None or len(old) != len(key):
             return False
         for a, b in zip(old, key):   # arrays and dicts by identity, k and mode by value
-            if a is not b and not (type(a) in (int, str) and a == b):
+            if a is not b and not (type(a) in (int, str, float) and a == b):
                 return False
         return True
 
     def _build(self, nthreads):
         opt = self.optimizer
-        lins = self.model.modules[::2]
+        groups = _layers(self.model.modules)
+        lins = [lin for lin, _ in groups]
         layers = []
-        for i, lin in enumerate(lins):
+        self._draws = []
+        for i, (lin, drop) in enumerate(groups):
             stW, stb = opt._state_for(lin.W), opt._state_for(lin.b)
             layers.append({"W": lin.W.data, "b": lin.b.data,
                            "sW": stW["arrays"], "sb": stb["arrays"],
@@ -139,10 +165,16 @@ class FusedStep:
                            "k": lin.k if lin.sparse else 0,
                            "relu": i < len(lins) - 1,
                            "need_dx": i > 0 or lin.needs_input_grad})
+            if drop is not None and drop.p > 0.0:
+                u = np.empty((self.max_batch, lin.n_out), np.float32)
+                layers[-1].update(drop_u=u, drop_p=drop.p)
+                self._draws.append((drop, u))
         threads = max(nthreads, self._plan.threads if self._plan is not None else 1)
         self._plan = _step.MLPStep(layers, self.max_batch, threads)
         self._states = [st for lin in lins for st in (opt._state_for(lin.W), opt._state_for(lin.b))]
         self._tracked = [lin for lin in lins if lin.track_hits]
+        self._lins = lins
+        self._drops = [d for _, d in groups if d is not None]
         self._key = self._current_key()
         self.builds += 1
 
@@ -158,6 +190,8 @@ class FusedStep:
                 return None
             self.max_batch = max(self.max_batch, B)
             self._build(nt)
+        for drop, u in self._draws:   # the same draws, in the same order, as Dropout.forward
+            drop._rng.random(dtype=np.float32, out=u[:B])
         opt = self.optimizer
         kind = _KINDS[type(opt)]
         if kind == 2:

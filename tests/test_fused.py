@@ -121,8 +121,49 @@ def test_fused_step_picks_up_changes_between_steps():
     _assert_same(a, b)
 
 
+@pytest.mark.parametrize("k", [5, None])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_fused_step_with_dropout_is_bit_identical(k, threads):
+    """Dropout draws from each Dropout's own generator in the same order, so
+    masks, weights and the generators' states match the module path."""
+    a = _train(True, k=k, dropout=0.3, threads=threads)
+    b = _train(False, k=k, dropout=0.3, threads=threads)
+    assert a.step_path == "fused"
+    _assert_same(a, b)
+    da = [m for m in a.model.modules if isinstance(m, nn.Dropout)]
+    db = [m for m in b.model.modules if isinstance(m, nn.Dropout)]
+    assert len(da) == 2 and [d.rng_state() for d in da] == [d.rng_state() for d in db]
+
+
+def test_fused_step_handles_a_hand_built_sequential():
+    """Sequential with a dropout after one hidden layer only, and one of p=0."""
+    def build():
+        return nn.Sequential(nn.Linear(24, 30, k=5, seed=1, needs_input_grad=False), nn.ReLU(),
+                             nn.Dropout(0.25, seed=2), nn.Linear(30, 20, k=4, seed=3),
+                             nn.ReLU(), nn.Dropout(0.0), nn.Linear(20, 5, seed=4))
+    data = blobs(24, 5, n_train=40)
+    X, y = data["train"]
+    results = []
+    for use_fused in (True, False):
+        model = build()
+        opt = optim.Adam(model.parameters())
+        assert fused.unsupported(model, opt) is None
+        fs = fused.FusedStep(model, opt, 8)
+        lf = nn.SoftmaxCrossEntropy()
+        for s in range(5):
+            xb, yb = X[8 * s:8 * s + 8], y[8 * s:8 * s + 8]
+            if use_fused:
+                fs.step(xb, yb)
+            else:
+                lf.forward(model.forward(xb), yb)
+                model.backward(lf.backward())
+                opt.step()
+                opt.zero_grad()
+        results.append([p.data.copy() for p in model.parameters()])
+    assert all(a.tobytes() == b.tobytes() for a, b in zip(*results))
+
+
 @pytest.mark.parametrize("kwargs, why", [
-    (dict(dropout=0.2), "Dropout"),
     (dict(mode="unified"), "unified"),
     (dict(mode="random"), "random"),
     (dict(opt_cls=optim.Adam, kw=dict(sparse=False)), "dense"),
@@ -136,6 +177,10 @@ def test_unsupported_models_take_the_module_path(kwargs, why):
 def test_unsupported_reasons():
     model = nn.MLP(SIZES, k=4, activation="tanh")
     assert "Tanh" in fused.unsupported(model, optim.Adam(model.parameters()))
+    seq = nn.Sequential(nn.Linear(3, 4), nn.ReLU())
+    assert "ends in an activation" in fused.unsupported(seq, optim.Adam(seq.parameters()))
+    seq = nn.Sequential(nn.Linear(3, 4), nn.Dropout(0.1), nn.Linear(4, 2))
+    assert "Dropout" in fused.unsupported(seq, optim.Adam(seq.parameters()))
     model = nn.MLP(SIZES, k=4)
     opt = optim.Adam(model.parameters())
     assert fused.unsupported(model, opt) is None

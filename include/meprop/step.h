@@ -1,10 +1,10 @@
-/* One whole training step of an MLP (Linear -> ReLU -> ... -> Linear ->
- * softmax cross-entropy) in a single C call: forward, loss, meProp / dense
+/* One whole training step of an MLP (Linear -> ReLU [-> Dropout] -> ... ->
+ * Linear -> softmax cross-entropy) in a single C call: forward, loss, meProp / dense
  * backward and the optimizer update of every parameter.
  *
  * It calls the same kernels, on the same data and in the same order, as the
  * module path of meprop_cpu.nn + meprop_cpu.optim (Linear.forward, ReLU,
- * SoftmaxCrossEntropy, Linear.backward, Optimizer.step), so the weights and
+ * Dropout, SoftmaxCrossEntropy, Linear.backward, Optimizer.step), so the weights and
  * optimizer state it produces are bit-identical to that path; what it saves
  * is the Python dispatch between ~25 kernel calls per step (about a third of
  * a batch-10 step). meprop_cpu/fused.py decides when a model qualifies and
@@ -28,6 +28,13 @@ typedef struct {
     int relu;               /* a ReLU follows this layer (every layer but the last) */
     int need_dx;            /* compute the gradient of the input (not for layer 0) */
     int64_t *hits;          /* meSimp activeness counts, or NULL */
+    /* inverted dropout after this layer's ReLU (drop_u NULL: none): unit e is
+     * kept when drop_u[e] >= drop_p and then scaled by drop_s, as
+     * nn.Dropout.forward does with the same uniform draws (float32) */
+    const float *drop_u;
+    float drop_p, drop_s;
+    float *drop_scale;      /* (B, n_out) the kept units' scale, 0 for dropped ones */
+    float *hd;              /* (B, n_out) dropout output: the next layer's input */
     float *W, *b;           /* parameters (n_out, n_in), (n_out,) */
     float *sW1, *sW2, *sb1, *sb2;   /* optimizer state (NULL where the optimizer has none) */
     int64_t tW, tb;         /* the parameters' optimizer step counts before this step */
@@ -115,6 +122,14 @@ static int mp_mlp_step(mp_step_layer *L, int nl, const float *x, const int64_t *
         if (l->relu) {
             mp_relu_forward(l->y, l->h, B * l->n_out);
             in = l->h;
+            if (l->drop_u) {
+                const int64_t n = B * l->n_out;
+                for (int64_t e = 0; e < n; e++) {
+                    l->drop_scale[e] = l->drop_u[e] >= l->drop_p ? l->drop_s : 0.0f;
+                    l->hd[e] = l->h[e] * l->drop_scale[e];
+                }
+                in = l->hd;
+            }
         } else {
             in = l->y;
         }
@@ -152,7 +167,10 @@ static int mp_mlp_step(mp_step_layer *L, int nl, const float *x, const int64_t *
         }
         if (i < nl - 1) t_hidden += mp_step_now() - tl;
         if (i == 0 || !l->need_dx) break;
-        mp_relu_backward(l->dx, L[i - 1].h, L[i - 1].dy, B * l->n_in);
+        mp_step_layer *below = &L[i - 1];
+        if (below->drop_u)
+            for (int64_t e = 0; e < B * l->n_in; e++) l->dx[e] *= below->drop_scale[e];
+        mp_relu_backward(l->dx, below->h, below->dy, B * l->n_in);
     }
     double t2 = mp_step_now();
 
