@@ -40,6 +40,10 @@ cdef extern from "meprop/sparse_linear.h":
     void mp_sparse_dw(const float *x, int64_t n_in, int64_t r, const int32_t *offsets,
                       const int32_t *pair_b, const float *pair_v, float *values,
                       int nthreads) nogil
+    int MP_MASKED_DIV
+    int mp_backward_masked(int64_t k, int64_t n_out) nogil
+    int64_t mp_scatter_pairs(const int32_t *idx, const float *val, int64_t B, int64_t k,
+                             int64_t n_out, float *dyS, int32_t *flag_ws, int32_t *rows) nogil
 
 cdef extern from "meprop/optim.h":
     ctypedef struct mp_optim_args:
@@ -140,6 +144,27 @@ def group_pairs(const int32_t[:, ::1] idx, const float[:, ::1] val, int64_t n_ou
     with nogil:
         r = mp_group_pairs(&idx[0, 0], &val[0, 0], idx.shape[0], idx.shape[1], n_out,
                            &cursor[0], &rows[0], &offsets[0], &pair_b[0], &pair_v[0])
+    return r
+
+
+def backward_masked(int64_t k, int64_t n_out):
+    """Whether the meProp backward of a layer with n_out outputs and k kept
+    entries per example runs as masked dense products (see sparse_linear.h)."""
+    return bool(mp_backward_masked(k, n_out))
+
+
+def masked_div():
+    return MP_MASKED_DIV
+
+
+def scatter_pairs(const int32_t[:, ::1] idx, const float[:, ::1] val, float[:, ::1] dyS,
+                  int32_t[::1] flag_ws, int32_t[::1] rows):
+    """dyS (B, n_out) <- the non-zero pairs (zeros elsewhere); rows <- the distinct
+    rows with a non-zero pair, ascending. Returns their count r."""
+    cdef int64_t r
+    with nogil:
+        r = mp_scatter_pairs(&idx[0, 0], &val[0, 0], idx.shape[0], idx.shape[1], dyS.shape[1],
+                             &dyS[0, 0], &flag_ws[0], &rows[0])
     return r
 
 

@@ -26,6 +26,9 @@ cdef extern from "meprop/topk.h":
         int32_t i
     int64_t mp_topk_ws_entries(int64_t k) nogil
 
+cdef extern from "meprop/sparse_linear.h":
+    int mp_backward_masked(int64_t k, int64_t n_out) nogil
+
 cdef extern from "meprop/step.h":
     ctypedef struct mp_step_layer:
         int64_t n_in, n_out, k
@@ -48,6 +51,7 @@ cdef extern from "meprop/step.h":
         float *dx
         float *gb
         float *gw
+        float *dys
         int32_t *idx
         float *val
         mp_entry *heap
@@ -185,9 +189,11 @@ cdef class MLPStep:
             l.dy = self._buf(B * n_out, np.float32)
             l.dx = self._buf(B * n_in, np.float32) if l.need_dx else NULL
             l.gb = self._buf(n_out, np.float32)
-            if k == 0:
+            if k == 0 or mp_backward_masked(k, n_out):
                 l.gw = self._buf(n_out * n_in, np.float32)
-            else:
+            if k > 0 and mp_backward_masked(k, n_out):
+                l.dys = self._buf(B * n_out, np.float32)
+            if k > 0:
                 npairs = B * k
                 l.idx = <int32_t *>self._buf(npairs, np.int32)
                 l.val = self._buf(npairs, np.float32)

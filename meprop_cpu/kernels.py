@@ -257,9 +257,19 @@ def randk_rows(B, n, k, seed, *, threads=None):
 
 # ---------------------------------------------------------------- backward
 
-def sparse_backward_into(x, W, idx, val, ws, nthreads, need_dx=True, factored=False):
+def sparse_backward_into(x, W, idx, val, ws, nthreads, need_dx=True, factored=False,
+                         method=None):
     """Unchecked sparse backward. dx (None unless need_dx) and the RowGrad live in ``ws``;
-    ``factored``: the RowGrad forms its values only when read (see RowGrad)."""
+    ``factored``: the RowGrad forms its values only when read (see RowGrad).
+    method: "gather" (sums of the selected rows), "masked" (dense products on
+    dy with the unselected entries zeroed: faster once k > n_out / 4, see
+    sparse_linear.h; the RowGrad is then formed at once) or None (that rule)."""
+    B, k = idx.shape
+    n_out = W.shape[0]
+    if method is None:
+        method = "masked" if _kernels.backward_masked(k, n_out) else "gather"
+    if method == "masked":
+        return _masked_backward_into(x, W, idx, val, ws, nthreads, need_dx)
     dx = None
     if need_dx:
         B, k = idx.shape
@@ -268,6 +278,25 @@ def sparse_backward_into(x, W, idx, val, ws, nthreads, need_dx=True, factored=Fa
         coef = ws.get("coef", (nthreads * k,), np.float32)
         _kernels.sparse_dx(W, idx, val, dx, sel, coef, nthreads)
     return dx, sparse_dw_into(x, W.shape[0], idx, val, ws, nthreads, factored)
+
+
+def _masked_backward_into(x, W, idx, val, ws, nthreads, need_dx):
+    """The sparse backward as two dense products on the masked gradient."""
+    B, k = idx.shape
+    n_out, n_in = W.shape
+    dyS = ws.get("dyS_masked", (B, n_out), np.float32)
+    flag = ws.get("cursor", (n_out,), np.int32)
+    rows = ws.get("rows", (min(n_out, B * k),), np.int32)
+    r = _kernels.scatter_pairs(idx, val, dyS, flag, rows)
+    dx = None
+    if need_dx:
+        dx = ws.get("dx", (B, n_in), np.float32)
+        _dense.matmul_nn(dyS, W, dx, nthreads)
+    full = ws.get("values_full", (n_out, n_in), np.float32)
+    _dense.matmul_tn(dyS, x, full, nthreads)
+    values = ws.get("values", (r, n_in), np.float32)
+    np.take(full, rows[:r], axis=0, out=values)
+    return dx, RowGrad(rows[:r], values)
 
 
 def sparse_dw_into(x, n_out, idx, val, ws, nthreads, factored=False):

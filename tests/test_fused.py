@@ -57,10 +57,11 @@ def _assert_same(a, b):
     (optim.SGD, dict(lr=0.1)),
     (optim.SGD, dict(lr=0.05, momentum=0.9)),
     (optim.AdaGrad, dict(lr=0.05, clip=0.1, weight_decay=1e-3))])
-@pytest.mark.parametrize("k", [6, None])
+@pytest.mark.parametrize("k", [6, 12, None])
 @pytest.mark.parametrize("threads", [1, 2])
 def test_fused_trainer_is_bit_identical_to_the_module_path(opt_cls, kw, k, threads):
-    """61 examples in batches of 7: the last batch has 5 rows."""
+    """61 examples in batches of 7: the last batch has 5 rows. k=6 takes the
+    gather backward in both hidden layers, k=12 the masked dense one (4 k > 40, 32)."""
     a = _train(True, opt_cls, kw, k=k, threads=threads)
     b = _train(False, opt_cls, kw, k=k, threads=threads)
     assert a.step_path == "fused" and b.step_path == "modules"
@@ -80,9 +81,11 @@ def test_fused_step_is_bit_identical_on_the_portable_kernels():
     _assert_same(a, b)
 
 
-def test_fused_step_is_bit_identical_with_parallel_sized_layers():
-    """Layers large enough that the kernels start an OpenMP team."""
-    kw = dict(sizes=[300, 400, 300, 10], k=40, batch=64, n_train=200, epochs=1)
+@pytest.mark.parametrize("k", [40, 100])
+def test_fused_step_is_bit_identical_with_parallel_sized_layers(k):
+    """Layers large enough that the kernels start an OpenMP team (k=100: the
+    masked backward in the 300-wide layer, the gather one in the 400-wide)."""
+    kw = dict(sizes=[300, 400, 300, 10], k=k, batch=64, n_train=200, epochs=1)
     a = _train(True, **kw)
     b = _train(False, **kw)
     _assert_same(a, b)

@@ -10,6 +10,7 @@ from hypothesis.extra import numpy as hnp
 
 import meprop_cpu as mp
 from meprop_cpu import kernels as K
+from meprop_cpu.nn import Linear
 
 from reference import (assert_close_sum, ref_abs_colsum, ref_dense_backward, ref_hits,
                        ref_scatter, ref_sparse_backward, ref_topk_rows, ref_topk_unified)
@@ -100,8 +101,11 @@ def check_topk_rows(g, k, threads):
     return idx, val
 
 
-def check_sparse_backward(x, W, idx, val, threads):
-    dx, grad = K.sparse_backward(x, W, idx, val, threads=threads)
+def check_sparse_backward(x, W, idx, val, threads, method=None):
+    if method is None:
+        dx, grad = K.sparse_backward(x, W, idx, val, threads=threads)
+    else:   # force the gather or the masked dense formulation
+        dx, grad = K.sparse_backward_into(x, W, idx, val, K.Workspace(), threads, method=method)
     rdx, rows, rvalues, absdx, absvalues = ref_sparse_backward(x, W, idx, val)
     B, k = idx.shape
     n_out = W.shape[0]
@@ -445,6 +449,41 @@ def test_sparse_backward_k_equals_n_is_dense(seed):
     assert_close_sum(grad.to_dense(n_out), rdw, absdw, B, "sparse dW")
     assert_close_sum(dgrad.to_dense(n_out), rdw, absdw, B, "dense dW")
     np.testing.assert_array_equal(grad.rows, np.flatnonzero(np.any(dy != 0, axis=0)))
+
+
+@pytest.mark.parametrize("method", ["gather", "masked"])
+@pytest.mark.parametrize("shape", [(1, 5, 8, 2), (7, 33, 40, 9), (10, 784, 500, 20),
+                                   (100, 300, 200, 49), (100, 300, 200, 51), (64, 130, 129, 129)])
+def test_sparse_backward_both_methods_match_the_reference(method, shape):
+    """Each formulation on both sides of the k > n_out / 4 rule, with zero
+    values, repeated indices and 1 or 2 threads."""
+    B, n_in, n_out, k = shape
+    rng = np.random.default_rng(B + k)
+    x = make_values(rng, (B, n_in), "normal")
+    W = make_values(rng, (n_out, n_in), "normal")
+    idx = rng.integers(0, n_out, size=(B, k)).astype(np.int32)
+    val = make_values(rng, (B, k), "normal")
+    val[rng.random((B, k)) < 0.2] = 0.0
+    for threads in (1, 2):
+        dx, grad = check_sparse_backward(x, W, idx, val, threads, method)
+        assert grad.factored is False
+    # the rule picks by shape only
+    dx0, g0 = K.sparse_backward(x, W, idx, val, threads=1)
+    auto = "masked" if 4 * k > n_out else "gather"
+    assert K._kernels.backward_masked(k, n_out) == (auto == "masked")
+    dx1, g1 = K.sparse_backward_into(x, W, idx, val, K.Workspace(), 2, method=auto)
+    assert_bit_equal(dx0, dx1, "auto and explicit method")
+    assert_bit_equal(g0.values, g1.values, "auto and explicit method")
+
+
+def test_linear_backward_uses_the_masked_form_above_a_quarter():
+    rng = np.random.default_rng(0)
+    x = make_values(rng, (8, 30), "normal")
+    for k, factored in ((10, True), (11, False)):       # n_out = 40: the rule is 4 k > 40
+        lin = Linear(30, 40, k=k, seed=1)
+        lin.forward(x)
+        dx = lin.backward(make_values(rng, (8, 40), "normal"))
+        assert lin.W.grad.factored is factored and dx.shape == (8, 30)
 
 
 def test_sparse_backward_results_do_not_alias_between_calls():

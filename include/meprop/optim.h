@@ -116,4 +116,17 @@ static void mp_optim_rows(int kind, float *w, float *s1, float *s2, const int32_
         mp_optim_row(kind, w, s1, s2, rows ? (int64_t)rows[q] : q, values + q * n_cols, n_cols, a);
 }
 
+/* The same update with the gradient of row rows[q] at values_full + rows[q] *
+ * n_cols (a full (n_rows, n_cols) gradient of which only the listed rows are
+ * applied: the masked dense meProp backward). */
+static void mp_optim_rows_indexed(int kind, float *w, float *s1, float *s2, const int32_t *rows,
+                                  const float *values_full, int64_t r, int64_t n_cols,
+                                  mp_optim_args a, int nthreads) {
+    int team = mp_team_size(nthreads, r * n_cols * 4, r);
+    #pragma omp parallel for num_threads(team) if (team > 1) schedule(static)
+    for (int64_t q = 0; q < r; q++)
+        mp_optim_row(kind, w, s1, s2, rows[q], values_full + (int64_t)rows[q] * n_cols, n_cols,
+                     a);
+}
+
 #endif

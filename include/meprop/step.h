@@ -44,7 +44,8 @@ typedef struct {
     float *dy;              /* (B, n_out) gradient of the pre-activation */
     float *dx;              /* (B, n_in) gradient of the input (need_dx only) */
     float *gb;              /* (n_out,) bias gradient */
-    float *gw;              /* (n_out, n_in) dense weight gradient (k == 0 only) */
+    float *gw;              /* (n_out, n_in) dense weight gradient (k == 0 or masked) */
+    float *dys;             /* (B, n_out) dy with the unselected entries zeroed (masked) */
     int32_t *idx; float *val;                 /* (B, k) top-k pairs */
     mp_entry *heap;                           /* nthreads * mp_topk_ws_entries(k) */
     int32_t *sel; float *coef;                /* nthreads * k */
@@ -159,11 +160,19 @@ static int mp_mlp_step(mp_step_layer *L, int nl, const float *x, const int64_t *
                                        nthreads);
             if (bad) { res->bad = bad; res->layer = i; return 3; }
             if (l->hits) mp_count_hits(l->idx, l->val, B * l->k, l->hits);
-            if (l->need_dx)
-                mp_sparse_dx(l->W, l->n_in, l->idx, l->val, B, l->k, l->dx, l->sel, l->coef,
-                             nthreads);
-            l->r = mp_group_pairs(l->idx, l->val, B, l->k, l->n_out, l->cursor, l->rows,
-                                  l->offsets, l->pair_b, l->pair_v);
+            if (mp_backward_masked(l->k, l->n_out)) {   /* as kernels.sparse_backward_into */
+                l->r = mp_scatter_pairs(l->idx, l->val, B, l->k, l->n_out, l->dys, l->cursor,
+                                        l->rows);
+                if (l->need_dx)
+                    mp_matmul_nn(l->dys, l->W, l->dx, B, l->n_out, l->n_in, nthreads);
+                mp_matmul_tn(l->dys, l->x, l->gw, l->n_out, B, l->n_in, nthreads);
+            } else {
+                if (l->need_dx)
+                    mp_sparse_dx(l->W, l->n_in, l->idx, l->val, B, l->k, l->dx, l->sel,
+                                 l->coef, nthreads);
+                l->r = mp_group_pairs(l->idx, l->val, B, l->k, l->n_out, l->cursor, l->rows,
+                                      l->offsets, l->pair_b, l->pair_v);
+            }
         }
         if (i < nl - 1) t_hidden += mp_step_now() - tl;
         if (i == 0 || !l->need_dx) break;
@@ -180,6 +189,9 @@ static int mp_mlp_step(mp_step_layer *L, int nl, const float *x, const int64_t *
         if (l->k == 0)
             mp_optim_rows(opt->kind, l->W, l->sW1, l->sW2, NULL, l->gw, l->n_out, l->n_in, aw,
                           nthreads);
+        else if (l->r > 0 && mp_backward_masked(l->k, l->n_out))
+            mp_optim_rows_indexed(opt->kind, l->W, l->sW1, l->sW2, l->rows, l->gw, l->r,
+                                  l->n_in, aw, nthreads);
         else if (l->r > 0)
             mp_optim_rows_factored(opt->kind, l->W, l->sW1, l->sW2, l->rows, l->r, l->n_in,
                                    l->x, l->offsets, l->pair_b, l->pair_v, gbuf, aw, nthreads);
