@@ -207,6 +207,53 @@ def test_matmul_thread_count_bit_identical(simd_path, shape):
     _check_close(d1, ref, absref, K)
 
 
+def _zero_blocks(rng, x, p=0.5):
+    """x with whole 16-float blocks zeroed (per row, with probability p): the
+    MNIST-like inputs whose all-zero blocks the AVX-512 forward skips."""
+    x = x.copy()
+    nb = x.shape[1] // 16
+    for r in range(x.shape[0]):
+        for kb in np.flatnonzero(rng.random(nb) < p):
+            x[r, 16 * kb:16 * kb + 16] = 0.0
+    return x
+
+
+@pytest.mark.parametrize("shape", [(1, 784, 37), (5, 784, 20), (6, 33, 9), (7, 800, 13),
+                                   (10, 784, 500), (13, 64, 64), (100, 784, 60),
+                                   (64, 1000, 130)], ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("p", [0.3, 0.9, 1.0])
+def test_linear_forward_with_zero_blocks(simd_path, shape, p):
+    """Zero blocks (skipped on AVX-512) give the same products as the reference,
+    and the same bits as the same rows with one more zero block elsewhere in
+    the batch (a tile's skip list depends on its rows) and for any thread count."""
+    B, n_in, n_out = shape
+    rng = np.random.default_rng(B * n_in + int(10 * p))
+    x = _zero_blocks(rng, _rand(rng, B, n_in), p)
+    W, b = _rand(rng, n_out, n_in), _rand(rng, n_out)
+    y = linear(x, W, b)
+    ref, absref = ref_linear(x, W, b, False)
+    _check_close(y, ref, absref, n_in)
+    for t in (2, 3):
+        assert np.array_equal(linear(x, W, b, nthreads=t), y)
+    if B > 1:   # row 0 alone: its own tile, its own skip list
+        assert np.array_equal(linear(x[:1], W, b)[0], y[0])
+
+
+def test_zero_block_skip_keeps_nan_and_inf_inputs():
+    rng = np.random.default_rng(3)
+    x = np.zeros((6, 784), np.float32)
+    x[:, 300:310] = 1.0
+    W, b = _rand(rng, 20, 784), _rand(rng, 20)
+    x[2, 5] = np.nan          # in a block that is zero in every other row
+    x[4, 700] = np.inf
+    y = linear(x, W, b)
+    assert np.isnan(y[2]).all() and not np.isfinite(y[4]).any()
+    others = [0, 1, 3, 5]
+    assert np.isfinite(y[others]).all()
+    ref, absref = ref_linear(x[others], W, b, False)
+    _check_close(y[others], ref, absref, 784)
+
+
 def _at_offset(a, offset_floats):
     """A C-contiguous copy of a whose data starts offset_floats past a 64-byte boundary."""
     buf = np.empty(a.size + 32, np.float32)

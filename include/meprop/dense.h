@@ -498,46 +498,56 @@ MP_TARGET_AVX512 MP_DENSE_AI __m512 mp_dense_reduce16(const __m512 *v) {
  * compile-time constant after inlining), by the W rows w0..w3 (rows past the
  * valid ones repeat a valid row; their results are not stored: nmask has the
  * live columns). Registers: 4*mr accumulators plus mr x vectors and 1 W
- * vector (mr <= 4), or 4 W vectors and 1 x vector (mr = 5, 6). */
+ * vector (mr <= 4), or 4 W vectors and 1 x vector (mr = 5, 6).
+ * nblk >= 0: only the 16-float blocks blk[0:nblk] of the K / 16 full ones
+ * are summed (the others are zero in every x row of the tile: MNIST pixels;
+ * skipping a zero block leaves each accumulator lane exactly as it was, for
+ * finite W); nblk < 0: all of them. The tail past K / 16 * 16 always runs. */
+#define MP_FWD_BODY_AVX512(k)                                                       \
+    if (mr <= 4) {                                                                   \
+        __m512 xv[4];                                                                \
+        for (int q = 0; q < mr; q++) {                                               \
+            xv[q] = _mm512_loadu_ps(xr + q * ldx + (k));                             \
+            __asm__("" : "+v"(xv[q]));                                               \
+        }                                                                            \
+        for (int m = 0; m < 4; m++) {                                                \
+            __m512 wv = _mm512_loadu_ps(wr[m] + (k));                                \
+            __asm__("" : "+v"(wv));                                                  \
+            for (int q = 0; q < mr; q++) acc[q][m] = _mm512_fmadd_ps(xv[q], wv, acc[q][m]); \
+        }                                                                            \
+    } else {                                                                         \
+        __m512 wv[4];                                                                \
+        for (int m = 0; m < 4; m++) {                                                \
+            wv[m] = _mm512_loadu_ps(wr[m] + (k));                                    \
+            __asm__("" : "+v"(wv[m]));                                               \
+        }                                                                            \
+        for (int q = 0; q < mr; q++) {                                               \
+            __m512 xv = _mm512_loadu_ps(xr + q * ldx + (k));                         \
+            __asm__("" : "+v"(xv));                                                  \
+            for (int m = 0; m < 4; m++) acc[q][m] = _mm512_fmadd_ps(xv, wv[m], acc[q][m]); \
+        }                                                                            \
+    }
 MP_TARGET_AVX512 MP_DENSE_AI void
 mp_fwd_tile_avx512(const float *xr, int64_t ldx, const float *w0, const float *w1,
                    const float *w2, const float *w3, int64_t K, int mr, float *yr, int64_t ldy,
-                   __m128 bias, __mmask8 nmask, int relu) {
+                   __m128 bias, __mmask8 nmask, int relu, const int32_t *blk, int64_t nblk) {
     __m512 acc[8][4];
     const float *wr[4] = {w0, w1, w2, w3};
     for (int q = 0; q < 8; q++)
         for (int m = 0; m < 4; m++) acc[q][m] = _mm512_setzero_ps();
-    int64_t k = 0;
     /* the empty asm statements pin each loaded vector in a register, so GCC
      * does not fold (and so repeat) the loads into the FMAs; the operand
      * with fewer rows is held, the other streamed one vector at a time */
-    if (mr <= 4) {
-        for (; k + 16 <= K; k += 16) {
-            __m512 xv[4];
-            for (int q = 0; q < mr; q++) {
-                xv[q] = _mm512_loadu_ps(xr + q * ldx + k);
-                __asm__("" : "+v"(xv[q]));
-            }
-            for (int m = 0; m < 4; m++) {
-                __m512 wv = _mm512_loadu_ps(wr[m] + k);
-                __asm__("" : "+v"(wv));
-                for (int q = 0; q < mr; q++) acc[q][m] = _mm512_fmadd_ps(xv[q], wv, acc[q][m]);
-            }
-        }
+    const int64_t K16 = K / 16 * 16;
+    if (nblk < 0) {
+        for (int64_t k = 0; k < K16; k += 16) { MP_FWD_BODY_AVX512(k) }
     } else {
-        for (; k + 16 <= K; k += 16) {
-            __m512 wv[4];
-            for (int m = 0; m < 4; m++) {
-                wv[m] = _mm512_loadu_ps(wr[m] + k);
-                __asm__("" : "+v"(wv[m]));
-            }
-            for (int q = 0; q < mr; q++) {
-                __m512 xv = _mm512_loadu_ps(xr + q * ldx + k);
-                __asm__("" : "+v"(xv));
-                for (int m = 0; m < 4; m++) acc[q][m] = _mm512_fmadd_ps(xv, wv[m], acc[q][m]);
-            }
+        for (int64_t t = 0; t < nblk; t++) {
+            const int64_t k = (int64_t)blk[t] * 16;
+            MP_FWD_BODY_AVX512(k)
         }
     }
+    int64_t k = K16;
     if (k < K) {
         __mmask16 km = (__mmask16)((1u << (K - k)) - 1u);
         __m512 xv[6];
@@ -565,6 +575,38 @@ mp_fwd_tile_avx512(const float *xr, int64_t ldx, const float *w0, const float *w
         }
     }
 }
+#undef MP_FWD_BODY_AVX512
+
+/* The x-row tiles of a chunk of n rows, as row counts in order: 4-row tiles;
+ * a remainder of 5 or 6 rows is one tile, 7 is 4 + 3, and a chunk of 9 to 12
+ * rows starts with a 6-row tile (fewer passes over the W rows for small
+ * batches). Returns the number of tiles (at most n / 4 + 2). */
+static inline int64_t mp_fwd_tiles(int64_t n, int *mr) {
+    int64_t t = 0, left = n;
+    if (left >= 9 && left <= 12) { mr[t++] = 6; left -= 6; }
+    for (; left >= 8 || left == 4; left -= 4) mr[t++] = 4;
+    if (left == 7) { mr[t++] = 4; mr[t++] = 3; }
+    else if (left > 0) mr[t++] = (int)left;
+    return t;
+}
+
+/* The full 16-float blocks of K in which some of the mr rows xr + q*ldx has
+ * a non-zero (NaN counts as non-zero) into blk; returns their count, or -1
+ * when that is every block (then the tile runs its plain loop). */
+MP_TARGET_AVX512
+static int64_t mp_fwd_nonzero_blocks(const float *xr, int64_t ldx, int mr, int64_t K,
+                                     int32_t *blk) {
+    const int64_t nb = K / 16;
+    const __m512 zero = _mm512_setzero_ps();
+    int64_t c = 0;
+    for (int64_t kb = 0; kb < nb; kb++) {
+        __mmask16 any = 0;
+        for (int q = 0; q < mr; q++)
+            any |= _mm512_cmp_ps_mask(_mm512_loadu_ps(xr + q * ldx + kb * 16), zero, _CMP_NEQ_UQ);
+        if (any) blk[c++] = (int32_t)kb;
+    }
+    return c == nb ? -1 : c;
+}
 
 MP_TARGET_AVX512
 static void mp_fwd_range_avx512(const float *x, const float *W, const float *b, float *y,
@@ -572,8 +614,16 @@ static void mp_fwd_range_avx512(const float *x, const float *W, const float *b, 
                                 int64_t j1, int relu) {
     const int64_t chunk = mp_fwd_chunk_rows(K);
     const int64_t Kp = (K + 15) / 16 * 16;
+    const int64_t max_tiles = chunk / 4 + 2, nb = K / 16;
     float *xbuf;
     void *xmem = mp_fwd_xbuf(x, K, mp_dense_min(chunk, i1 - i0), j1 - j0, &xbuf);
+    /* per tile: its rows, its first row and the list of its non-zero blocks */
+    int *tile_mr = (int *)malloc((size_t)(max_tiles + 1) * (sizeof(int) + sizeof(int64_t) * 2)
+                                 + (size_t)(max_tiles * (nb + 1)) * sizeof(int32_t));
+    if (!tile_mr) { free(xmem); return; }   /* not reached in practice: a few KiB */
+    int64_t *tile_row = (int64_t *)(tile_mr + max_tiles + (max_tiles & 1));
+    int64_t *tile_nblk = tile_row + max_tiles;
+    int32_t *tile_blk = (int32_t *)(tile_nblk + max_tiles);
     for (int64_t ic = i0; ic < i1; ic += chunk) {
         int64_t ie = mp_dense_min(i1, ic + chunk);
         const float *xs = x + ic * K;
@@ -583,6 +633,13 @@ static void mp_fwd_range_avx512(const float *x, const float *W, const float *b, 
             xs = xbuf;
             ldx = Kp;
         }
+        int64_t nt = mp_fwd_tiles(ie - ic, tile_mr), row = 0;
+        for (int64_t t = 0; t < nt; t++) {
+            tile_row[t] = row;
+            tile_nblk[t] = mp_fwd_nonzero_blocks(xs + row * ldx, ldx, tile_mr[t], K,
+                                                 tile_blk + t * nb);
+            row += tile_mr[t];
+        }
         for (int64_t j = j0; j < j1; j += 4) {
             int nr = (int)mp_dense_min(4, j1 - j);
             __mmask8 nmask = (__mmask8)((1u << nr) - 1u);
@@ -591,52 +648,29 @@ static void mp_fwd_range_avx512(const float *x, const float *W, const float *b, 
             const float *w2 = W + (j + (nr > 2 ? 2 : 0)) * K;
             const float *w3 = W + (j + (nr > 3 ? 3 : 0)) * K;
             __m128 bias = b ? _mm_maskz_loadu_ps(nmask, b + j) : _mm_setzero_ps();
-            /* x tiles of 4 rows; a remainder of 5 or 6 rows is one tile, and a
-             * chunk of 9 to 12 rows starts with a 6-row tile (fewer passes
-             * over the W rows for small batches) */
-            int64_t i = ic;
-            const float *xt = xs;
-            if (ie - i >= 9 && ie - i <= 12) {
-                mp_fwd_tile_avx512(xt, ldx, w0, w1, w2, w3, K, 6, y + i * N + j, N, bias,
-                                   nmask, relu);
-                i += 6;
-                xt += 6 * ldx;
-            }
-            for (; ie - i >= 8 || ie - i == 4; i += 4, xt += 4 * ldx)
-                mp_fwd_tile_avx512(xt, ldx, w0, w1, w2, w3, K, 4, y + i * N + j, N, bias,
-                                   nmask, relu);
-            switch (ie - i) {
-            case 7:
-                mp_fwd_tile_avx512(xt, ldx, w0, w1, w2, w3, K, 4, y + i * N + j, N, bias,
-                                   nmask, relu);
-                mp_fwd_tile_avx512(xt + 4 * ldx, ldx, w0, w1, w2, w3, K, 3,
-                                   y + (i + 4) * N + j, N, bias, nmask, relu);
-                break;
-            case 6:
-                mp_fwd_tile_avx512(xt, ldx, w0, w1, w2, w3, K, 6, y + i * N + j, N, bias,
-                                   nmask, relu);
-                break;
-            case 5:
-                mp_fwd_tile_avx512(xt, ldx, w0, w1, w2, w3, K, 5, y + i * N + j, N, bias,
-                                   nmask, relu);
-                break;
-            case 3:
-                mp_fwd_tile_avx512(xt, ldx, w0, w1, w2, w3, K, 3, y + i * N + j, N, bias,
-                                   nmask, relu);
-                break;
-            case 2:
-                mp_fwd_tile_avx512(xt, ldx, w0, w1, w2, w3, K, 2, y + i * N + j, N, bias,
-                                   nmask, relu);
-                break;
-            case 1:
-                mp_fwd_tile_avx512(xt, ldx, w0, w1, w2, w3, K, 1, y + i * N + j, N, bias,
-                                   nmask, relu);
-                break;
-            default:
-                break;
+            for (int64_t t = 0; t < nt; t++) {
+                const float *xt = xs + tile_row[t] * ldx;
+                float *yt = y + (ic + tile_row[t]) * N + j;
+                const int32_t *blk = tile_blk + t * nb;
+                int64_t nblk = tile_nblk[t];
+                switch (tile_mr[t]) {   /* constant row counts for the inlined tile */
+                case 6: mp_fwd_tile_avx512(xt, ldx, w0, w1, w2, w3, K, 6, yt, N, bias, nmask,
+                                           relu, blk, nblk); break;
+                case 5: mp_fwd_tile_avx512(xt, ldx, w0, w1, w2, w3, K, 5, yt, N, bias, nmask,
+                                           relu, blk, nblk); break;
+                case 4: mp_fwd_tile_avx512(xt, ldx, w0, w1, w2, w3, K, 4, yt, N, bias, nmask,
+                                           relu, blk, nblk); break;
+                case 3: mp_fwd_tile_avx512(xt, ldx, w0, w1, w2, w3, K, 3, yt, N, bias, nmask,
+                                           relu, blk, nblk); break;
+                case 2: mp_fwd_tile_avx512(xt, ldx, w0, w1, w2, w3, K, 2, yt, N, bias, nmask,
+                                           relu, blk, nblk); break;
+                default: mp_fwd_tile_avx512(xt, ldx, w0, w1, w2, w3, K, 1, yt, N, bias, nmask,
+                                            relu, blk, nblk); break;
+                }
             }
         }
     }
+    free(tile_mr);
     free(xmem);
 }
 
