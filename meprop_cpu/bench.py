@@ -1582,8 +1582,10 @@ def _e2e_section(doc):
              f"{cfg.get('seed', 0)}; the same data order, initial weights and threads for every "
              "run; dev after every epoch, test at the best dev (percent). Times are the median "
              "[min–max] over epochs of the per-epoch totals; epoch = training wall time "
-             "(evaluation excluded); hidden bwd = time in Linear.backward of the two hidden "
-             f"layers (not measurable inside torch's autograd: n/a). "
+             "(evaluation excluded); hidden bwd = time in the backward of the two hidden "
+             "layers (Linear.backward, or the same work timed inside the fused C step; not "
+             "measurable inside torch's autograd: n/a); forward / backward / update of a "
+             "fused-step run are timed inside the C step, its Python share is in epoch only. "
              f"{cfg['e2e_warmup_steps']} untimed warm-up steps on a throwaway model first. "
              "others' CPU = share of the machine's CPU time used by other processes during "
              f"the run ((!) from {100 * BUSY_SHARE:.0f}%: the timing is not trustworthy, "
@@ -1622,8 +1624,8 @@ def _repro_section(doc):
         return []
     lines = ["## Reproduction table (the papers' MNIST layout)", "",
              "backprop = the hidden layers' backward per epoch (paper: the hidden linear "
-             "layers' backward incl. top-k; here: time in `Linear.backward` of both hidden "
-             "layers); fwd+bwd = forward + backward per epoch (ICML Table 2's overall time); "
+             "layers' backward incl. top-k; here: time in the backward of both hidden "
+             "layers, Linear.backward or its part of the fused step); fwd+bwd = forward + backward per epoch (ICML Table 2's overall time); "
              "epoch = training time per epoch incl. the optimizer update. Speed-ups are "
              "against the baseline of the same source (this project: its dense run at the same "
              "batch and threads). The paper trained 20 epochs single-threaded in C#; this "
