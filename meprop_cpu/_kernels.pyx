@@ -12,6 +12,7 @@ cdef extern from "meprop/parallel.h":
     int MP_HAVE_DISPATCH
     int MP_PARALLEL_MIN_WORK
     int mp_omp_max_threads() nogil
+    int64_t mp_thread_stride(int64_t n) nogil
     const char *mp_simd_level() nogil
     int mp_avx512_disabled
     int MP_HAVE_AVX512_INTRIN
@@ -65,6 +66,15 @@ cdef extern from "meprop/elementwise.h":
     int64_t mp_check_rows(const int32_t *rows, int64_t r, int64_t n) nogil
 
 
+cdef inline int _check_ws(int64_t have, int64_t need, str name) except -1:
+    """Scratch buffers are sized by the caller: refuse one too small to hold
+    every thread's slice (the kernel would write past its end)."""
+    if have < need:
+        raise ValueError(f"{name} has {have} entries, the kernel needs {need} "
+                         f"(nthreads * thread_stride(...))")
+    return 0
+
+
 def openmp_enabled():
     return bool(MP_HAVE_OPENMP)
 
@@ -94,6 +104,12 @@ def parallel_min_work():
     return MP_PARALLEL_MIN_WORK
 
 
+def thread_stride(int64_t n):
+    """Entries between two threads' slices of a per-thread scratch buffer of n
+    entries each (padded so that no cache line is shared)."""
+    return mp_thread_stride(n)
+
+
 def topk_ws_entries(int64_t k):
     """Candidate-buffer entries (int64-sized) one thread needs for a top-k."""
     return mp_topk_ws_entries(k)
@@ -103,6 +119,7 @@ def topk_rows(const float[:, ::1] g, int64_t k, int32_t[:, ::1] idx, float[:, ::
               int64_t[::1] heap_ws, int nthreads):
     """IN g (B, n); OUT idx, val (B, k). Returns the count of non-finite entries."""
     cdef int64_t bad
+    _check_ws(heap_ws.shape[0], nthreads * mp_thread_stride(mp_topk_ws_entries(k)), "heap_ws")
     with nogil:
         bad = mp_topk_rows(&g[0, 0], g.shape[0], g.shape[1], k, &idx[0, 0], &val[0, 0],
                            <mp_entry *> &heap_ws[0], nthreads)
@@ -131,6 +148,9 @@ def count_hits(const int32_t[:, ::1] idx, const float[:, ::1] val, int64_t[::1] 
 
 def sparse_dx(const float[:, ::1] W, const int32_t[:, ::1] idx, const float[:, ::1] val,
               float[:, ::1] dx, int32_t[::1] sel_ws, float[::1] coef_ws, int nthreads):
+    cdef int64_t need = nthreads * mp_thread_stride(idx.shape[1])
+    _check_ws(sel_ws.shape[0], need, "sel_ws")
+    _check_ws(coef_ws.shape[0], need, "coef_ws")
     with nogil:
         mp_sparse_dx(&W[0, 0], W.shape[1], &idx[0, 0], &val[0, 0], idx.shape[0], idx.shape[1],
                      &dx[0, 0], &sel_ws[0], &coef_ws[0], nthreads)
@@ -194,13 +214,14 @@ def optim_rows_factored(int kind, float[:, ::1] w, float[:, ::1] s1, float[:, ::
                         float weight_decay, float clip, float step, float inv_sqrt_bc2,
                         int nthreads):
     """Update rows[:r] of w from the factored sparse-backward gradient (see optim.h).
-    gbuf: nthreads * w.shape[1] floats of scratch."""
+    gbuf: nthreads * thread_stride(w.shape[1]) floats of scratch."""
     cdef mp_optim_args a = _optim_args(lr, momentum, eps, beta1, beta2, weight_decay, clip,
                                        step, inv_sqrt_bc2)
     cdef float *p1 = NULL
     cdef float *p2 = NULL
     if r == 0:
         return
+    _check_ws(gbuf.shape[0], nthreads * mp_thread_stride(w.shape[1]), "gbuf")
     if s1 is not None:
         p1 = &s1[0, 0]
     if s2 is not None:

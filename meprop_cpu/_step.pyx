@@ -16,6 +16,7 @@ cnp.import_array()
 
 cdef extern from "meprop/parallel.h":
     int mp_avx512_disabled
+    int64_t mp_thread_stride(int64_t n) nogil
 
 cdef extern from "meprop/dense.h":
     int mp_dense_simd_limit
@@ -197,15 +198,16 @@ cdef class MLPStep:
                 npairs = B * k
                 l.idx = <int32_t *>self._buf(npairs, np.int32)
                 l.val = self._buf(npairs, np.float32)
-                l.heap = <mp_entry *>self._buf(threads * mp_topk_ws_entries(k), np.int64)
-                l.sel = <int32_t *>self._buf(threads * k, np.int32)
-                l.coef = self._buf(threads * k, np.float32)
+                l.heap = <mp_entry *>self._buf(
+                    threads * mp_thread_stride(mp_topk_ws_entries(k)), np.int64)
+                l.sel = <int32_t *>self._buf(threads * mp_thread_stride(k), np.int32)
+                l.coef = self._buf(threads * mp_thread_stride(k), np.float32)
                 l.cursor = <int32_t *>self._buf(n_out, np.int32)
                 l.rows = <int32_t *>self._buf(min(n_out, npairs), np.int32)
                 l.offsets = <int32_t *>self._buf(min(n_out, npairs) + 1, np.int32)
                 l.pair_b = <int32_t *>self._buf(npairs, np.int32)
                 l.pair_v = self._buf(npairs, np.float32)
-        self.gbuf = self._buf(threads * max_in, np.float32)
+        self.gbuf = self._buf(threads * mp_thread_stride(max_in), np.float32)
         self.xbuf = self._buf(B * self.L[0].n_in, np.float32)
         self.ybuf = <int64_t *>self._buf(B, np.int64)
         self.n_in = self.L[0].n_in

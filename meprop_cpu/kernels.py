@@ -188,7 +188,8 @@ def _check_finite(a, name):
 
 def topk_rows_into(g, k, idx, val, ws, nthreads):
     """Unchecked: per-row top-k of g into idx/val. Returns the non-finite count."""
-    heap = ws.get("heap", (nthreads * _kernels.topk_ws_entries(k),), np.int64)
+    heap = ws.get("heap", (nthreads * _kernels.thread_stride(_kernels.topk_ws_entries(k)),),
+                  np.int64)
     return _kernels.topk_rows(g, k, idx, val, heap, nthreads)
 
 
@@ -274,8 +275,8 @@ def sparse_backward_into(x, W, idx, val, ws, nthreads, need_dx=True, factored=Fa
     if need_dx:
         B, k = idx.shape
         dx = ws.get("dx", (B, W.shape[1]), np.float32)
-        sel = ws.get("sel", (nthreads * k,), np.int32)
-        coef = ws.get("coef", (nthreads * k,), np.float32)
+        sel = ws.get("sel", (nthreads * _kernels.thread_stride(k),), np.int32)
+        coef = ws.get("coef", (nthreads * _kernels.thread_stride(k),), np.float32)
         _kernels.sparse_dx(W, idx, val, dx, sel, coef, nthreads)
     return dx, sparse_dw_into(x, W.shape[0], idx, val, ws, nthreads, factored)
 

@@ -171,7 +171,8 @@ class Optimizer:
             s1, s2 = self._state_views(st)
             if isinstance(v2, RowGrad):   # factored: gradient rows formed in the kernel
                 x, offsets, pair_b, pair_v, _ = v2._factors
-                gbuf = self._scratch.get("gbuf", (nt * w2.shape[1],), np.float32)
+                gbuf = self._scratch.get("gbuf", (nt * _kernels.thread_stride(w2.shape[1]),),
+                                         np.float32)
                 _kernels.optim_rows_factored(self._kind, w2, s1, s2, rows, r, x, offsets,
                                              pair_b, pair_v, gbuf, self.lr, mom, eps, b1, b2,
                                              self.weight_decay, self.clip, step_size, isb, nt)

@@ -994,3 +994,37 @@ def test_numpy_integer_arguments_accepted():
     assert idx.shape == (4, 2)
     assert K.topk_unified(G, np.int32(3)).shape == (3,)
     assert K.randk_rows(np.int64(2), np.int64(5), np.int16(2), np.uint64(7)).shape == (2, 2)
+
+
+def test_per_thread_scratch_is_padded_and_checked():
+    """Each thread's slice of a scratch buffer starts >= 64 bytes past the end
+    of the previous one (no false sharing); the raw wrappers refuse a buffer
+    sized without the padding instead of writing past its end."""
+    from meprop_cpu import _kernels
+    for n in (1, 15, 16, 17, 20, 784):
+        s = _kernels.thread_stride(n)
+        assert s % 16 == 0 and s >= n + 16
+    rng = np.random.default_rng(0)
+    W = make_values(rng, (50, 30), "normal")
+    g = make_values(rng, (8, 50), "normal")
+    idx, val = K.topk_rows(g, 5)
+    dx = np.empty((8, 30), np.float32)
+    short = np.empty(2 * 5, np.int32)
+    with pytest.raises(ValueError, match="sel_ws has 10 entries"):
+        _kernels.sparse_dx(W, idx, val, dx, short, np.empty(2 * 5, np.float32), 2)
+    st = _kernels.thread_stride(5)
+    with pytest.raises(ValueError, match="coef_ws"):
+        _kernels.sparse_dx(W, idx, val, dx, np.empty(2 * st, np.int32),
+                           np.empty(2 * 5, np.float32), 2)
+    _kernels.sparse_dx(W, idx, val, dx, np.empty(2 * st, np.int32),
+                       np.empty(2 * st, np.float32), 2)
+    with pytest.raises(ValueError, match="heap_ws"):
+        _kernels.topk_rows(g, 5, idx, val, np.empty(_kernels.topk_ws_entries(5), np.int64), 2)
+    w = np.zeros((50, 30), np.float32)
+    rows = np.array([1, 4], np.int32)
+    offsets = np.array([0, 1, 2], np.int32)
+    with pytest.raises(ValueError, match="gbuf"):
+        _kernels.optim_rows_factored(0, w, None, None, rows, 2, dx, offsets,
+                                     np.array([0, 1], np.int32), np.ones(2, np.float32),
+                                     np.empty(2 * 30, np.float32), 0.1, 0.0, 0.0, 0.0, 0.0,
+                                     0.0, 0.0, 0.0, 0.0, 2)

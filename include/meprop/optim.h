@@ -82,7 +82,8 @@ static inline void mp_optim_row(int kind, float *w, float *s1, float *s2, int64_
 
 /* The same update from the factored gradient of a sparse backward (the
  * output of mp_group_pairs): row q's gradient, the sum of pair_v * x[pair_b]
- * over its pairs, is formed in a per-thread buffer (gbuf: nthreads * n_cols
+ * over its pairs, is formed in a per-thread buffer (gbuf: nthreads *
+ * mp_thread_stride(n_cols)
  * floats; one row stays in L1) and applied at once, so the (r, n_cols)
  * gradient never goes to memory. Same arithmetic as mp_sparse_dw followed by
  * mp_optim_rows: bit-identical to it. */
@@ -95,8 +96,8 @@ static void mp_optim_rows_factored(int kind, float *w, float *s1, float *s2,
     const int avx512 = mp_cpu_avx512();
     #pragma omp parallel num_threads(team) if (team > 1)
     {
-        float *g = gbuf + (int64_t)mp_omp_thread_num() * n_cols;
-        #pragma omp for schedule(dynamic, 4)
+        float *g = gbuf + (int64_t)mp_omp_thread_num() * mp_thread_stride(n_cols);
+        #pragma omp for schedule(static)
         for (int64_t q = 0; q < r; q++) {
             int64_t p0 = offsets[q];
             mp_gather_sum(g, n_cols, x, pair_b + p0, pair_v + p0, offsets[q + 1] - p0, avx512);

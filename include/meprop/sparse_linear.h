@@ -131,7 +131,8 @@ static inline void mp_gather_sum(float *y, int64_t n, const float *src, const in
 }
 
 /* dx (B, n_in) from W (n_out, n_in) and the pairs (idx, val) (B, k).
- * sel_ws / coef_ws: nthreads * k scratch entries for the non-zero pairs. */
+ * sel_ws / coef_ws: nthreads * mp_thread_stride(k) scratch entries for the
+ * non-zero pairs. */
 static void mp_sparse_dx(const float *W, int64_t n_in, const int32_t *idx, const float *val,
                          int64_t B, int64_t k, float *dx, int32_t *sel_ws, float *coef_ws,
                          int nthreads) {
@@ -139,8 +140,8 @@ static void mp_sparse_dx(const float *W, int64_t n_in, const int32_t *idx, const
     const int avx512 = mp_cpu_avx512();
     #pragma omp parallel num_threads(team) if (team > 1)
     {
-        int32_t *sel = sel_ws + (int64_t)mp_omp_thread_num() * k;
-        float *coef = coef_ws + (int64_t)mp_omp_thread_num() * k;
+        int32_t *sel = sel_ws + (int64_t)mp_omp_thread_num() * mp_thread_stride(k);
+        float *coef = coef_ws + (int64_t)mp_omp_thread_num() * mp_thread_stride(k);
         #pragma omp for schedule(static)
         for (int64_t b = 0; b < B; b++) {
             int64_t np = 0;
@@ -234,7 +235,7 @@ static void mp_sparse_dw(const float *x, int64_t n_in, int64_t r, const int32_t 
     int64_t npairs = offsets[r];
     int team = mp_team_size(nthreads, npairs * n_in, r);
     const int avx512 = mp_cpu_avx512();
-    #pragma omp parallel for num_threads(team) if (team > 1) schedule(dynamic, 4)
+    #pragma omp parallel for num_threads(team) if (team > 1) schedule(static)
     for (int64_t q = 0; q < r; q++) {
         int64_t p0 = offsets[q];
         mp_gather_sum(values + q * n_in, n_in, x, pair_b + p0, pair_v + p0, offsets[q + 1] - p0,

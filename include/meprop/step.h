@@ -47,8 +47,8 @@ typedef struct {
     float *gw;              /* (n_out, n_in) dense weight gradient (k == 0 or masked) */
     float *dys;             /* (B, n_out) dy with the unselected entries zeroed (masked) */
     int32_t *idx; float *val;                 /* (B, k) top-k pairs */
-    mp_entry *heap;                           /* nthreads * mp_topk_ws_entries(k) */
-    int32_t *sel; float *coef;                /* nthreads * k */
+    mp_entry *heap;   /* nthreads * mp_thread_stride(mp_topk_ws_entries(k)) */
+    int32_t *sel; float *coef;                /* nthreads * mp_thread_stride(k) */
     int32_t *cursor, *rows, *offsets;         /* n_out, min(n_out, B k), that + 1 */
     int32_t *pair_b; float *pair_v;           /* B k */
     const float *x;         /* set by the step: this layer's input for the batch */
@@ -110,7 +110,7 @@ static void mp_step_colsum(const float *dy, int64_t B, int64_t n, float *out) {
  * position; nothing changed); 2: the loss is not finite (res->loss; nothing
  * changed); 3: the top-k of layer res->layer met res->bad non-finite
  * gradient entries (nothing changed). On 0 every parameter's step count went
- * up by one: the caller records that. gbuf: nthreads * max n_in floats. */
+ * up by one: the caller records that. gbuf: nthreads * mp_thread_stride(max n_in) floats. */
 static int mp_mlp_step(mp_step_layer *L, int nl, const float *x, const int64_t *labels,
                        int64_t B, const mp_step_optim *opt, float *gbuf, int nthreads,
                        mp_step_result *res) {

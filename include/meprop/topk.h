@@ -335,7 +335,8 @@ static inline int mp_topk_use_avx512(void) {
 }
 
 /* Per-example top-k of g (B, n) by |g|.
- * IN  g (B, n), k in [1, n], heap_ws: nthreads * mp_topk_ws_entries(k) entries
+ * IN  g (B, n), k in [1, n], heap_ws: nthreads * mp_thread_stride(mp_topk_ws_entries(k))
+ *     entries
  * OUT idx (B, k) ascending per row, val (B, k) = g at idx
  * Returns the number of non-finite entries found (outputs then meaningless). */
 static int64_t mp_topk_rows(const float *g, int64_t B, int64_t n, int64_t k,
@@ -345,7 +346,8 @@ static int64_t mp_topk_rows(const float *g, int64_t B, int64_t n, int64_t k,
     const int avx512 = mp_topk_use_avx512();
     #pragma omp parallel num_threads(team) if (team > 1) reduction(+:bad)
     {
-        mp_entry *heap = heap_ws + (int64_t)mp_omp_thread_num() * mp_topk_ws_entries(k);
+        mp_entry *heap = heap_ws
+            + (int64_t)mp_omp_thread_num() * mp_thread_stride(mp_topk_ws_entries(k));
         #pragma omp for schedule(static)
         for (int64_t b = 0; b < B; b++) {
             const float *row = g + b * n;
