@@ -91,12 +91,15 @@ def test_fused_step_is_bit_identical_with_parallel_sized_layers(k):
     _assert_same(a, b)
 
 
-def test_fused_step_follows_mesimp_compaction_and_optimizer_resets():
+@pytest.mark.parametrize("k", [10, 20])
+def test_fused_step_follows_mesimp_compaction_and_optimizer_resets(k):
     """Hit counting, shrinking the layers and the authors' resets: the fused
-    step rebuilds after each compaction and stays identical."""
+    step rebuilds after each compaction and stays identical (k=10: gather
+    backward until the layers shrink below 4 k; k=20: masked from the start,
+    where the fused step counts hits by columns of the masked dy)."""
     def make_cb(model, opt):
         return Simplifier(model, opt, prune_rate=0.2, schedule=CycleSchedule(1, 3))
-    kw = dict(sizes=[24, 60, 50, 5], k=10, batch=6, epochs=3, make_cb=make_cb)
+    kw = dict(sizes=[24, 60, 50, 5], k=k, batch=6, epochs=3, make_cb=make_cb)
     a = _train(True, **kw)
     b = _train(False, **kw)
     assert a.step_path == "fused"

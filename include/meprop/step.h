@@ -159,10 +159,18 @@ static int mp_mlp_step(mp_step_layer *L, int nl, const float *x, const int64_t *
             int64_t bad = mp_topk_rows(l->dy, B, l->n_out, l->k, l->idx, l->val, l->heap,
                                        nthreads);
             if (bad) { res->bad = bad; res->layer = i; return 3; }
-            if (l->hits) mp_count_hits(l->idx, l->val, B * l->k, l->hits);
-            if (mp_backward_masked(l->k, l->n_out)) {   /* as kernels.sparse_backward_into */
+            const int masked = mp_backward_masked(l->k, l->n_out);
+            if (l->hits && !masked) mp_count_hits(l->idx, l->val, B * l->k, l->hits);
+            if (masked) {   /* as kernels.sparse_backward_into */
                 l->r = mp_scatter_pairs(l->idx, l->val, B, l->k, l->n_out, l->dys, l->cursor,
                                         l->rows);
+                /* the same counts as mp_count_hits: a row's top-k indices are
+                 * distinct, so dys[b, j] != 0 exactly for its non-zero pairs;
+                 * counted by columns, which vectorises */
+                if (l->hits)
+                    for (int64_t b = 0; b < B; b++)
+                        for (int64_t j = 0; j < l->n_out; j++)
+                            l->hits[j] += l->dys[b * l->n_out + j] != 0.0f;
                 if (l->need_dx)
                     mp_matmul_nn(l->dys, l->W, l->dx, B, l->n_out, l->n_in, nthreads);
                 mp_matmul_tn(l->dys, l->x, l->gw, l->n_out, B, l->n_in, nthreads);
