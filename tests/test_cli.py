@@ -57,6 +57,24 @@ def test_train_variants(capsys, tmp_path, extra, mode, k):
         assert [r["event"] for r in recs] == ["eval", "epoch", "summary"]
 
 
+def test_train_fused_and_no_fused_end_in_the_same_weights(capsys, tmp_path):
+    """The default run takes the fused step (and says so); --no-fused the
+    module path; both write bit-identical checkpoints (weights and optimizer state)."""
+    weights = []
+    for extra, path in (([], "fused"), (["--no-fused"], "modules")):
+        log, ck = tmp_path / f"{path}.jsonl", tmp_path / f"{path}.npz"
+        rc, out, err = run(capsys, *BASE, "--epochs", "1", "--log-json", str(log),
+                           "--checkpoint", str(ck), *extra)
+        assert rc == 0, err
+        assert ("fused step" in out) == (path == "fused")
+        recs = [json.loads(line) for line in log.read_text().splitlines()]
+        assert recs[0]["step_path"] == path
+        meta, arrays = read_checkpoint(ck)
+        weights.append({k: v for k, v in arrays.items() if k.startswith(("param:", "opt:"))})
+    assert weights[0].keys() == weights[1].keys() and weights[0]
+    assert all(weights[0][k].tobytes() == weights[1][k].tobytes() for k in weights[0])
+
+
 def test_checkpoint_and_resume_match_a_straight_run(capsys, tmp_path):
     straight, part = tmp_path / "a.npz", tmp_path / "b.npz"
     common = [*BASE, "--dropout", "0.2", "--seed", "4"]
