@@ -33,6 +33,7 @@ cdef extern from "meprop/sparse_linear.h":
 cdef extern from "meprop/step.h":
     ctypedef struct mp_step_layer:
         int64_t n_in, n_out, k
+        int unified
         int relu, need_dx
         int64_t *hits
         const float *drop_u
@@ -53,6 +54,8 @@ cdef extern from "meprop/step.h":
         float *gb
         float *gw
         float *dys
+        float *colsum
+        float *wk
         int32_t *idx
         float *val
         mp_entry *heap
@@ -111,7 +114,8 @@ cdef class MLPStep:
 
     layers: one dict per Linear with keys W, b (parameter arrays), sW, sb
     (lists of the optimizer's state arrays for them, 0-2 each), hits (int64
-    array or None), k (0 for a dense backward), relu, need_dx, and optionally
+    array or None), k (0 for a dense backward), unified (one index set per
+    batch), relu, need_dx, and optionally
     drop_u (float32 (max_batch, n_out): where the caller draws the dropout
     uniforms before each run) with drop_p (the dropout probability). max_batch, threads: the largest batch and thread count run()
     will be given.
@@ -190,11 +194,19 @@ cdef class MLPStep:
             l.dy = self._buf(B * n_out, np.float32)
             l.dx = self._buf(B * n_in, np.float32) if l.need_dx else NULL
             l.gb = self._buf(n_out, np.float32)
-            if k == 0 or mp_backward_masked(k, n_out):
+            l.unified = 1 if (k > 0 and d.get("unified")) else 0
+            if l.unified:   # the selected columns of dy and rows of W, the k gradient rows
+                l.idx = <int32_t *>self._buf(k, np.int32)
+                l.colsum = self._buf(n_out, np.float32)
+                l.heap = <mp_entry *>self._buf(mp_topk_ws_entries(k), np.int64)
+                l.dys = self._buf(B * k, np.float32)
+                l.wk = self._buf(k * n_in, np.float32)
+                l.gw = self._buf(k * n_in, np.float32)
+            if k == 0 or (not l.unified and mp_backward_masked(k, n_out)):
                 l.gw = self._buf(n_out * n_in, np.float32)
-            if k > 0 and mp_backward_masked(k, n_out):
+            if k > 0 and not l.unified and mp_backward_masked(k, n_out):
                 l.dys = self._buf(B * n_out, np.float32)
-            if k > 0:
+            if k > 0 and not l.unified:
                 npairs = B * k
                 l.idx = <int32_t *>self._buf(npairs, np.int32)
                 l.val = self._buf(npairs, np.float32)

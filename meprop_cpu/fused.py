@@ -17,9 +17,9 @@ takes the module path. A model qualifies when :func:`unsupported` returns None:
   ..., Linear`` (no other activation; no subclasses, no forward / backward
   replaced on an instance), in training mode; dropout draws its uniforms
   from each Dropout's own generator, as Dropout.forward does;
-* each Linear backpropagates per-example top-k (mode ``"topk"``) or densely
-  (``k=None``, ``k >= n_out`` or mode ``"dense"``), and every layer but the
-  first computes its input gradient;
+* each Linear backpropagates per-example or unified top-k (mode ``"topk"``
+  or ``"unified"``) or densely (``k=None``, ``k >= n_out`` or mode
+  ``"dense"``), and every layer but the first computes its input gradient;
 * the optimizer is :class:`~meprop_cpu.optim.SGD`, ``AdaGrad`` or ``Adam``
   over exactly the model's parameters, row-sparse (``sparse=True``) when a
   layer is top-k;
@@ -89,8 +89,9 @@ def unsupported(model, optimizer, loss=None):
             {id(p) for p in optimizer.params} != {id(p) for p in params}:
         return "the optimizer does not hold exactly the model's parameters"
     for i, (lin, _) in enumerate(layers):
-        if lin.sparse and lin.mode != "topk":
-            return f"layer {i} uses mode {lin.mode!r} (the fused step does topk and dense)"
+        if lin.sparse and lin.mode not in ("topk", "unified"):
+            return (f"layer {i} uses mode {lin.mode!r} (the fused step does topk, unified "
+                    f"and dense)")
         if lin.sparse and not optimizer.sparse:
             return "the optimizer is dense (sparse=False) and a layer is top-k"
         if i > 0 and not lin.needs_input_grad:
@@ -163,6 +164,7 @@ class FusedStep:
                            "sW": stW["arrays"], "sb": stb["arrays"],
                            "hits": lin.hits if lin.track_hits else None,
                            "k": lin.k if lin.sparse else 0,
+                           "unified": lin.mode == "unified",
                            "relu": i < len(lins) - 1,
                            "need_dx": i > 0 or lin.needs_input_grad})
             if drop is not None and drop.p > 0.0:

@@ -69,6 +69,27 @@ def test_fused_trainer_is_bit_identical_to_the_module_path(opt_cls, kw, k, threa
     _assert_same(a, b)
 
 
+@pytest.mark.parametrize("opt_cls, kw", [(optim.Adam, {}), (optim.SGD, dict(lr=0.05, momentum=0.9)),
+                                         (optim.AdaGrad, dict(lr=0.05, clip=0.1))])
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dropout", [0.0, 0.2])
+def test_fused_unified_topk_is_bit_identical(opt_cls, kw, threads, dropout):
+    a = _train(True, opt_cls, kw, k=6, mode="unified", threads=threads, dropout=dropout)
+    b = _train(False, opt_cls, kw, k=6, mode="unified", threads=threads, dropout=dropout)
+    assert a.step_path == "fused"
+    _assert_same(a, b)
+
+
+def test_fused_unified_topk_with_hits_and_mesimp():
+    def make_cb(model, opt):
+        return Simplifier(model, opt, prune_rate=0.2, schedule=CycleSchedule(1, 3))
+    kw = dict(sizes=[24, 60, 50, 5], k=10, mode="unified", batch=6, epochs=3, make_cb=make_cb)
+    a = _train(True, **kw)
+    b = _train(False, **kw)
+    assert a.step_path == "fused" and a.model.hidden_sizes == b.model.hidden_sizes
+    _assert_same(a, b)
+
+
 def test_fused_step_is_bit_identical_on_the_portable_kernels():
     mods = (_kernels, _dense, _step)
     old = [m.set_avx512_disabled(True) for m in mods]
@@ -170,7 +191,6 @@ def test_fused_step_handles_a_hand_built_sequential():
 
 
 @pytest.mark.parametrize("kwargs, why", [
-    (dict(mode="unified"), "unified"),
     (dict(mode="random"), "random"),
     (dict(opt_cls=optim.Adam, kw=dict(sparse=False)), "dense"),
 ])
@@ -213,10 +233,10 @@ def test_fused_step_falls_back_when_a_callback_breaks_the_pattern():
     def cb(trainer, epoch, step):
         if trainer.global_step == 3:
             lin = trainer.model.linears[1]
-            lin.mode = "unified"
+            lin.mode = "random"
     tr = _train(True, callbacks=[cb], epochs=1)
     assert tr.step_path == "modules"
-    assert "unified" in tr._fused_step.unsupported
+    assert "random" in tr._fused_step.unsupported
 
 
 def test_fused_step_label_errors_leave_everything_unchanged():

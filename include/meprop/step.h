@@ -24,7 +24,8 @@
 
 typedef struct {
     int64_t n_in, n_out;
-    int64_t k;              /* > 0: per-example top-k backward; 0: dense backward */
+    int64_t k;              /* > 0: top-k backward; 0: dense backward */
+    int unified;            /* with k > 0: one index set for the batch (mode "unified") */
     int relu;               /* a ReLU follows this layer (every layer but the last) */
     int need_dx;            /* compute the gradient of the input (not for layer 0) */
     int64_t *hits;          /* meSimp activeness counts, or NULL */
@@ -45,7 +46,10 @@ typedef struct {
     float *dx;              /* (B, n_in) gradient of the input (need_dx only) */
     float *gb;              /* (n_out,) bias gradient */
     float *gw;              /* (n_out, n_in) dense weight gradient (k == 0 or masked) */
-    float *dys;             /* (B, n_out) dy with the unselected entries zeroed (masked) */
+    float *dys;             /* (B, n_out) dy with the unselected entries zeroed (masked);
+                               (B, k) the selected columns of dy (unified) */
+    float *colsum;          /* (n_out,) unified: sum_b |dy| */
+    float *wk;              /* (k, n_in) unified: the selected rows of W */
     int32_t *idx; float *val;                 /* (B, k) top-k pairs */
     mp_entry *heap;   /* nthreads * mp_thread_stride(mp_topk_ws_entries(k)) */
     int32_t *sel; float *coef;                /* nthreads * mp_thread_stride(k) */
@@ -155,6 +159,23 @@ static int mp_mlp_step(mp_step_layer *L, int nl, const float *x, const int64_t *
                 for (int64_t b = 0; b < B; b++)
                     for (int64_t j = 0; j < l->n_out; j++)
                         l->hits[j] += l->dy[b * l->n_out + j] != 0.0f;
+        } else if (l->unified) {   /* as kernels.unified_backward_into */
+            const int64_t k = l->k, n = l->n_out;
+            int64_t bad = mp_topk_unified(l->dy, B, n, k, l->idx, l->colsum, l->heap, nthreads);
+            if (bad) { res->bad = bad; res->layer = i; return 3; }
+            for (int64_t b = 0; b < B; b++)
+                for (int64_t t = 0; t < k; t++) l->dys[b * k + t] = l->dy[b * n + l->idx[t]];
+            if (l->hits)
+                for (int64_t b = 0; b < B; b++)
+                    for (int64_t t = 0; t < k; t++) l->hits[l->idx[t]] += l->dys[b * k + t] != 0.0f;
+            if (l->need_dx) {
+                for (int64_t t = 0; t < k; t++)
+                    memcpy(l->wk + t * l->n_in, l->W + (int64_t)l->idx[t] * l->n_in,
+                           (size_t)l->n_in * sizeof(float));
+                mp_matmul_nn(l->dys, l->wk, l->dx, B, k, l->n_in, nthreads);
+            }
+            mp_matmul_tn(l->dys, l->x, l->gw, k, B, l->n_in, nthreads);
+            l->r = k;
         } else {
             int64_t bad = mp_topk_rows(l->dy, B, l->n_out, l->k, l->idx, l->val, l->heap,
                                        nthreads);
@@ -196,6 +217,9 @@ static int mp_mlp_step(mp_step_layer *L, int nl, const float *x, const int64_t *
         mp_optim_args aw = mp_step_args(opt, l->tW + 1), ab = mp_step_args(opt, l->tb + 1);
         if (l->k == 0)
             mp_optim_rows(opt->kind, l->W, l->sW1, l->sW2, NULL, l->gw, l->n_out, l->n_in, aw,
+                          nthreads);
+        else if (l->unified)   /* rows idx, values gw (k, n_in) */
+            mp_optim_rows(opt->kind, l->W, l->sW1, l->sW2, l->idx, l->gw, l->k, l->n_in, aw,
                           nthreads);
         else if (l->r > 0 && mp_backward_masked(l->k, l->n_out))
             mp_optim_rows_indexed(opt->kind, l->W, l->sW1, l->sW2, l->rows, l->gw, l->r,
