@@ -317,8 +317,9 @@ class Trainer:
     on_epoch: optional ``f(trainer, record)`` called after each epoch with its
     log record (the CLI prints its per-epoch line from it).
     fused: take the whole step (forward, loss, backward, update) in one C
-    call when the model, optimizer and loss allow it (an MLP of Linear+ReLU
-    with topk or dense layers, SGD / AdaGrad / Adam; see
+    call when the model, optimizer and loss allow it (an MLP of Linear +
+    ReLU (+ Dropout) with topk, unified or dense layers, SGD / AdaGrad /
+    Adam; see
     :mod:`meprop_cpu.fused`), bit-identical to the module path and faster on
     small batches. ``trainer.step_path`` says which path the last step took
     ("fused" or "modules"); False always takes the module path.
