@@ -7,7 +7,8 @@ interleaved with the harness's ``meprop_cpu.bench.interleave``:
 * ``modules``: ``model.forward`` / ``loss`` / ``model.backward`` /
   ``opt.step`` (what the Trainer did before the fused step),
 * ``fused``: ``FusedStep.step_rows`` (what the Trainer does now),
-* ``torch``: the same model in PyTorch (dense backprop, torch.optim.Adam),
+* ``torch``: the same model in PyTorch (dense backprop, torch.optim.Adam,
+  fused where available: the harness's ``bench._torch_mlp`` / ``_torch_adam``),
 
 for meProp k = 20 (and k = 160, meSimp's setting) at batch 10 and 100 with
 1 and 2 threads. Each variant trains its own copy of the model on the same
@@ -38,18 +39,27 @@ def _block(step, n):
     return run
 
 
+def _batches(n, B):
+    """A callable returning the next batch's row indices of a fixed shuffle of n rows."""
+    perm = np.random.default_rng(0).permutation(n)
+    pos = [0]
+
+    def next_idx():
+        i = pos[0] % (n // B)
+        pos[0] += 1
+        return perm[i * B:(i + 1) * B]
+    return next_idx
+
+
 def _ours(X, y, B, k, use_fused):
     model = nn.MLP([784, 500, 500, 10], k=k, seed=0)
     opt = optim.Adam(model.parameters(), lr=1e-3)
     loss = nn.SoftmaxCrossEntropy()
     fs = fused.FusedStep(model, opt, B) if use_fused else None
-    perm = np.random.default_rng(0).permutation(X.shape[0])
-    pos = [0]
+    next_idx = _batches(X.shape[0], B)
 
     def step():
-        i = pos[0] % (X.shape[0] // B)
-        pos[0] += 1
-        idx = perm[i * B:(i + 1) * B]
+        idx = next_idx()
         if fs is not None:
             fs.step_rows(X, y, idx)
             return
@@ -61,19 +71,15 @@ def _ours(X, y, B, k, use_fused):
 
 
 def _torch(torch, X, y, B):
-    model = torch.nn.Sequential(torch.nn.Linear(784, 500), torch.nn.ReLU(),
-                                torch.nn.Linear(500, 500), torch.nn.ReLU(),
-                                torch.nn.Linear(500, 10))
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    # the model and Adam (fused where torch has it) of `meprop-cpu bench`'s PyTorch runs
+    model = bench._torch_mlp(torch, (784, 500, 500, 10), 0.0)
+    opt = bench._torch_adam(torch, model.parameters(), lr=1e-3)
     loss_fn = torch.nn.CrossEntropyLoss()
     yt = torch.from_numpy(y)
-    perm = np.random.default_rng(0).permutation(X.shape[0])
-    pos = [0]
+    next_idx = _batches(X.shape[0], B)
 
     def step():
-        i = pos[0] % (X.shape[0] // B)
-        pos[0] += 1
-        idx = perm[i * B:(i + 1) * B]
+        idx = next_idx()
         out = model(torch.from_numpy(X[idx]))
         loss = loss_fn(out, yt[idx])
         opt.zero_grad(set_to_none=True)

@@ -18,9 +18,6 @@ cdef extern from "meprop/parallel.h":
     int mp_avx512_disabled
     int64_t mp_thread_stride(int64_t n) nogil
 
-cdef extern from "meprop/dense.h":
-    int mp_dense_simd_limit
-
 cdef extern from "meprop/topk.h":
     ctypedef struct mp_entry:
         float m
@@ -33,7 +30,7 @@ cdef extern from "meprop/sparse_linear.h":
 cdef extern from "meprop/step.h":
     ctypedef struct mp_step_layer:
         int64_t n_in, n_out, k
-        int unified
+        int unified, masked
         int relu, need_dx
         int64_t *hits
         const float *drop_u
@@ -88,14 +85,6 @@ def set_avx512_disabled(bint disabled):
     return old
 
 
-def set_simd_limit(int level):
-    """Cap the dense products' code path in this extension (tests); returns the old cap."""
-    global mp_dense_simd_limit
-    old = mp_dense_simd_limit
-    mp_dense_simd_limit = level
-    return old
-
-
 cdef void *_ptr(object a, str name, int typenum, int64_t size) except NULL:
     """The data pointer of a C-contiguous, writable array of the given type and size."""
     if type(a) is not np.ndarray:
@@ -107,6 +96,24 @@ cdef void *_ptr(object a, str name, int typenum, int64_t size) except NULL:
                          f"{'float32' if typenum == cnp.NPY_FLOAT32 else 'int64'} array of "
                          f"{size} elements, got {a.dtype} {a.shape}")
     return cnp.PyArray_DATA(arr)
+
+
+cdef cnp.ndarray _carray(object a, str where, str name, int typenum, int ndim, int64_t n0,
+                         int64_t n1):
+    """a as a C-contiguous array of the type and rank, with n0 rows (n0 < 0: any)
+    and, when 2-D, n1 columns; TypeError / ValueError naming it otherwise."""
+    if type(a) is not np.ndarray:
+        raise TypeError(f"{where}: {name} must be a numpy.ndarray, got {type(a).__name__}")
+    cdef cnp.ndarray arr = <cnp.ndarray>a
+    if (cnp.PyArray_TYPE(arr) != typenum or cnp.PyArray_NDIM(arr) != ndim
+            or not cnp.PyArray_IS_C_CONTIGUOUS(arr) or (n0 >= 0 and arr.shape[0] != n0)
+            or (ndim == 2 and arr.shape[1] != n1)):
+        rows = "N" if n0 < 0 else str(n0)
+        shape = f"({rows}, {n1})" if ndim == 2 else f"({rows},)"
+        raise ValueError(f"{where}: {name} must be a C-contiguous "
+                         f"{'float32' if typenum == cnp.NPY_FLOAT32 else 'int64'} array of "
+                         f"shape {shape}, got {a.dtype} {a.shape}")
+    return arr
 
 
 cdef class MLPStep:
@@ -195,6 +202,7 @@ cdef class MLPStep:
             l.dx = self._buf(B * n_in, np.float32) if l.need_dx else NULL
             l.gb = self._buf(n_out, np.float32)
             l.unified = 1 if (k > 0 and d.get("unified")) else 0
+            l.masked = 1 if (k > 0 and not l.unified and mp_backward_masked(k, n_out)) else 0
             if l.unified:   # the selected columns of dy and rows of W, the k gradient rows
                 l.idx = <int32_t *>self._buf(k, np.int32)
                 l.colsum = self._buf(n_out, np.float32)
@@ -202,9 +210,9 @@ cdef class MLPStep:
                 l.dys = self._buf(B * k, np.float32)
                 l.wk = self._buf(k * n_in, np.float32)
                 l.gw = self._buf(k * n_in, np.float32)
-            if k == 0 or (not l.unified and mp_backward_masked(k, n_out)):
+            if k == 0 or l.masked:
                 l.gw = self._buf(n_out * n_in, np.float32)
-            if k > 0 and not l.unified and mp_backward_masked(k, n_out):
+            if l.masked:
                 l.dys = self._buf(B * n_out, np.float32)
             if k > 0 and not l.unified:
                 npairs = B * k
@@ -239,22 +247,11 @@ cdef class MLPStep:
         """run() on the batch X[idx], Y[idx], gathered here into the step's own
         buffers (X float32 (N, n_in) and Y int64 (N,) C-contiguous, idx int64
         (B,) in [0, N))."""
-        if type(X) is not np.ndarray or type(Y) is not np.ndarray or type(idx) is not np.ndarray:
-            raise TypeError("MLPStep.run_rows: X, Y and idx must be numpy arrays")
-        cdef cnp.ndarray xa = <cnp.ndarray>X, ya = <cnp.ndarray>Y, ia = <cnp.ndarray>idx
-        if (cnp.PyArray_TYPE(xa) != cnp.NPY_FLOAT32 or cnp.PyArray_NDIM(xa) != 2
-                or not cnp.PyArray_IS_C_CONTIGUOUS(xa) or xa.shape[1] != self.n_in):
-            raise ValueError(f"MLPStep.run_rows: X must be a C-contiguous float32 "
-                             f"(N, {self.n_in}) array, got {X.dtype} {X.shape}")
+        cdef str where = "MLPStep.run_rows"
+        cdef cnp.ndarray xa = _carray(X, where, "X", cnp.NPY_FLOAT32, 2, -1, self.n_in)
         cdef int64_t N = xa.shape[0], n_in = self.n_in
-        if (cnp.PyArray_TYPE(ya) != cnp.NPY_INT64 or cnp.PyArray_NDIM(ya) != 1
-                or not cnp.PyArray_IS_C_CONTIGUOUS(ya) or ya.shape[0] != N):
-            raise ValueError(f"MLPStep.run_rows: Y must be a contiguous int64 array of {N} "
-                             f"labels, got {Y.dtype} {Y.shape}")
-        if (cnp.PyArray_TYPE(ia) != cnp.NPY_INT64 or cnp.PyArray_NDIM(ia) != 1
-                or not cnp.PyArray_IS_C_CONTIGUOUS(ia)):
-            raise ValueError(f"MLPStep.run_rows: idx must be a contiguous 1-D int64 array, "
-                             f"got {idx.dtype} {idx.shape}")
+        cdef cnp.ndarray ya = _carray(Y, where, "Y", cnp.NPY_INT64, 1, N, 0)
+        cdef cnp.ndarray ia = _carray(idx, where, "idx", cnp.NPY_INT64, 1, -1, 0)
         cdef int64_t B = ia.shape[0], b, r
         if B < 1 or B > self.max_batch:
             raise ValueError(f"MLPStep.run_rows: batch of {B} rows, expected 1..{self.max_batch}")
@@ -282,20 +279,11 @@ cdef class MLPStep:
         status 0 ok (parameters, state and step counts updated), 1 bad label
         (bad = 1 + its position), 2 non-finite loss, 3 non-finite gradient in
         layer's top-k (bad = count); on a non-zero status nothing changed."""
-        if type(x) is not np.ndarray or type(labels) is not np.ndarray:
-            raise TypeError("MLPStep.run: x and labels must be numpy arrays")
-        cdef cnp.ndarray xa = <cnp.ndarray>x, ya = <cnp.ndarray>labels
-        if (cnp.PyArray_TYPE(xa) != cnp.NPY_FLOAT32 or cnp.PyArray_NDIM(xa) != 2
-                or not cnp.PyArray_IS_C_CONTIGUOUS(xa) or xa.shape[1] != self.n_in):
-            raise ValueError(f"MLPStep.run: x must be a C-contiguous float32 (B, {self.n_in}) "
-                             f"array, got {x.dtype} {x.shape}")
+        cdef cnp.ndarray xa = _carray(x, "MLPStep.run", "x", cnp.NPY_FLOAT32, 2, -1, self.n_in)
         cdef int64_t B = xa.shape[0]
         if B < 1 or B > self.max_batch:
             raise ValueError(f"MLPStep.run: batch of {B} rows, expected 1..{self.max_batch}")
-        if (cnp.PyArray_TYPE(ya) != cnp.NPY_INT64 or cnp.PyArray_NDIM(ya) != 1
-                or not cnp.PyArray_IS_C_CONTIGUOUS(ya) or ya.shape[0] != B):
-            raise ValueError(f"MLPStep.run: labels must be a contiguous int64 array of {B} "
-                             f"entries, got {labels.dtype} {labels.shape}")
+        cdef cnp.ndarray ya = _carray(labels, "MLPStep.run", "labels", cnp.NPY_INT64, 1, B, 0)
         return self._run(<const float *>cnp.PyArray_DATA(xa),
                          <const int64_t *>cnp.PyArray_DATA(ya), B, counts, nthreads, kind, lr,
                          momentum, eps, beta1, beta2, weight_decay, clip)

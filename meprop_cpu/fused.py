@@ -42,7 +42,7 @@ from ._config import get_num_threads
 
 __all__ = ["FusedStep", "unsupported"]
 
-_KINDS = {optim.SGD: 0, optim.AdaGrad: 1, optim.Adam: 2}
+_OPTIMIZERS = (optim.SGD, optim.AdaGrad, optim.Adam)   # their _kind: the C step's kind
 
 
 def _layers(mods):
@@ -82,7 +82,7 @@ def unsupported(model, optimizer, loss=None):
         return layers
     if not model.training:
         return "the model is in eval mode"
-    if type(optimizer) not in _KINDS:
+    if type(optimizer) not in _OPTIMIZERS:
         return f"the optimizer is a {type(optimizer).__name__}, not SGD / AdaGrad / Adam"
     params = model.parameters()
     if len(optimizer.params) != len(params) or \
@@ -158,8 +158,10 @@ class FusedStep:
         lins = [lin for lin, _ in groups]
         layers = []
         self._draws = []
+        self._states = []
         for i, (lin, drop) in enumerate(groups):
             stW, stb = opt._state_for(lin.W), opt._state_for(lin.b)
+            self._states += (stW, stb)
             layers.append({"W": lin.W.data, "b": lin.b.data,
                            "sW": stW["arrays"], "sb": stb["arrays"],
                            "hits": lin.hits if lin.track_hits else None,
@@ -173,7 +175,6 @@ class FusedStep:
                 self._draws.append((drop, u))
         threads = max(nthreads, self._plan.threads if self._plan is not None else 1)
         self._plan = _step.MLPStep(layers, self.max_batch, threads)
-        self._states = [st for lin in lins for st in (opt._state_for(lin.W), opt._state_for(lin.b))]
         self._tracked = [lin for lin in lins if lin.track_hits]
         self._lins = lins
         self._drops = [d for _, d in groups if d is not None]
@@ -195,24 +196,16 @@ class FusedStep:
         for drop, u in self._draws:   # the same draws, in the same order, as Dropout.forward
             drop._rng.random(dtype=np.float32, out=u[:B])
         opt = self.optimizer
-        kind = _KINDS[type(opt)]
-        if kind == 2:
-            b1, b2 = opt.betas
-            mom, eps = 0.0, opt.eps
-        else:
-            b1 = b2 = 0.0
-            mom = opt.momentum if kind == 0 else 0.0
-            eps = opt.eps if kind == 1 else 0.0
-        return ([s["step"] for s in self._states], nt, kind, opt.lr, mom, eps, b1, b2,
+        # momentum, eps and betas as the optimizer's own kernel arguments give them
+        # (the step-dependent Adam corrections are computed per parameter in C)
+        mom, eps, b1, b2 = opt._args(1)[:4]
+        return ([s["step"] for s in self._states], nt, opt._kind, opt.lr, mom, eps, b1, b2,
                 opt.weight_decay, opt.clip)
 
     def _finish(self, out, B, y, idx=None):
         st, loss, bad, layer, tf, tb, tu, th = out
         if st == 1:
-            C = self._plan.n_classes
-            y = y if idx is None else y[idx]
-            raise ValueError(f"SoftmaxCrossEntropy: labels y must lie in [0, {C}), "
-                             f"got range [{y.min()}, {y.max()}]")
+            raise nn._label_range_error(y if idx is None else y[idx], self._plan.n_classes)
         if st == 3:
             raise FloatingPointError(f"Linear.backward: dy contains {bad} NaN/Inf value(s) "
                                      f"(layer {layer})")
@@ -227,15 +220,8 @@ class FusedStep:
 
     def step(self, x, y):
         x = nn._check_input(x, self.model.modules[0].n_in, "FusedStep", "x")
-        if not (type(y) is np.ndarray and y.dtype == np.int64 and y.flags.c_contiguous):
-            y = np.asarray(y)
-            if not np.issubdtype(y.dtype, np.integer):
-                raise TypeError(f"SoftmaxCrossEntropy: y must hold integer labels, got {y.dtype}")
-            y = np.ascontiguousarray(y, dtype=np.int64)
         B = x.shape[0]
-        if y.ndim != 1 or y.shape[0] != B:
-            raise ValueError(f"SoftmaxCrossEntropy: y must be 1-D with {B} labels, "
-                             f"got shape {y.shape}")
+        y = nn._check_labels(y, B)
         args = self._ready(B)
         if args is None:
             return None

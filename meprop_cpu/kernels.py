@@ -273,7 +273,6 @@ def sparse_backward_into(x, W, idx, val, ws, nthreads, need_dx=True, factored=Fa
         return _masked_backward_into(x, W, idx, val, ws, nthreads, need_dx)
     dx = None
     if need_dx:
-        B, k = idx.shape
         dx = ws.get("dx", (B, W.shape[1]), np.float32)
         sel = ws.get("sel", (nthreads * _kernels.thread_stride(k),), np.int32)
         coef = ws.get("coef", (nthreads * _kernels.thread_stride(k),), np.float32)

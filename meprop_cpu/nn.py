@@ -321,23 +321,36 @@ class Dropout(Module):
         self._rng.bit_generator.state = state
 
 
+def _check_labels(y, B):
+    """Class labels y for a batch of B: a contiguous int64 (B,) array (converted
+    if needed); ValueError / TypeError naming y. (The range is checked in C.)"""
+    if type(y) is np.ndarray and y.dtype == np.int64 and y.ndim == 1 and y.shape[0] == B \
+            and y.flags.c_contiguous:
+        return y
+    y = np.asarray(y)
+    if y.ndim != 1 or y.shape[0] != B:
+        raise ValueError(f"SoftmaxCrossEntropy: y must be 1-D with {B} labels, "
+                         f"got shape {y.shape}")
+    if not np.issubdtype(y.dtype, np.integer):
+        raise TypeError(f"SoftmaxCrossEntropy: y must hold integer labels, got {y.dtype}")
+    return np.ascontiguousarray(y, dtype=np.int64)
+
+
+def _label_range_error(y, C):
+    return ValueError(f"SoftmaxCrossEntropy: labels y must lie in [0, {C}), "
+                      f"got range [{y.min()}, {y.max()}]")
+
+
 class SoftmaxCrossEntropy:
     """Mean softmax cross-entropy over the batch; ``backward()`` returns d loss / d logits."""
 
     def forward(self, logits, y):
         logits = _check_input(logits, None, "SoftmaxCrossEntropy", "logits")
-        y = np.asarray(y)
-        if y.ndim != 1 or y.shape[0] != logits.shape[0]:
-            raise ValueError(f"SoftmaxCrossEntropy: y must be 1-D with {logits.shape[0]} labels, "
-                             f"got shape {y.shape}")
-        if not np.issubdtype(y.dtype, np.integer):
-            raise TypeError(f"SoftmaxCrossEntropy: y must hold integer labels, got {y.dtype}")
-        C = logits.shape[1]
+        y = _check_labels(y, logits.shape[0])
         d = np.empty_like(logits)
-        status, loss = _kernels.softmax_xent(logits, np.ascontiguousarray(y, dtype=np.int64), d)
+        status, loss = _kernels.softmax_xent(logits, y, d)
         if status:
-            raise ValueError(f"SoftmaxCrossEntropy: labels y must lie in [0, {C}), "
-                             f"got range [{y.min()}, {y.max()}]")
+            raise _label_range_error(y, logits.shape[1])
         self._d = d
         return loss
 

@@ -26,6 +26,7 @@ typedef struct {
     int64_t n_in, n_out;
     int64_t k;              /* > 0: top-k backward; 0: dense backward */
     int unified;            /* with k > 0: one index set for the batch (mode "unified") */
+    int masked;             /* with k > 0, not unified: mp_backward_masked(k, n_out) */
     int relu;               /* a ReLU follows this layer (every layer but the last) */
     int need_dx;            /* compute the gradient of the input (not for layer 0) */
     int64_t *hits;          /* meSimp activeness counts, or NULL */
@@ -61,6 +62,7 @@ typedef struct {
 
 typedef struct {
     int kind;                            /* MP_OPT_SGD / ADAGRAD / ADAM */
+    /* as the optimizer's _args gives them (zero where its kind has none) */
     double lr, momentum, eps, beta1, beta2, weight_decay, clip;
 } mp_step_optim;
 
@@ -80,14 +82,15 @@ static inline double mp_step_now(void) {
 }
 
 /* The kernel arguments of one parameter's update at step count t (after the
- * increment), computed as Optimizer._args does in double precision. */
+ * increment); Adam's bias corrections as Adam._args computes them in double
+ * precision (a mirror of it: tests/test_fused.py checks the bits). */
 static inline mp_optim_args mp_step_args(const mp_step_optim *o, int64_t t) {
     mp_optim_args a;
     a.lr = (float)o->lr;
-    a.momentum = o->kind == MP_OPT_SGD ? (float)o->momentum : 0.0f;
-    a.eps = o->kind == MP_OPT_SGD ? 0.0f : (float)o->eps;
-    a.beta1 = o->kind == MP_OPT_ADAM ? (float)o->beta1 : 0.0f;
-    a.beta2 = o->kind == MP_OPT_ADAM ? (float)o->beta2 : 0.0f;
+    a.momentum = (float)o->momentum;
+    a.eps = (float)o->eps;
+    a.beta1 = (float)o->beta1;
+    a.beta2 = (float)o->beta2;
     a.weight_decay = (float)o->weight_decay;
     a.clip = (float)o->clip;
     a.step = 0.0f;
@@ -180,9 +183,8 @@ static int mp_mlp_step(mp_step_layer *L, int nl, const float *x, const int64_t *
             int64_t bad = mp_topk_rows(l->dy, B, l->n_out, l->k, l->idx, l->val, l->heap,
                                        nthreads);
             if (bad) { res->bad = bad; res->layer = i; return 3; }
-            const int masked = mp_backward_masked(l->k, l->n_out);
-            if (l->hits && !masked) mp_count_hits(l->idx, l->val, B * l->k, l->hits);
-            if (masked) {   /* as kernels.sparse_backward_into */
+            if (l->hits && !l->masked) mp_count_hits(l->idx, l->val, B * l->k, l->hits);
+            if (l->masked) {   /* as kernels.sparse_backward_into */
                 l->r = mp_scatter_pairs(l->idx, l->val, B, l->k, l->n_out, l->dys, l->cursor,
                                         l->rows);
                 /* the same counts as mp_count_hits: a row's top-k indices are
@@ -221,7 +223,7 @@ static int mp_mlp_step(mp_step_layer *L, int nl, const float *x, const int64_t *
         else if (l->unified)   /* rows idx, values gw (k, n_in) */
             mp_optim_rows(opt->kind, l->W, l->sW1, l->sW2, l->idx, l->gw, l->k, l->n_in, aw,
                           nthreads);
-        else if (l->r > 0 && mp_backward_masked(l->k, l->n_out))
+        else if (l->r > 0 && l->masked)
             mp_optim_rows_indexed(opt->kind, l->W, l->sW1, l->sW2, l->rows, l->gw, l->r,
                                   l->n_in, aw, nthreads);
         else if (l->r > 0)
