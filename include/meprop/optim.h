@@ -106,28 +106,26 @@ static void mp_optim_rows_factored(int kind, float *w, float *s1, float *s2,
     }
 }
 
-/* One update of parameter w (n_rows, n_cols) from the row gradient.
+/* One update of parameter w (n_rows, n_cols) from the row gradient: row q of
+ * values belongs to row rows[q] of w (rows NULL: row q). values_full: values
+ * is instead a full (n_rows, n_cols) gradient of which only the listed rows
+ * are applied (the masked dense meProp backward).
  * s1, s2: state arrays shaped like w (s1 may be NULL for plain SGD). */
-static void mp_optim_rows(int kind, float *w, float *s1, float *s2, const int32_t *rows,
-                          const float *values, int64_t r, int64_t n_cols, mp_optim_args a,
-                          int nthreads) {
+static void mp_optim_rows_at(int kind, float *w, float *s1, float *s2, const int32_t *rows,
+                             const float *values, int values_full, int64_t r, int64_t n_cols,
+                             mp_optim_args a, int nthreads) {
     int team = mp_team_size(nthreads, r * n_cols * 4, r);
     #pragma omp parallel for num_threads(team) if (team > 1) schedule(static)
-    for (int64_t q = 0; q < r; q++)
-        mp_optim_row(kind, w, s1, s2, rows ? (int64_t)rows[q] : q, values + q * n_cols, n_cols, a);
+    for (int64_t q = 0; q < r; q++) {
+        const int64_t j = rows ? (int64_t)rows[q] : q;
+        mp_optim_row(kind, w, s1, s2, j, values + (values_full ? j : q) * n_cols, n_cols, a);
+    }
 }
 
-/* The same update with the gradient of row rows[q] at values_full + rows[q] *
- * n_cols (a full (n_rows, n_cols) gradient of which only the listed rows are
- * applied: the masked dense meProp backward). */
-static void mp_optim_rows_indexed(int kind, float *w, float *s1, float *s2, const int32_t *rows,
-                                  const float *values_full, int64_t r, int64_t n_cols,
-                                  mp_optim_args a, int nthreads) {
-    int team = mp_team_size(nthreads, r * n_cols * 4, r);
-    #pragma omp parallel for num_threads(team) if (team > 1) schedule(static)
-    for (int64_t q = 0; q < r; q++)
-        mp_optim_row(kind, w, s1, s2, rows[q], values_full + (int64_t)rows[q] * n_cols, n_cols,
-                     a);
+static inline void mp_optim_rows(int kind, float *w, float *s1, float *s2, const int32_t *rows,
+                                 const float *values, int64_t r, int64_t n_cols,
+                                 mp_optim_args a, int nthreads) {
+    mp_optim_rows_at(kind, w, s1, s2, rows, values, 0, r, n_cols, a, nthreads);
 }
 
 #endif

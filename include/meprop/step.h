@@ -224,8 +224,8 @@ static int mp_mlp_step(mp_step_layer *L, int nl, const float *x, const int64_t *
             mp_optim_rows(opt->kind, l->W, l->sW1, l->sW2, l->idx, l->gw, l->k, l->n_in, aw,
                           nthreads);
         else if (l->r > 0 && l->masked)
-            mp_optim_rows_indexed(opt->kind, l->W, l->sW1, l->sW2, l->rows, l->gw, l->r,
-                                  l->n_in, aw, nthreads);
+            mp_optim_rows_at(opt->kind, l->W, l->sW1, l->sW2, l->rows, l->gw, 1, l->r,
+                             l->n_in, aw, nthreads);
         else if (l->r > 0)
             mp_optim_rows_factored(opt->kind, l->W, l->sW1, l->sW2, l->rows, l->r, l->n_in,
                                    l->x, l->offsets, l->pair_b, l->pair_v, gbuf, aw, nthreads);
