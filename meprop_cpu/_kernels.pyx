@@ -30,6 +30,11 @@ cdef extern from "meprop/topk.h":
                        int nthreads) nogil
     int64_t mp_topk_ws_entries(int64_t k) nogil
     void mp_count_hits(const int32_t *idx, const float *val, int64_t npairs, int64_t *hits) nogil
+    int64_t mp_topk_mask_rows(const float *g, int64_t B, int64_t n, int64_t k, float *out,
+                              float *ws, int nthreads) nogil
+    int64_t mp_topk_mask_ws_floats(int64_t n) nogil
+    int64_t mp_mask_columns(const float *m, int64_t B, int64_t n, int32_t *cnt,
+                            int32_t *rows) nogil
 
 cdef extern from "meprop/sparse_linear.h":
     void mp_sparse_dx(const float *W, int64_t n_in, const int32_t *idx, const float *val,
@@ -124,6 +129,36 @@ def topk_rows(const float[:, ::1] g, int64_t k, int32_t[:, ::1] idx, float[:, ::
         bad = mp_topk_rows(&g[0, 0], g.shape[0], g.shape[1], k, &idx[0, 0], &val[0, 0],
                            <mp_entry *> &heap_ws[0], nthreads)
     return bad
+
+
+def topk_mask_ws_floats(int64_t n):
+    """Scratch floats one thread needs for topk_mask_rows on rows of n entries."""
+    return mp_topk_mask_ws_floats(n)
+
+
+def topk_mask_rows(const float[:, ::1] g, int64_t k, float[:, ::1] out, float[::1] ws,
+                   int nthreads):
+    """IN g (B, n); OUT out (B, n) = g on each row's top-k, 0 elsewhere (only the
+    non-zero selected entries: see topk.h). Returns the count of non-finite entries."""
+    cdef int64_t bad
+    if out.shape[0] != g.shape[0] or out.shape[1] != g.shape[1]:
+        raise ValueError(f"out has shape ({out.shape[0]}, {out.shape[1]}), g ({g.shape[0]}, {g.shape[1]})")
+    _check_ws(ws.shape[0], nthreads * mp_thread_stride(mp_topk_mask_ws_floats(g.shape[1])), "ws")
+    with nogil:
+        bad = mp_topk_mask_rows(&g[0, 0], g.shape[0], g.shape[1], k, &out[0, 0], &ws[0],
+                                nthreads)
+    return bad
+
+
+def mask_columns(const float[:, ::1] m, int32_t[::1] cnt, int32_t[::1] rows):
+    """cnt (n,) <- the rows with m[b, j] != 0 per column; rows <- the columns with
+    any, ascending. Returns their count r."""
+    cdef int64_t r
+    if cnt.shape[0] < m.shape[1] or rows.shape[0] < m.shape[1]:
+        raise ValueError(f"cnt and rows need {m.shape[1]} entries")
+    with nogil:
+        r = mp_mask_columns(&m[0, 0], m.shape[0], m.shape[1], &cnt[0], &rows[0])
+    return r
 
 
 def topk_unified(const float[:, ::1] g, int64_t k, int32_t[::1] idx, float[::1] colsum_ws,

@@ -23,6 +23,7 @@ cdef extern from "meprop/topk.h":
         float m
         int32_t i
     int64_t mp_topk_ws_entries(int64_t k) nogil
+    int64_t mp_topk_mask_ws_floats(int64_t n) nogil
 
 cdef extern from "meprop/sparse_linear.h":
     int mp_backward_masked(int64_t k, int64_t n_out) nogil
@@ -56,6 +57,7 @@ cdef extern from "meprop/step.h":
         int32_t *idx
         float *val
         mp_entry *heap
+        float *mws
         int32_t *sel
         float *coef
         int32_t *cursor
@@ -212,9 +214,13 @@ cdef class MLPStep:
                 l.gw = self._buf(k * n_in, np.float32)
             if k == 0 or l.masked:
                 l.gw = self._buf(n_out * n_in, np.float32)
-            if l.masked:
+            if l.masked:   # the masked top-k writes dys; cursor counts its columns
                 l.dys = self._buf(B * n_out, np.float32)
-            if k > 0 and not l.unified:
+                l.mws = self._buf(threads * mp_thread_stride(mp_topk_mask_ws_floats(n_out)),
+                                  np.float32)
+                l.cursor = <int32_t *>self._buf(n_out, np.int32)
+                l.rows = <int32_t *>self._buf(n_out, np.int32)
+            elif k > 0 and not l.unified:
                 npairs = B * k
                 l.idx = <int32_t *>self._buf(npairs, np.int32)
                 l.val = self._buf(npairs, np.float32)

@@ -283,20 +283,47 @@ def sparse_backward_into(x, W, idx, val, ws, nthreads, need_dx=True, factored=Fa
 def _masked_backward_into(x, W, idx, val, ws, nthreads, need_dx):
     """The sparse backward as two dense products on the masked gradient."""
     B, k = idx.shape
-    n_out, n_in = W.shape
+    n_out = W.shape[0]
     dyS = ws.get("dyS_masked", (B, n_out), np.float32)
     flag = ws.get("cursor", (n_out,), np.int32)
     rows = ws.get("rows", (min(n_out, B * k),), np.int32)
     r = _kernels.scatter_pairs(idx, val, dyS, flag, rows)
+    return _masked_products_into(x, W, dyS, rows[:r], ws, nthreads, need_dx)
+
+
+def _masked_products_into(x, W, dyS, rows, ws, nthreads, need_dx):
+    """dx = dyS W (None unless need_dx) and the RowGrad of dyS^T x on ``rows``."""
+    B, n_in = x.shape
     dx = None
     if need_dx:
         dx = ws.get("dx", (B, n_in), np.float32)
         _dense.matmul_nn(dyS, W, dx, nthreads)
-    full = ws.get("values_full", (n_out, n_in), np.float32)
+    full = ws.get("values_full", W.shape, np.float32)
     _dense.matmul_tn(dyS, x, full, nthreads)
-    values = ws.get("values", (r, n_in), np.float32)
-    np.take(full, rows[:r], axis=0, out=values)
-    return dx, RowGrad(rows[:r], values)
+    values = ws.get("values", (rows.shape[0], n_in), np.float32)
+    np.take(full, rows, axis=0, out=values)
+    return dx, RowGrad(rows, values)
+
+
+def topk_masked_backward_into(x, W, dy, k, ws, nthreads, need_dx=True):
+    """Unchecked per-example top-k backward in the masked form (for k > n_out / 4,
+    ``_kernels.backward_masked``): dy keeps each row's top-k entries, the rest
+    is zeroed, and the two products run dense; no index list is made.
+    Returns (bad, dx, RowGrad, counts): bad = the non-finite count of dy (the
+    rest None when it is not 0); counts int32 (n_out,) = the examples whose
+    selection holds neuron j with a non-zero value (what count_hits adds)."""
+    B, n_out = dy.shape
+    dyS = ws.get("dyS_masked", (B, n_out), np.float32)
+    mws = ws.get("mask_ws", (nthreads * _kernels.thread_stride(
+        _kernels.topk_mask_ws_floats(n_out)),), np.float32)
+    bad = _kernels.topk_mask_rows(dy, k, dyS, mws, nthreads)
+    if bad:
+        return bad, None, None, None
+    counts = ws.get("mask_counts", (n_out,), np.int32)
+    rows = ws.get("mask_rows", (n_out,), np.int32)
+    r = _kernels.mask_columns(dyS, counts, rows)
+    dx, grad = _masked_products_into(x, W, dyS, rows[:r], ws, nthreads, need_dx)
+    return 0, dx, grad, counts
 
 
 def sparse_dw_into(x, n_out, idx, val, ws, nthreads, factored=False):

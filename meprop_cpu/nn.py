@@ -212,6 +212,17 @@ class Linear(Module):
                 self.hits[idx] += np.count_nonzero(dyS, axis=0)
                 self.seen += B
             return dx
+        if self.mode == "topk" and _kernels.backward_masked(k, self.n_out):
+            # k > n_out / 4: dense products on the masked dy (see sparse_linear.h)
+            bad, dx, grad, counts = kernels.topk_masked_backward_into(
+                x, W, dy, k, ws, nt, self.needs_input_grad)
+            if bad:
+                raise FloatingPointError(f"Linear.backward: dy contains {bad} NaN/Inf value(s)")
+            self.W.grad = grad
+            if self.track_hits:
+                self.hits += counts
+                self.seen += B
+            return dx
         idx = ws.get("idx", (B, k), np.int32)
         val = ws.get("val", (B, k), np.float32)
         if self.mode == "topk":

@@ -481,9 +481,19 @@ def test_linear_backward_uses_the_masked_form_above_a_quarter():
     x = make_values(rng, (8, 30), "normal")
     for k, factored in ((10, True), (11, False)):       # n_out = 40: the rule is 4 k > 40
         lin = Linear(30, 40, k=k, seed=1)
+        lin.track_hits = True
         lin.forward(x)
-        dx = lin.backward(make_values(rng, (8, 40), "normal"))
+        dy = make_values(rng, (8, 40), "zeros")
+        dx = lin.backward(dy)
         assert lin.W.grad.factored is factored and dx.shape == (8, 30)
+        # either form: the gradient and the meSimp counts of the selected pairs
+        idx, val = ref_topk_rows(dy, k)
+        np.testing.assert_array_equal(lin.hits, ref_hits(idx, val, 40))
+        assert lin.seen == 8
+        rdx, rows, rvalues, absdx, absvalues = ref_sparse_backward(x, lin.W.data, idx, val)
+        np.testing.assert_array_equal(lin.W.grad.rows, rows)
+        assert_close_sum(lin.W.grad.values, rvalues, absvalues, 8, "dW values")
+        assert_close_sum(dx, rdx, absdx, k, "dx")
 
 
 def test_sparse_backward_results_do_not_alias_between_calls():
@@ -779,6 +789,119 @@ def test_property_sparse_backward(seed):
     assert_bit_equal(dx1, dx2)
     assert_bit_equal(g1.rows, g2.rows)
     assert_bit_equal(g1.values, g2.values)
+
+
+# ---------------------------------------------------- masked top-k rows
+
+def ref_topk_mask(g, k):
+    """The masked form of the per-row top-k: g on the selected non-zero entries,
+    +0.0 everywhere else."""
+    ridx, rval = ref_topk_rows(g, k)
+    out = np.zeros(g.shape, dtype=np.float32)
+    for b in range(g.shape[0]):
+        for j, v in zip(ridx[b], rval[b]):
+            if v != 0:
+                out[b, j] = v
+    return out
+
+
+def mask_ws(n, threads):
+    return np.zeros(threads * K._kernels.thread_stride(K._kernels.topk_mask_ws_floats(n)),
+                    np.float32)
+
+
+def check_topk_mask_rows(g, k, threads):
+    B, n = g.shape
+    g_before = g.copy()
+    out = np.full((B, n), np.nan, dtype=np.float32)
+    assert K._kernels.topk_mask_rows(g, k, out, mask_ws(n, threads), threads) == 0
+    want = ref_topk_mask(g, k)
+    assert_bit_equal(out, want, "masked top-k")
+    assert_bit_equal(g, g_before, "g must not be modified")
+    cnt = np.full(n, -1, np.int32)
+    rows = np.full(n, -1, np.int32)
+    r = K._kernels.mask_columns(out, cnt, rows)
+    np.testing.assert_array_equal(cnt, np.count_nonzero(want, axis=0))
+    np.testing.assert_array_equal(rows[:r], np.flatnonzero(np.any(want != 0, axis=0)))
+    ridx, rval = ref_topk_rows(g, k)
+    np.testing.assert_array_equal(cnt, ref_hits(ridx, rval, n))
+    return out
+
+
+@pytest.mark.parametrize("n", [1, 5, 64, 100, 101, 313, 474, 1000])
+@pytest.mark.parametrize("kind", KINDS)
+def test_topk_mask_rows_matches_the_reference(n, kind):
+    """The masked top-k of the dense-product backward (k > n/4) keeps exactly the
+    non-zero entries the per-row top-k selects, bit for bit: rows with fewer
+    than k non-zeros, ties at the k-th magnitude, and more than 100 candidates
+    (the radix select) included."""
+    rng = np.random.default_rng(n + 11)
+    g = make_values(rng, (9, n), kind)
+    for k in sorted({1, n // 4 + 1, n // 3 + 1, n // 2, n - 1, n} - {0}):
+        check_topk_mask_rows(g, k, threads=1 + (k % 2))
+
+
+@pytest.mark.parametrize("values", [
+    [3.0],                                   # every entry equal: the answer is a tie
+    [1.0, 2.0],                              # two values, many ties at the k-th
+    [1.0, 1.0000001],                        # adjacent floats
+    [1e-45, 1.0, 3e38],                      # the whole finite range in one row
+    [1e-40, 2e-40, 3e-40],                   # subnormals only
+])
+@pytest.mark.parametrize("n,k", [(300, 101), (300, 150), (500, 160), (1000, 999)])
+def test_topk_mask_rows_and_topk_rows_on_degenerate_value_sets(values, n, k):
+    """Rows with far more than 100 non-zero candidates drawn from a handful of
+    magnitudes: the radix select must find the k-th even when its buckets
+    cannot split the values, and the ties go to the lowest indices."""
+    rng = np.random.default_rng(len(values) + n)
+    g = (rng.choice(np.array(values, np.float32), size=(4, n))
+         * rng.choice(np.array([-1, 1], np.float32), size=(4, n)))
+    g = np.ascontiguousarray(g, dtype=np.float32)
+    check_topk_mask_rows(g, k, threads=1)
+    check_topk_rows(g, k, threads=1)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_topk_mask_rows_large_parallel_is_thread_independent(kind):
+    rng = np.random.default_rng(5)
+    g = make_values(rng, (256, 1029), kind)
+    assert 256 * 1029 * 8 >= MIN_WORK
+    out1 = check_topk_mask_rows(g, 400, threads=1)
+    out2 = check_topk_mask_rows(g, 400, threads=2)
+    assert_bit_equal(out1, out2)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_topk_mask_rows_counts_non_finite_like_topk_rows(threads):
+    rng = np.random.default_rng(2)
+    g = make_values(rng, (40, 300), "normal")
+    g[3, 7] = np.nan
+    g[3, 9] = np.inf
+    g[20, 0] = -np.inf
+    idx = np.empty((40, 200), np.int32)
+    val = np.empty((40, 200), np.float32)
+    assert K.topk_rows_into(g, 200, idx, val, K.Workspace(), threads) == 3
+    out = np.empty_like(g)
+    assert K._kernels.topk_mask_rows(g, 200, out, mask_ws(300, threads), threads) == 3
+
+
+def test_topk_mask_rows_checks_its_buffers():
+    g = np.ones((4, 50), np.float32)
+    out = np.empty((4, 50), np.float32)
+    with pytest.raises(ValueError, match="ws"):
+        K._kernels.topk_mask_rows(g, 20, out, mask_ws(50, 1)[:100 - 1], 1)
+    with pytest.raises(ValueError, match="out"):
+        K._kernels.topk_mask_rows(g, 20, np.empty((4, 49), np.float32), mask_ws(50, 1), 1)
+    with pytest.raises(ValueError, match="cnt"):
+        K._kernels.mask_columns(out, np.empty(49, np.int32), np.empty(50, np.int32))
+
+
+@PROPERTY
+@given(hnp.arrays(np.float32, hnp.array_shapes(min_dims=2, max_dims=2, max_side=40),
+                  elements=finite_f32), st.data())
+def test_property_topk_mask_rows_arbitrary_floats(g, data):
+    k = data.draw(st.integers(1, g.shape[1]))
+    check_topk_mask_rows(np.ascontiguousarray(g), k, threads=data.draw(st.sampled_from([1, 2])))
 
 
 # ------------------------------------------------------------------ bad input

@@ -53,8 +53,9 @@ typedef struct {
     float *wk;              /* (k, n_in) unified: the selected rows of W */
     int32_t *idx; float *val;                 /* (B, k) top-k pairs */
     mp_entry *heap;   /* nthreads * mp_thread_stride(mp_topk_ws_entries(k)) */
+    float *mws;       /* masked: nthreads * mp_thread_stride(mp_topk_mask_ws_floats(n_out)) */
     int32_t *sel; float *coef;                /* nthreads * mp_thread_stride(k) */
-    int32_t *cursor, *rows, *offsets;         /* n_out, min(n_out, B k), that + 1 */
+    int32_t *cursor, *rows, *offsets;         /* n_out, min(n_out, B k) (masked: n_out), that + 1 */
     int32_t *pair_b; float *pair_v;           /* B k */
     const float *x;         /* set by the step: this layer's input for the batch */
     int64_t r;              /* set by the step: rows touched by the sparse weight gradient */
@@ -179,31 +180,27 @@ static int mp_mlp_step(mp_step_layer *L, int nl, const float *x, const int64_t *
             }
             mp_matmul_tn(l->dys, l->x, l->gw, k, B, l->n_in, nthreads);
             l->r = k;
+        } else if (l->masked) {   /* as kernels._masked_backward_into */
+            const int64_t n = l->n_out;
+            int64_t bad = mp_topk_mask_rows(l->dy, B, n, l->k, l->dys, l->mws, nthreads);
+            if (bad) { res->bad = bad; res->layer = i; return 3; }
+            l->r = mp_mask_columns(l->dys, B, n, l->cursor, l->rows);
+            /* the same counts as mp_count_hits: the selected non-zeros */
+            if (l->hits)
+                for (int64_t j = 0; j < n; j++) l->hits[j] += l->cursor[j];
+            if (l->need_dx)
+                mp_matmul_nn(l->dys, l->W, l->dx, B, n, l->n_in, nthreads);
+            mp_matmul_tn(l->dys, l->x, l->gw, n, B, l->n_in, nthreads);
         } else {
             int64_t bad = mp_topk_rows(l->dy, B, l->n_out, l->k, l->idx, l->val, l->heap,
                                        nthreads);
             if (bad) { res->bad = bad; res->layer = i; return 3; }
-            if (l->hits && !l->masked) mp_count_hits(l->idx, l->val, B * l->k, l->hits);
-            if (l->masked) {   /* as kernels.sparse_backward_into */
-                l->r = mp_scatter_pairs(l->idx, l->val, B, l->k, l->n_out, l->dys, l->cursor,
-                                        l->rows);
-                /* the same counts as mp_count_hits: a row's top-k indices are
-                 * distinct, so dys[b, j] != 0 exactly for its non-zero pairs;
-                 * counted by columns, which vectorises */
-                if (l->hits)
-                    for (int64_t b = 0; b < B; b++)
-                        for (int64_t j = 0; j < l->n_out; j++)
-                            l->hits[j] += l->dys[b * l->n_out + j] != 0.0f;
-                if (l->need_dx)
-                    mp_matmul_nn(l->dys, l->W, l->dx, B, l->n_out, l->n_in, nthreads);
-                mp_matmul_tn(l->dys, l->x, l->gw, l->n_out, B, l->n_in, nthreads);
-            } else {
-                if (l->need_dx)
-                    mp_sparse_dx(l->W, l->n_in, l->idx, l->val, B, l->k, l->dx, l->sel,
-                                 l->coef, nthreads);
-                l->r = mp_group_pairs(l->idx, l->val, B, l->k, l->n_out, l->cursor, l->rows,
-                                      l->offsets, l->pair_b, l->pair_v);
-            }
+            if (l->hits) mp_count_hits(l->idx, l->val, B * l->k, l->hits);
+            if (l->need_dx)
+                mp_sparse_dx(l->W, l->n_in, l->idx, l->val, B, l->k, l->dx, l->sel,
+                             l->coef, nthreads);
+            l->r = mp_group_pairs(l->idx, l->val, B, l->k, l->n_out, l->cursor, l->rows,
+                                  l->offsets, l->pair_b, l->pair_v);
         }
         if (i < nl - 1) t_hidden += mp_step_now() - tl;
         if (i == 0 || !l->need_dx) break;

@@ -37,60 +37,79 @@ typedef int64_t mp_entry;
 #define MP_KTH_COUNT_MAX 100   /* measured: beyond ~100 candidates the radix select is faster */
 #endif
 
+/* The counting selection for c <= MP_KTH_COUNT_MAX */
+MP_SIMD_CLONES
+static float mp_kth_count(const float *MP_RESTRICT m, int64_t c, int64_t k) {
+    /* the counts for all i advance together (inner loop over i: one
+     * compare-and-add per 16 entries, no horizontal sums) */
+    int32_t above[MP_KTH_COUNT_MAX];
+    for (int64_t i = 0; i < c; i++) above[i] = 0;
+    for (int64_t j = 0; j < c; j++) {
+        const float mj = m[j];
+        for (int64_t i = 0; i < c; i++) above[i] += (mj > m[i]);
+    }
+    /* the minimum over entries with fewer than k above, on the bit
+     * patterns (non-negative floats order like them, and an integer
+     * minimum vectorises); starts at +Inf: a row may hold k infinities */
+    const uint32_t inf_bits = 0x7f800000u;
+    uint32_t best = inf_bits;
+    for (int64_t i = 0; i < c; i++) {
+        uint32_t u;
+        memcpy(&u, &m[i], sizeof(u));
+        u = above[i] < k ? u : inf_bits;
+        best = u < best ? u : best;
+    }
+    float r;
+    memcpy(&r, &best, sizeof(r));
+    return r;
+}
+
 MP_SIMD_CLONES
 static float mp_kth_largest(const float *MP_RESTRICT m, int64_t c, int64_t k,
                             float *MP_RESTRICT scratch) {
-    if (c <= MP_KTH_COUNT_MAX) {
-        /* the counts for all i advance together (inner loop over i: one
-         * compare-and-add per 16 entries, no horizontal sums) */
-        int32_t above[MP_KTH_COUNT_MAX];
-        for (int64_t i = 0; i < c; i++) above[i] = 0;
-        for (int64_t j = 0; j < c; j++) {
-            const float mj = m[j];
-            for (int64_t i = 0; i < c; i++) above[i] += (mj > m[i]);
-        }
-        /* the minimum over entries with fewer than k above, on the bit
-         * patterns (non-negative floats order like them, and an integer
-         * minimum vectorises); starts at +Inf: a row may hold k infinities */
-        const uint32_t inf_bits = 0x7f800000u;
-        uint32_t best = inf_bits;
-        for (int64_t i = 0; i < c; i++) {
-            uint32_t u;
-            memcpy(&u, &m[i], sizeof(u));
-            u = above[i] < k ? u : inf_bits;
-            best = u < best ? u : best;
-        }
-        float r;
-        memcpy(&r, &best, sizeof(r));
-        return r;
-    }
+    if (c <= MP_KTH_COUNT_MAX) return mp_kth_count(m, c, k);
     /* Radix select on the bit patterns: the magnitudes are >= 0 (or +Inf), and
      * non-negative floats order like their bits read as unsigned integers.
-     * Four passes of 8 bits, each keeping only the entries that still match
-     * the prefix found so far: O(c), no data-dependent branches to mispredict. */
+     * Each pass histograms the live entries on 8-bit digits of (u - lo) >> s,
+     * with lo / hi the live minimum / maximum and s the smallest shift that
+     * fits hi - lo in 256 buckets: the buckets span the values actually
+     * present (a gradient row's magnitudes cover a dozen or so binades, so
+     * one pass leaves a few entries), not fixed bytes of the bit pattern.
+     * It keeps the bucket holding the answer and hands it to the counting
+     * selection above once it is small: O(c) per pass, at most four passes,
+     * no data-dependent branches to mispredict in the loops over entries. */
     uint32_t *u = (uint32_t *)scratch;
     int64_t live = c, want = k;
     for (int64_t i = 0; i < c; i++) memcpy(&u[i], &m[i], sizeof(uint32_t));
-    uint32_t prefix = 0;
-    for (int shift = 24; shift >= 0; shift -= 8) {
+    for (;;) {
+        uint32_t lo = 0xFFFFFFFFu, hi = 0;
+        for (int64_t i = 0; i < live; i++) {
+            lo = u[i] < lo ? u[i] : lo;
+            hi = u[i] > hi ? u[i] : hi;
+        }
+        if (lo == hi) {
+            float r;
+            memcpy(&r, &lo, sizeof(float));
+            return r;
+        }
+        if (live <= MP_KTH_COUNT_MAX) return mp_kth_count(scratch, live, want);
+        int s = 0;
+        while (((hi - lo) >> s) > 255u) s++;
         int32_t cnt[256];
-        memset(cnt, 0, sizeof(cnt));
-        for (int64_t i = 0; i < live; i++) cnt[(u[i] >> shift) & 255u]++;
-        int d = 255;
+        const int top = (int)((hi - lo) >> s);
+        memset(cnt, 0, (size_t)(top + 1) * sizeof(int32_t));
+        for (int64_t i = 0; i < live; i++) cnt[(u[i] - lo) >> s]++;
+        int d = top;
         int64_t above = 0;
         for (; d > 0 && above + cnt[d] < want; d--) above += cnt[d];
-        want -= above;                 /* rank of the answer among this digit's entries */
-        prefix |= (uint32_t)d << shift;
+        want -= above;                 /* rank of the answer among this bucket's entries */
         int64_t w = 0;
         for (int64_t i = 0; i < live; i++) {
             u[w] = u[i];
-            w += (((u[i] >> shift) & 255u) == (uint32_t)d);
+            w += (((u[i] - lo) >> s) == (uint32_t)d);
         }
         live = w;
     }
-    float r;
-    memcpy(&r, &prefix, sizeof(float));
-    return r;
 }
 
 /* Keep, in index order, the k best of the candidates (m, ix)[0:c] (which are
@@ -437,6 +456,94 @@ static void mp_randk_rows(int64_t B, int64_t n, int64_t k, uint64_t seed, int32_
             if ((double)(n - j) * u < (double)(k - chosen)) out[chosen++] = (int32_t)j;
         }
     }
+}
+
+/* The per-example top-k in the masked form the dense-product backward wants
+ * (k > n_out / 4, sparse_linear.h): out[0:n] = g on the row's top-k, as
+ * mp_topk_row selects it, and 0 elsewhere. Only non-zero entries can matter
+ * there (a selected zero adds nothing), so no index list is made: a row with
+ * at most k non-zeros is kept whole; otherwise T = the k-th largest non-zero
+ * magnitude, and the row keeps every entry above T and the earliest entries
+ * equal to T (the tie rule of mp_keep_best). The same non-zero entries as
+ * mp_topk_row + mp_scatter_pairs, bit for bit (tests/test_kernels.py).
+ * ws: 2 n floats. Returns the row's non-finite count (out is then not written). */
+MP_SIMD_CLONES
+static int64_t mp_topk_mask_row(const float *MP_RESTRICT g, int64_t n, int64_t k,
+                                float *MP_RESTRICT out, float *MP_RESTRICT ws) {
+    int64_t nz = 0, bad = 0;
+    for (int64_t j = 0; j < n; j++) {
+        float a = fabsf(g[j]);
+        nz += (a > 0.0f);
+        bad += !(a <= FLT_MAX);
+    }
+    if (bad) return bad;
+    if (nz <= k) {   /* every non-zero is selected; a zero (of either sign) is written as +0 */
+        for (int64_t j = 0; j < n; j++) out[j] = fabsf(g[j]) > 0.0f ? g[j] : 0.0f;
+        return 0;
+    }
+    int64_t c = 0;
+    for (int64_t j = 0; j < n; j++) {   /* the non-zero magnitudes, branch-free */
+        float a = fabsf(g[j]);
+        ws[c] = a;
+        c += (a > 0.0f);
+    }
+    const float T = mp_kth_largest(ws, c, k, ws + n);   /* > 0: c > k */
+    int64_t above = 0, eq = 0;
+    for (int64_t j = 0; j < n; j++) {
+        float a = fabsf(g[j]);
+        above += (a > T);
+        eq += (a == T);
+    }
+    int64_t ties = k - above;   /* 1 <= ties <= eq */
+    if (ties == eq) {
+        for (int64_t j = 0; j < n; j++) out[j] = fabsf(g[j]) >= T ? g[j] : 0.0f;
+    } else {   /* more entries equal T than places left: the earliest win */
+        for (int64_t j = 0; j < n; j++) {
+            float a = fabsf(g[j]);
+            int take = a > T || (a == T && ties > 0);
+            ties -= (a == T);
+            out[j] = take ? g[j] : 0.0f;
+        }
+    }
+    return 0;
+}
+
+static inline int64_t mp_topk_mask_ws_floats(int64_t n) { return 2 * n; }
+
+/* mp_topk_mask_row for every row of g (B, n) into out (B, n), parallel over
+ * rows when it pays. ws: nthreads * mp_thread_stride(mp_topk_mask_ws_floats(n))
+ * floats. Returns the non-finite count of g (out then meaningless). */
+static int64_t mp_topk_mask_rows(const float *g, int64_t B, int64_t n, int64_t k, float *out,
+                                 float *ws, int nthreads) {
+    int64_t bad = 0;
+    int team = mp_team_size(nthreads, B * n * 8, B);   /* as mp_topk_rows */
+    #pragma omp parallel num_threads(team) if (team > 1) reduction(+:bad)
+    {
+        float *w = ws + (int64_t)mp_omp_thread_num() * mp_thread_stride(mp_topk_mask_ws_floats(n));
+        #pragma omp for schedule(static)
+        for (int64_t b = 0; b < B; b++)
+            bad += mp_topk_mask_row(g + b * n, n, k, out + b * n, w);
+    }
+    return bad;
+}
+
+/* For a masked gradient m (B, n): cnt[j] = the rows b with m[b, j] != 0, and
+ * rows[0:r] = the columns j with cnt[j] > 0, ascending (the rows of W a
+ * row-sparse update touches: those mp_scatter_pairs finds). Returns r. */
+MP_SIMD_CLONES
+static int64_t mp_mask_columns(const float *MP_RESTRICT m, int64_t B, int64_t n,
+                               int32_t *MP_RESTRICT cnt, int32_t *MP_RESTRICT rows) {
+    for (int64_t j = 0; j < n; j++) cnt[j] = 0;
+    for (int64_t b = 0; b < B; b++) {
+        const float *row = m + b * n;
+        for (int64_t j = 0; j < n; j++) cnt[j] += (row[j] != 0.0f);
+    }
+    int64_t r = 0;
+    for (int64_t j = 0; j < n; j++) {
+        rows[r] = (int32_t)j;
+        r += (cnt[j] > 0);
+    }
+    return r;
 }
 
 /* hits[j] += 1 for every selected (b, j) whose value is non-zero (serial:
