@@ -29,6 +29,8 @@ cdef extern from "meprop/sparse_linear.h":
     int mp_backward_masked(int64_t k, int64_t n_out) nogil
 
 cdef extern from "meprop/step.h":
+    void mp_gather_batch(const float *X, const int64_t *Y, int64_t n, const int64_t *idx,
+                         int64_t B, float *x, int64_t *y, int nthreads) nogil
     ctypedef struct mp_step_layer:
         int64_t n_in, n_out, k
         int unified, masked
@@ -258,7 +260,7 @@ cdef class MLPStep:
         cdef int64_t N = xa.shape[0], n_in = self.n_in
         cdef cnp.ndarray ya = _carray(Y, where, "Y", cnp.NPY_INT64, 1, N, 0)
         cdef cnp.ndarray ia = _carray(idx, where, "idx", cnp.NPY_INT64, 1, -1, 0)
-        cdef int64_t B = ia.shape[0], b, r
+        cdef int64_t B = ia.shape[0], b
         if B < 1 or B > self.max_batch:
             raise ValueError(f"MLPStep.run_rows: batch of {B} rows, expected 1..{self.max_batch}")
         cdef const int64_t *pi = <const int64_t *>cnp.PyArray_DATA(ia)
@@ -267,11 +269,11 @@ cdef class MLPStep:
         for b in range(B):
             if pi[b] < 0 or pi[b] >= N:
                 raise ValueError(f"MLPStep.run_rows: idx[{b}] = {pi[b]} is outside [0, {N})")
+        if nthreads < 1 or nthreads > self.threads:
+            raise ValueError(f"MLPStep.run_rows: nthreads must be in [1, {self.threads}], "
+                             f"got {nthreads}")
         with nogil:
-            for b in range(B):
-                r = pi[b]
-                memcpy(self.xbuf + b * n_in, px + r * n_in, n_in * sizeof(float))
-                self.ybuf[b] = py[r]
+            mp_gather_batch(px, py, n_in, pi, B, self.xbuf, self.ybuf, nthreads)
         return self._run(self.xbuf, self.ybuf, B, counts, nthreads, kind, lr, momentum, eps,
                          beta1, beta2, weight_decay, clip)
 

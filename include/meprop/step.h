@@ -113,6 +113,29 @@ static void mp_step_colsum(const float *dy, int64_t B, int64_t n, float *out) {
     }
 }
 
+/* The batch rows: x[b] = X[idx[b]] (rows of n floats), y[b] = Y[idx[b]]. The
+ * rows come from a training set far larger than the caches, so each is a
+ * DRAM read; the copy prefetches a few rows ahead (memory-level parallelism)
+ * and, for batches big enough, splits the rows over the team. */
+#ifndef MP_GATHER_AHEAD
+#define MP_GATHER_AHEAD 4
+#endif
+static void mp_gather_batch(const float *X, const int64_t *Y, int64_t n, const int64_t *idx,
+                            int64_t B, float *x, int64_t *y, int nthreads) {
+    /* a row from DRAM costs about as much as ~16 multiply-adds per float */
+    int team = mp_team_size(nthreads, B * n * 16, B);
+    #pragma omp parallel for num_threads(team) if (team > 1) schedule(static)
+    for (int64_t b = 0; b < B; b++) {
+        if (b + MP_GATHER_AHEAD < B) {
+            const char *p = (const char *)(X + idx[b + MP_GATHER_AHEAD] * n);
+            for (int64_t o = 0; o < n * (int64_t)sizeof(float); o += 64)
+                __builtin_prefetch(p + o, 0, 3);
+        }
+        memcpy(x + b * n, X + idx[b] * n, (size_t)n * sizeof(float));
+        y[b] = Y[idx[b]];
+    }
+}
+
 /* One training step on the batch x (B, L[0].n_in), labels (B,).
  * Returns 0 and fills res; 1: a label is outside [0, C) (res->bad = 1 + its
  * position; nothing changed); 2: the loss is not finite (res->loss; nothing
