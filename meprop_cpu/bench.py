@@ -177,7 +177,7 @@ def profile(name, nproc=None):
                 "e2e_warmup_steps": 50, "e2e_runs": e2e_runs("full")}
     if name == "mesimp":   # whole trainings (the papers' 20 epochs) at batch 100, no layer sweep
         return {"name": "mesimp", "ks": [], "shapes": [], "threads": [n], "e2e_threads": [n],
-                "warmup": 3, "repeats": 1, "epochs": 20, "max_train": None, "e2e_repeats": 1,
+                "warmup": 3, "repeats": 1, "epochs": 20, "max_train": None, "e2e_repeats": 3,
                 "e2e_warmup_steps": 50, "e2e_runs": e2e_runs("mesimp"), "skip_layer": True}
     raise ValueError(f"unknown profile {name!r}; expected 'quick', 'full' or 'mesimp'")
 
@@ -1278,7 +1278,12 @@ def run_e2e(runs, data, epochs, threads_list, torch_mod=None, controls=None, see
             all_epochs = [p for r in rec["repeats"] for p in r["per_epoch"]]
             shares = [r["other_share"] for r in rec["repeats"] if r["other_share"] is not None]
             rec["other_share"] = max(shares) if shares else None
-            rec["total_time_train"] = float(sum(p["time_epoch"] for p in first["per_epoch"]))
+            # the whole training: per repeat the sum of its epoch times; the
+            # median over the repeats (which ran in rotated order)
+            totals = [float(sum(p["time_epoch"] for p in r["per_epoch"]))
+                      for r in rec["repeats"]]
+            rec["total_time_train_repeats"] = totals
+            rec["total_time_train"] = float(statistics.median(totals))
             rec.update({"best_dev": first["best_dev"], "test_at_best_dev":
                         first["test_at_best_dev"], "final_hidden_sizes":
                         first["final_hidden_sizes"], "optimizer": first["optimizer"],
@@ -1589,7 +1594,12 @@ def _e2e_section(doc):
              f"{cfg['e2e_warmup_steps']} untimed warm-up steps on a throwaway model first. "
              "others' CPU = share of the machine's CPU time used by other processes during "
              f"the run ((!) from {100 * BUSY_SHARE:.0f}%: the timing is not trustworthy, "
-             "most of all with as many threads as CPUs).", ""]
+             "most of all with as many threads as CPUs). total = the whole training (the sum of "
+             "its epoch times)" + (f"; each run was repeated {cfg['e2e_repeats']} times in "
+                                   "rotated order: total is the median [min–max] over the "
+                                   "repeats, accuracies are the first repeat's (the runs are "
+                                   "deterministic)" if cfg.get("e2e_repeats", 1) > 1 else "")
+             + ".", ""]
     header = ["batch", "threads", "run", "epoch", "forward", "backward", "hidden bwd", "update",
               "epoch vs torch", "epoch vs dense", "total", "total vs torch", "dev", "test",
               "hidden sizes", "others' CPU"]
@@ -1604,13 +1614,21 @@ def _e2e_section(doc):
                      _fmt_t(_med(s["time_hidden_backward"])), _fmt_t(_med(s["time_update"])),
                      _fmt_x(speedup(_med(tr["summary"]["time_epoch"]), t) if tr else None),
                      _fmt_x(speedup(_med(de["summary"]["time_epoch"]), t) if de else None),
-                     _fmt_t(r.get("total_time_train")),
+                     _total_cell(r),
                      _fmt_x(speedup(tr.get("total_time_train"), r.get("total_time_train"))
                             if tr and r.get("total_time_train") else None),
                      _fmt_acc(r["best_dev"]), _fmt_acc(r["test_at_best_dev"]),
                      r.get("final_hidden_sizes"), _fmt_share(_share(r))])
     lines += _md_table(header, rows, ["---:", "---:", "---"] + ["---:"] * 11 + ["---", "---:"])
     return lines + [""]
+
+
+def _total_cell(r):
+    """The whole-training time: one run's, or median [min–max] over repeats."""
+    totals = r.get("total_time_train_repeats") or []
+    if len(totals) < 2:
+        return _fmt_t(r.get("total_time_train"))
+    return f"{_fmt_t(r['total_time_train'])} [{_fmt_t(min(totals))}–{_fmt_t(max(totals))}]"
 
 
 def _n_train(doc):
@@ -1999,7 +2017,8 @@ def add_arguments(p):
                    help="every k (5..160), shape and thread count; 3 epochs end to end")
     g.add_argument("--mesimp", dest="profile", action="store_const", const="mesimp",
                    help="whole trainings only: 20 epochs at batch 100 on all threads, PyTorch "
-                        "dense vs this project's dense and meSimp k=160 (prune 0.1 and 0.03)")
+                        "dense vs this project's dense and meSimp k=160 (prune 0.1 and 0.03), "
+                        "each run 3 times in rotated order (~4 min on 2 cores)")
     p.set_defaults(profile="quick")
     p.add_argument("--threads", type=_threads_list, default=None, metavar="T,T",
                    help="thread counts for the layer sweep (default: profile); end to end "

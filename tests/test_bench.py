@@ -567,3 +567,22 @@ def test_end_to_end_runs_on_a_tiny_problem():
     assert theirs["per_epoch"][0]["train_loss"] == pytest.approx(
         ours["per_epoch"][0]["train_loss"], rel=1e-3)
     assert theirs["per_epoch"][0]["time_hidden_backward"] is None
+
+
+def test_repeated_end_to_end_runs_report_the_median_total():
+    """With e2e repeats the whole-training time is the median of the repeats'
+    totals (each the sum of its epoch times), shown with its range."""
+    data = cli.synthetic_dataset(n_train=60, n_dev=20, n_test=20)
+    run = {"impl": "meprop_cpu", "mode": "dense", "k": None, "batch": 20, "dropout": 0.0}
+    recs = bench.run_e2e([run], data, 2, [1], seed=0, warmup_steps=0, log=lambda *a: None,
+                         repeats=3)
+    (rec,) = recs
+    totals = rec["total_time_train_repeats"]
+    assert len(totals) == 3 and len(rec["repeats"]) == 3
+    for t, r in zip(totals, rec["repeats"]):
+        assert t == pytest.approx(sum(p["time_epoch"] for p in r["per_epoch"]))
+    assert rec["total_time_train"] == sorted(totals)[1]
+    cell = bench._total_cell(rec)
+    assert cell.startswith(bench._fmt_t(sorted(totals)[1])) and "[" in cell
+    assert bench._total_cell({"total_time_train": 2.5}) == "2.50 s"
+    assert bench.profile("mesimp", nproc=2)["e2e_repeats"] == 3
