@@ -254,6 +254,57 @@ def test_zero_block_skip_keeps_nan_and_inf_inputs():
     _check_close(y[others], ref, absref, 784)
 
 
+def _zero_segments(rng, x, p, width=48):
+    """x with whole row segments zeroed (per row and 48-float column panel, the
+    AVX-512 tn tile width, with probability p): what matmul_tn skips."""
+    x = x.copy()
+    for r in range(x.shape[0]):
+        for j in range(0, x.shape[1], width):
+            if rng.random() < p:
+                x[r, j:j + width] = 0.0
+    return x
+
+
+@pytest.mark.parametrize("shape", [(1, 5, 40), (8, 100, 784), (24, 100, 784), (131, 100, 784),
+                                   (474, 100, 784), (30, 700, 97), (200, 37, 50),
+                                   (500, 10, 784)], ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("p", [0.3, 0.9, 1.0])
+def test_matmul_tn_with_zero_row_segments(simd_path, shape, p):
+    """dW = dy^T x with x rows holding all-zero 48-float segments (skipped on
+    AVX-512): the reference result, bit-identical for any thread count, in both
+    the packed (many row tiles) and the unpacked (few) panel forms, and with
+    -0.0 in place of +0.0."""
+    M, K, N = shape
+    rng = np.random.default_rng(M * K + int(10 * p))
+    A, Bm = _rand(rng, K, M), _zero_segments(rng, _rand(rng, K, N), p)
+    c = tn(A, Bm)
+    ref, absref = ref_tn(A, Bm)
+    _check_close(c, ref, absref, K)
+    for t in (2, 3):
+        assert np.array_equal(tn(A, Bm, t), c)
+    negz = np.where(Bm == 0, np.float32(-0.0), Bm)
+    assert np.array_equal(tn(A, negz), c)
+
+
+def test_matmul_tn_skip_keeps_nan_and_inf_rows(simd_path):
+    """A NaN or Inf in an otherwise zero row segment of Bm must still reach C
+    (NaN * a = NaN, Inf * 0 = NaN): such a segment is not skipped."""
+    rng = np.random.default_rng(4)
+    A, Bm = _rand(rng, 50, 200), np.zeros((50, 784), np.float32)
+    Bm[:, 300:310] = 1.0
+    Bm[7, 5] = np.nan
+    Bm[9, 700] = np.inf
+    A[9, 3] = 0.0
+    c = tn(A, Bm)
+    assert np.isnan(c[:, 5]).all()
+    assert np.isnan(c[3, 700]) and not np.isfinite(c[:, 700]).any()
+    rest = np.ones(784, bool)
+    rest[[5, 700]] = False
+    assert np.isfinite(c[:, rest]).all()
+    ref, absref = ref_tn(A, np.where(np.isfinite(Bm), Bm, 0.0).astype(np.float32))
+    _check_close(c[:, rest], ref[:, rest], absref[:, rest], 50)
+
+
 def _at_offset(a, offset_floats):
     """A C-contiguous copy of a whose data starts offset_floats past a 64-byte boundary."""
     buf = np.empty(a.size + 32, np.float32)
