@@ -105,7 +105,9 @@ static inline mp_optim_args mp_step_args(const mp_step_optim *o, int64_t t) {
 
 /* Column sums over the batch in row order (what numpy's dy.sum(axis=0) does
  * for a C-contiguous array: one row added after the other). */
-static void mp_step_colsum(const float *dy, int64_t B, int64_t n, float *out) {
+MP_SIMD_CLONES
+static void mp_step_colsum(const float *MP_RESTRICT dy, int64_t B, int64_t n,
+                           float *MP_RESTRICT out) {
     memcpy(out, dy, (size_t)n * sizeof(float));
     for (int64_t b = 1; b < B; b++) {
         const float *row = dy + b * n;
@@ -133,6 +135,18 @@ static void mp_gather_batch(const float *X, const int64_t *Y, int64_t n, const i
         }
         memcpy(x + b * n, X + idx[b] * n, (size_t)n * sizeof(float));
         y[b] = Y[idx[b]];
+    }
+}
+
+/* hits[j] += the rows b with g[b, j] != 0 (g (B, n)); locals and restrict
+ * so that the loop vectorises (a store through an int64 pointer could
+ * otherwise alias a layer's int64 fields). */
+MP_SIMD_CLONES
+static void mp_step_count_nonzero(const float *MP_RESTRICT g, int64_t B, int64_t n,
+                                  int64_t *MP_RESTRICT hits) {
+    for (int64_t b = 0; b < B; b++) {
+        const float *row = g + b * n;
+        for (int64_t j = 0; j < n; j++) hits[j] += row[j] != 0.0f;
     }
 }
 
@@ -182,10 +196,7 @@ static int mp_mlp_step(mp_step_layer *L, int nl, const float *x, const int64_t *
         if (l->k == 0) {
             if (l->need_dx) mp_matmul_nn(l->dy, l->W, l->dx, B, l->n_out, l->n_in, nthreads);
             mp_matmul_tn(l->dy, l->x, l->gw, l->n_out, B, l->n_in, nthreads);
-            if (l->hits)
-                for (int64_t b = 0; b < B; b++)
-                    for (int64_t j = 0; j < l->n_out; j++)
-                        l->hits[j] += l->dy[b * l->n_out + j] != 0.0f;
+            if (l->hits) mp_step_count_nonzero(l->dy, B, l->n_out, l->hits);
         } else if (l->unified) {   /* as kernels.unified_backward_into */
             const int64_t k = l->k, n = l->n_out;
             int64_t bad = mp_topk_unified(l->dy, B, n, k, l->idx, l->colsum, l->heap, nthreads);
