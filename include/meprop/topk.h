@@ -466,7 +466,8 @@ static void mp_randk_rows(int64_t B, int64_t n, int64_t k, uint64_t seed, int32_
  * magnitude, and the row keeps every entry above T and the earliest entries
  * equal to T (the tie rule of mp_keep_best). The same non-zero entries as
  * mp_topk_row + mp_scatter_pairs, bit for bit (tests/test_kernels.py).
- * ws: 2 n floats. Returns the row's non-finite count (out is then not written). */
+ * ws: mp_topk_mask_ws_floats(n). Returns the row's non-finite count (out is then
+ * not written). */
 MP_SIMD_CLONES
 static int64_t mp_topk_mask_row(const float *MP_RESTRICT g, int64_t n, int64_t k,
                                 float *MP_RESTRICT out, float *MP_RESTRICT ws) {
@@ -487,7 +488,7 @@ static int64_t mp_topk_mask_row(const float *MP_RESTRICT g, int64_t n, int64_t k
         ws[c] = a;
         c += (a > 0.0f);
     }
-    const float T = mp_kth_largest(ws, c, k, ws + n);   /* > 0: c > k */
+    const float T = mp_kth_largest(ws, c, k, ws + n + 16);   /* > 0: c > k */
     int64_t above = 0, eq = 0;
     for (int64_t j = 0; j < n; j++) {
         float a = fabsf(g[j]);
@@ -508,7 +509,69 @@ static int64_t mp_topk_mask_row(const float *MP_RESTRICT g, int64_t n, int64_t k
     return 0;
 }
 
-static inline int64_t mp_topk_mask_ws_floats(int64_t n) { return 2 * n; }
+#if MP_HAVE_AVX512_FILTER
+/* The same with AVX-512: the non-zero magnitudes are packed by an in-register
+ * compress (16 entries per step instead of one), and one pass both counts the
+ * entries above / at T and writes the row. */
+MP_TARGET_AVX512
+static int64_t mp_topk_mask_row_avx512(const float *g, int64_t n, int64_t k, float *out,
+                                       float *ws) {
+    const int64_t nfull = n / 16, nvec = (n + 15) / 16;
+    const __mmask16 tail = (__mmask16)((1u << (n & 15)) - 1u);
+    const __m512 vmax = _mm512_set1_ps(FLT_MAX), zero = _mm512_setzero_ps();
+    __mmask16 anybad = 0;
+    int64_t c = 0;
+    for (int64_t v = 0; v < nvec; v++) {
+        const __mmask16 live = v < nfull ? (__mmask16)0xFFFF : tail;
+        __m512 a = _mm512_abs_ps(_mm512_maskz_loadu_ps(live, g + 16 * v));
+        anybad |= _mm512_mask_cmp_ps_mask(live, a, vmax, _CMP_NLE_UQ);
+        __mmask16 nz = _mm512_mask_cmp_ps_mask(live, a, zero, _CMP_GT_OQ);
+        _mm512_storeu_ps(ws + c, _mm512_maskz_compress_ps(nz, a));   /* 16 floats of slack */
+        c += __builtin_popcount(nz);
+    }
+    if (anybad) {   /* rare: count them exactly */
+        int64_t bad = 0;
+        for (int64_t j = 0; j < n; j++) bad += !(fabsf(g[j]) <= FLT_MAX);
+        return bad;
+    }
+    if (c <= k) {
+        for (int64_t v = 0; v < nvec; v++) {
+            const __mmask16 live = v < nfull ? (__mmask16)0xFFFF : tail;
+            __m512 x = _mm512_maskz_loadu_ps(live, g + 16 * v);
+            __mmask16 nz = _mm512_cmp_ps_mask(_mm512_abs_ps(x), zero, _CMP_GT_OQ);
+            _mm512_mask_storeu_ps(out + 16 * v, live, _mm512_maskz_mov_ps(nz, x));
+        }
+        return 0;
+    }
+    const float T = mp_kth_largest(ws, c, k, ws + n + 16);
+    const __m512 vT = _mm512_set1_ps(T);
+    int64_t above = 0, eq = 0;
+    for (int64_t v = 0; v < nvec; v++) {
+        const __mmask16 live = v < nfull ? (__mmask16)0xFFFF : tail;
+        __m512 x = _mm512_maskz_loadu_ps(live, g + 16 * v);
+        __m512 a = _mm512_abs_ps(x);
+        __mmask16 gt = _mm512_mask_cmp_ps_mask(live, a, vT, _CMP_GT_OQ);
+        __mmask16 at = _mm512_mask_cmp_ps_mask(live, a, vT, _CMP_EQ_OQ);
+        above += __builtin_popcount(gt);
+        eq += __builtin_popcount(at);
+        _mm512_mask_storeu_ps(out + 16 * v, live, _mm512_maskz_mov_ps(gt | at, x));
+    }
+    int64_t ties = k - above;
+    if (ties != eq) {   /* more entries equal T than places left: the earliest win */
+        for (int64_t j = 0; j < n; j++) {
+            float a = fabsf(g[j]);
+            int take = a > T || (a == T && ties > 0);
+            ties -= (a == T);
+            out[j] = take ? g[j] : 0.0f;
+        }
+    }
+    return 0;
+}
+#endif
+
+/* scratch of one row: n + 16 floats of candidates (16 of slack for the
+ * compress stores) and n for the radix select */
+static inline int64_t mp_topk_mask_ws_floats(int64_t n) { return 2 * n + 16; }
 
 /* mp_topk_mask_row for every row of g (B, n) into out (B, n), parallel over
  * rows when it pays. ws: nthreads * mp_thread_stride(mp_topk_mask_ws_floats(n))
@@ -517,13 +580,22 @@ static int64_t mp_topk_mask_rows(const float *g, int64_t B, int64_t n, int64_t k
                                  float *ws, int nthreads) {
     int64_t bad = 0;
     int team = mp_team_size(nthreads, B * n * 8, B);   /* as mp_topk_rows */
+    const int avx512 = mp_topk_use_avx512();
     #pragma omp parallel num_threads(team) if (team > 1) reduction(+:bad)
     {
         float *w = ws + (int64_t)mp_omp_thread_num() * mp_thread_stride(mp_topk_mask_ws_floats(n));
         #pragma omp for schedule(static)
-        for (int64_t b = 0; b < B; b++)
+        for (int64_t b = 0; b < B; b++) {
+#if MP_HAVE_AVX512_FILTER
+            if (avx512) {
+                bad += mp_topk_mask_row_avx512(g + b * n, n, k, out + b * n, w);
+                continue;
+            }
+#endif
             bad += mp_topk_mask_row(g + b * n, n, k, out + b * n, w);
+        }
     }
+    (void)avx512;
     return bad;
 }
 
