@@ -112,13 +112,88 @@ static float mp_kth_largest(const float *MP_RESTRICT m, int64_t c, int64_t k,
     }
 }
 
+#if MP_HAVE_AVX512_INTRIN
+/* mp_kth_largest with the radix passes in AVX-512: the live minimum / maximum,
+ * the walk down the histogram (16 buckets at a time) and the compaction of
+ * the chosen bucket (an in-register compress) run 16 entries per step; only
+ * the histogram itself stays scalar. The same passes, buckets and answer.
+ * scratch: c + 16 floats (m and scratch must not overlap). */
+MP_TARGET_AVX512
+static float mp_kth_largest_avx512(const float *m, int64_t c, int64_t k, float *scratch) {
+    if (c <= MP_KTH_COUNT_MAX) return mp_kth_count(m, c, k);
+    uint32_t *u = (uint32_t *)scratch;
+    int64_t live = c, want = k;
+    memcpy(u, m, (size_t)c * sizeof(uint32_t));
+    int32_t cnt[256] __attribute__((aligned(64)));
+    for (;;) {
+        const int64_t nfull = live / 16, nvec = (live + 15) / 16;
+        const __mmask16 tail = (__mmask16)((1u << (live & 15)) - 1u);
+        __m512i vlo = _mm512_set1_epi32(-1), vhi = _mm512_setzero_si512();
+        for (int64_t v = 0; v < nvec; v++) {
+            const __mmask16 lv = v < nfull ? (__mmask16)0xFFFF : tail;
+            __m512i x = _mm512_maskz_loadu_epi32(lv, u + 16 * v);
+            vlo = _mm512_mask_min_epu32(vlo, lv, vlo, x);
+            vhi = _mm512_mask_max_epu32(vhi, lv, vhi, x);
+        }
+        const uint32_t lo = _mm512_reduce_min_epu32(vlo), hi = _mm512_reduce_max_epu32(vhi);
+        if (lo == hi) {
+            float r;
+            memcpy(&r, &lo, sizeof(float));
+            return r;
+        }
+        if (live <= MP_KTH_COUNT_MAX) return mp_kth_count(scratch, live, want);
+        int s = 0;
+        while (((hi - lo) >> s) > 255u) s++;
+        const int top = (int)((hi - lo) >> s);
+        memset(cnt, 0, sizeof(cnt));
+        for (int64_t i = 0; i < live; i++) cnt[(u[i] - lo) >> s]++;
+        /* from the top bucket down: whole 16-bucket blocks while they stay
+         * below the rank sought, then bucket by bucket (as the generic walk) */
+        int d = top;
+        int64_t above = 0;
+        while (d >= 16) {
+            int32_t blk = _mm512_reduce_add_epi32(_mm512_loadu_si512((const void *)(cnt + d - 15)));
+            if (above + blk >= want) break;
+            above += blk;
+            d -= 16;
+        }
+        for (; d > 0 && above + cnt[d] < want; d--) above += cnt[d];
+        want -= above;
+        const __m512i vlo1 = _mm512_set1_epi32((int)lo), vd = _mm512_set1_epi32(d);
+        const __m128i sh = _mm_cvtsi32_si128(s);
+        int64_t w = 0;
+        for (int64_t v = 0; v < nvec; v++) {
+            const __mmask16 lv = v < nfull ? (__mmask16)0xFFFF : tail;
+            __m512i x = _mm512_maskz_loadu_epi32(lv, u + 16 * v);
+            __m512i dig = _mm512_srl_epi32(_mm512_sub_epi32(x, vlo1), sh);
+            __mmask16 hit = _mm512_mask_cmpeq_epi32_mask(lv, dig, vd);
+            /* compress in a register, then one full store (16 entries of
+             * slack): a compress straight to memory is slow on some cores */
+            _mm512_storeu_si512((void *)(u + w), _mm512_maskz_compress_epi32(hit, x));
+            w += __builtin_popcount(hit);
+        }
+        live = w;
+    }
+}
+#endif
+
+/* the AVX-512 select where the caller runs the AVX-512 paths */
+static inline float mp_kth_select(const float *m, int64_t c, int64_t k, float *scratch,
+                                  int avx512) {
+#if MP_HAVE_AVX512_INTRIN
+    if (avx512) return mp_kth_largest_avx512(m, c, k, scratch);
+#endif
+    (void)avx512;
+    return mp_kth_largest(m, c, k, scratch);
+}
+
 /* Keep, in index order, the k best of the candidates (m, ix)[0:c] (which are
  * in ascending index order): every entry above T = the k-th largest
  * magnitude, then the earliest entries equal to T. Compacts in place (or
  * writes the indices to out_idx when it is not NULL). Returns T. */
 static float mp_keep_best(float *m, int32_t *ix, int64_t c, int64_t k, float *scratch,
-                          int32_t *out_idx) {
-    float T = mp_kth_largest(m, c, k, scratch);
+                          int32_t *out_idx, int avx512) {
+    float T = mp_kth_select(m, c, k, scratch, avx512);
     int64_t above = 0;
     for (int64_t i = 0; i < c; i++) above += (m[i] > T);
     int64_t ties = k - above, w = 0;
@@ -217,7 +292,7 @@ static int64_t mp_filter_row_generic(const float *g, int64_t n, int64_t k, float
         int64_t len = n - j0 < MP_TOPK_BLOCK ? n - j0 : MP_TOPK_BLOCK;
         if (mp_block_scan(g + j0, len, thr, bad) == 0) continue;
         if (c + len > cap) {
-            thr = mp_keep_best(cm, ci, c, k, scratch, NULL);
+            thr = mp_keep_best(cm, ci, c, k, scratch, NULL, 0);
             c = k;
         }
         for (int64_t j = j0; j < j0 + len; j++) {
@@ -269,7 +344,7 @@ static int64_t mp_filter_row_avx512(const float *g, int64_t n, int64_t k, float 
             m0 = _mm512_max_ps(_mm512_max_ps(m0, m1), _mm512_max_ps(m2, m3));
             _mm512_storeu_ps(cm + 16 * q, m0);
         }
-        thr = mp_topk_start_thr(mp_kth_largest(cm, 16 * groups, k, scratch));
+        thr = mp_topk_start_thr(mp_kth_largest_avx512(cm, 16 * groups, k, scratch));
     }
     __m512 vthr = _mm512_set1_ps(thr);
     __mmask16 anybad = 0;
@@ -283,7 +358,7 @@ static int64_t mp_filter_row_avx512(const float *g, int64_t n, int64_t k, float 
         anybad |= _mm512_mask_cmp_ps_mask(live, a, vmax, _CMP_NLE_UQ);
         __mmask16 m = _mm512_mask_cmp_ps_mask(live, a, vthr, _CMP_GT_OQ);
         if (MP_UNLIKELY(c + 16 > cap)) {
-            thr = mp_keep_best(cm, ci, c, k, scratch, NULL);
+            thr = mp_keep_best(cm, ci, c, k, scratch, NULL, 1);
             c = k;
             vthr = _mm512_set1_ps(thr);
             m = _mm512_mask_cmp_ps_mask(live, a, vthr, _CMP_GT_OQ);
@@ -325,7 +400,7 @@ static int64_t mp_topk_row(const float *g, int64_t n, int64_t k, void *ws, int32
     (void)prefetch;
     /* candidates are in index order, so the result comes out ascending */
     if (c > k) {
-        (void)mp_keep_best(cm, ci, c, k, scratch, out_idx);
+        (void)mp_keep_best(cm, ci, c, k, scratch, out_idx, use_avx512);
     } else if (c == k) {
         for (int64_t t = 0; t < k; t++) out_idx[t] = ci[t];
     } else {
@@ -543,7 +618,7 @@ static int64_t mp_topk_mask_row_avx512(const float *g, int64_t n, int64_t k, flo
         }
         return 0;
     }
-    const float T = mp_kth_largest(ws, c, k, ws + n + 16);
+    const float T = mp_kth_largest_avx512(ws, c, k, ws + n + 16);   /* > 0: c > k */
     const __m512 vT = _mm512_set1_ps(T);
     int64_t above = 0, eq = 0;
     for (int64_t v = 0; v < nvec; v++) {
@@ -569,9 +644,9 @@ static int64_t mp_topk_mask_row_avx512(const float *g, int64_t n, int64_t k, flo
 }
 #endif
 
-/* scratch of one row: n + 16 floats of candidates (16 of slack for the
- * compress stores) and n for the radix select */
-static inline int64_t mp_topk_mask_ws_floats(int64_t n) { return 2 * n + 16; }
+/* scratch of one row: n + 16 floats of candidates and n + 16 for the radix
+ * select (16 of slack each for the compress stores) */
+static inline int64_t mp_topk_mask_ws_floats(int64_t n) { return 2 * n + 32; }
 
 /* mp_topk_mask_row for every row of g (B, n) into out (B, n), parallel over
  * rows when it pays. ws: nthreads * mp_thread_stride(mp_topk_mask_ws_floats(n))
