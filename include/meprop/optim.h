@@ -80,6 +80,22 @@ static inline void mp_optim_row(int kind, float *w, float *s1, float *s2, int64_
         mp_adam_row(wr, s1 + j * n_cols, s2 + j * n_cols, g, n_cols, a);
 }
 
+/* Rows of a row-sparse update are scattered over parameters of several MB
+ * (L3 at best): while one row is updated, ask for the next row of w and of
+ * its state, so its first cache lines are not each a full L3 round trip. */
+static inline void mp_optim_prefetch_row(const float *w, const float *s1, const float *s2,
+                                         int64_t j, int64_t n_cols) {
+    const int64_t bytes = n_cols * (int64_t)sizeof(float);
+    const char *pw = (const char *)(w + j * n_cols);
+    const char *p1 = s1 ? (const char *)(s1 + j * n_cols) : NULL;
+    const char *p2 = s2 ? (const char *)(s2 + j * n_cols) : NULL;
+    for (int64_t o = 0; o < bytes; o += 64) {
+        __builtin_prefetch(pw + o, 1, 3);
+        if (p1) __builtin_prefetch(p1 + o, 1, 3);
+        if (p2) __builtin_prefetch(p2 + o, 1, 3);
+    }
+}
+
 /* The same update from the factored gradient of a sparse backward (the
  * output of mp_group_pairs): row q's gradient, the sum of pair_v * x[pair_b]
  * over its pairs, is formed in a per-thread buffer (gbuf: nthreads *
@@ -100,6 +116,7 @@ static void mp_optim_rows_factored(int kind, float *w, float *s1, float *s2,
         #pragma omp for schedule(static)
         for (int64_t q = 0; q < r; q++) {
             int64_t p0 = offsets[q];
+            if (q + 1 < r) mp_optim_prefetch_row(w, s1, s2, rows[q + 1], n_cols);
             mp_gather_sum(g, n_cols, x, pair_b + p0, pair_v + p0, offsets[q + 1] - p0, avx512);
             mp_optim_row(kind, w, s1, s2, rows[q], g, n_cols, a);
         }
@@ -118,6 +135,9 @@ static void mp_optim_rows_at(int kind, float *w, float *s1, float *s2, const int
     #pragma omp parallel for num_threads(team) if (team > 1) schedule(static)
     for (int64_t q = 0; q < r; q++) {
         const int64_t j = rows ? (int64_t)rows[q] : q;
+        /* scattered rows: fetch the next one ahead (consecutive rows stream) */
+        if (rows && q + 1 < r && rows[q + 1] != j + 1)
+            mp_optim_prefetch_row(w, s1, s2, rows[q + 1], n_cols);
         mp_optim_row(kind, w, s1, s2, j, values + (values_full ? j : q) * n_cols, n_cols, a);
     }
 }
