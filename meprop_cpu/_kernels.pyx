@@ -64,6 +64,7 @@ cdef extern from "meprop/optim.h":
                                 mp_optim_args a, int nthreads) nogil
 
 cdef extern from "meprop/elementwise.h":
+    void mp_uniform_f32(uint64_t key, uint64_t counter, int64_t n, float *out) nogil
     void mp_relu_forward(const float *x, float *y, int64_t n) nogil
     void mp_relu_backward(const float *dy, const float *y, float *dx, int64_t n) nogil
     int64_t mp_softmax_xent(const float *logits, const int64_t *y, int64_t B, int64_t C,
@@ -141,6 +142,9 @@ def topk_mask_rows(const float[:, ::1] g, int64_t k, float[:, ::1] out, float[::
     """IN g (B, n); OUT out (B, n) = g on each row's top-k, 0 elsewhere (only the
     non-zero selected entries: see topk.h). Returns the count of non-finite entries."""
     cdef int64_t bad
+    if g.shape[0] < 1 or not 1 <= k <= g.shape[1]:
+        raise ValueError(f"topk_mask_rows: g has shape ({g.shape[0]}, {g.shape[1]}), k = {k}: "
+                         "need at least one row and 1 <= k <= n")
     if out.shape[0] != g.shape[0] or out.shape[1] != g.shape[1]:
         raise ValueError(f"out has shape ({out.shape[0]}, {out.shape[1]}), g ({g.shape[0]}, {g.shape[1]})")
     _check_ws(ws.shape[0], nthreads * mp_thread_stride(mp_topk_mask_ws_floats(g.shape[1])), "ws")
@@ -154,6 +158,8 @@ def mask_columns(const float[:, ::1] m, int32_t[::1] cnt, int32_t[::1] rows):
     """cnt (n,) <- the rows with m[b, j] != 0 per column; rows <- the columns with
     any, ascending. Returns their count r."""
     cdef int64_t r
+    if m.shape[0] < 1 or m.shape[1] < 1:
+        raise ValueError(f"mask_columns: m has shape ({m.shape[0]}, {m.shape[1]})")
     if cnt.shape[0] < m.shape[1] or rows.shape[0] < m.shape[1]:
         raise ValueError(f"cnt and rows need {m.shape[1]} entries")
     with nogil:
@@ -286,6 +292,15 @@ def optim_rows(int kind, float[:, ::1] w, float[:, ::1] s1, float[:, ::1] s2,
         prow = &rows[0]
     with nogil:
         mp_optim_rows(kind, &w[0, 0], p1, p2, prow, &values[0, 0], r, w.shape[1], a, nthreads)
+
+
+def uniform_f32(uint64_t key, uint64_t counter, float[::1] out):
+    """out <- draws counter, counter + 1, ... of the counter-based generator keyed by
+    key (uniform floats in [0, 1), multiples of 2**-24; elementwise.h)."""
+    if out.shape[0] == 0:
+        return
+    with nogil:
+        mp_uniform_f32(key, counter, out.shape[0], &out[0])
 
 
 def relu_forward(const float[:, ::1] x, float[:, ::1] y):

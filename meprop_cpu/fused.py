@@ -16,7 +16,8 @@ takes the module path. A model qualifies when :func:`unsupported` returns None:
   :class:`~meprop_cpu.nn.MLP` (not a subclass) of ``Linear, ReLU[, Dropout],
   ..., Linear`` (no other activation; no subclasses, no forward / backward
   replaced on an instance), in training mode; dropout draws its uniforms
-  from each Dropout's own generator, as Dropout.forward does;
+  from each Dropout's own generator (:meth:`~meprop_cpu.nn.Dropout.draw`),
+  as Dropout.forward does;
 * each Linear backpropagates per-example or unified top-k (mode ``"topk"``
   or ``"unified"``) or densely (``k=None``, ``k >= n_out`` or mode
   ``"dense"``), and every layer but the first computes its input gradient;
@@ -194,7 +195,7 @@ class FusedStep:
             self.max_batch = max(self.max_batch, B)
             self._build(nt)
         for drop, u in self._draws:   # the same draws, in the same order, as Dropout.forward
-            drop._rng.random(dtype=np.float32, out=u[:B])
+            drop.draw(u[:B])
         opt = self.optimizer
         # momentum, eps and betas as the optimizer's own kernel arguments give them
         # (the step-dependent Adam corrections are computed per parameter in C)

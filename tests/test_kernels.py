@@ -894,6 +894,12 @@ def test_topk_mask_rows_checks_its_buffers():
         K._kernels.topk_mask_rows(g, 20, np.empty((4, 49), np.float32), mask_ws(50, 1), 1)
     with pytest.raises(ValueError, match="cnt"):
         K._kernels.mask_columns(out, np.empty(49, np.int32), np.empty(50, np.int32))
+    for k in (0, 51):
+        with pytest.raises(ValueError, match="k"):
+            K._kernels.topk_mask_rows(g, k, out, mask_ws(50, 1), 1)
+    with pytest.raises(ValueError, match="shape"):
+        K._kernels.topk_mask_rows(np.ones((0, 50), np.float32), 20,
+                                  np.empty((0, 50), np.float32), mask_ws(50, 1), 1)
 
 
 @PROPERTY

@@ -189,6 +189,73 @@ def test_dropout_seeded_scaled_and_off_in_eval():
     assert d1.forward(x) is x
 
 
+def _splitmix_at(key, i):
+    """Draw i of the generator keyed by key, in Python integers (the reference)."""
+    m = 2 ** 64
+    z = (key + (i + 1) * 0x9E3779B97F4A7C15) % m
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) % m
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) % m
+    return z ^ (z >> 31)
+
+
+def test_dropout_uniforms_match_the_reference_generator():
+    from meprop_cpu import _kernels
+    for key, counter in ((0, 0), (12345, 7), (2 ** 64 - 1, 2 ** 40 + 3)):
+        out = np.empty(37, np.float32)
+        _kernels.uniform_f32(key, counter, out)
+        want = [(_splitmix_at(key, (counter + e) % 2 ** 64) >> 40) / 2 ** 24 for e in range(37)]
+        assert out.tolist() == want
+    big = np.empty(200_000, np.float32)
+    _kernels.uniform_f32(99, 0, big)
+    assert big.min() >= 0.0 and big.max() < 1.0
+    assert np.all(big * 2 ** 24 == np.floor(big * 2 ** 24))
+    assert abs(big.mean() - 0.5) < 0.005 and abs((big < 0.2).mean() - 0.2) < 0.005
+    # any split of a stretch of draws gives the same numbers
+    parts = [np.empty(n, np.float32) for n in (5, 1000, 3)]
+    c = 0
+    for part in parts:
+        _kernels.uniform_f32(99, c, part)
+        c += part.size
+    assert np.array_equal(np.concatenate(parts), big[:1008])
+
+
+def test_dropout_state_roundtrip_and_draw_order():
+    d = nn.Dropout(0.3, seed=11)
+    x = np.ones((7, 13), np.float32)
+    d.forward(x)
+    st = d.rng_state()
+    assert st["counter_rng"] == "splitmix64" and st["counter"] == 7 * 13
+    y1 = d.forward(x)
+    e = nn.Dropout(0.3, seed=0)
+    e.set_rng_state(st)
+    assert np.array_equal(e.forward(x), y1) and e.rng_state() == d.rng_state()
+    # draw() hands out the same numbers forward uses, in order
+    f, g = nn.Dropout(0.3, seed=4), nn.Dropout(0.3, seed=4)
+    u = np.empty((7, 13), np.float32)
+    f.draw(u)
+    assert np.array_equal(g.forward(x), (u >= 0.3) * np.float32(1 / 0.7))
+    assert nn.Dropout(0.3, seed=4).rng_state() != nn.Dropout(0.3, seed=5).rng_state()
+
+
+def test_dropout_resumes_a_numpy_generator_state():
+    """Checkpoints of meprop_cpu 0.1.0 hold a numpy PCG64 state for each Dropout:
+    it is taken as it is, and the draws continue that numpy stream."""
+    old = np.random.default_rng(8)
+    old.random(50, dtype=np.float32)
+    d = nn.Dropout(0.25, seed=1)
+    d.set_rng_state(old.bit_generator.state)
+    x = np.ones((4, 9), np.float32)
+    want = (old.random((4, 9), dtype=np.float32) >= 0.25) * np.float32(1 / 0.75)
+    assert np.array_equal(d.forward(x), want)
+    assert d.rng_state() == old.bit_generator.state
+    for bad in ({"bit_generator": "Nope"}, {"counter_rng": "splitmix64", "key": -1, "counter": 0},
+                {"counter_rng": "splitmix64", "key": 1, "counter": 2 ** 64}, {}):
+        with pytest.raises(ValueError, match="Dropout.set_rng_state"):
+            nn.Dropout(0.1).set_rng_state(bad)
+    with pytest.raises(TypeError, match="Dropout.set_rng_state"):
+        nn.Dropout(0.1).set_rng_state([1, 2])
+
+
 def test_state_dict_roundtrip_and_mismatch():
     a = nn.MLP([6, 5, 3], seed=1)
     b = nn.MLP([6, 5, 3], seed=2)

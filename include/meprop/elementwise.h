@@ -12,6 +12,26 @@
 #include <stdint.h>
 #include "parallel.h"
 
+/* Uniform floats for dropout from a counter-based generator: out[e] is draw
+ * number counter + e of the splitmix64 sequence keyed by key (the 64-bit
+ * finaliser of key + (counter + e + 1) * golden), its top 24 bits scaled
+ * to [0, 1). Each draw depends only on (key, its position), so a generator's
+ * whole state is (key, counter), any stretch of draws can be made
+ * independently (the loop vectorises) and results cannot depend on how many
+ * threads drew them. splitmix64 passes BigCrush; dropout needs far less. */
+static inline uint64_t mp_splitmix_at(uint64_t key, uint64_t i) {
+    uint64_t z = key + (i + 1) * 0x9E3779B97F4A7C15ULL;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+    return z ^ (z >> 31);
+}
+
+MP_SIMD_CLONES
+static void mp_uniform_f32(uint64_t key, uint64_t counter, int64_t n, float *MP_RESTRICT out) {
+    for (int64_t e = 0; e < n; e++)
+        out[e] = (float)(mp_splitmix_at(key, counter + (uint64_t)e) >> 40) * (1.0f / 16777216.0f);
+}
+
 /* y = max(x, 0) (a NaN input gives NaN, as numpy's maximum does) */
 MP_SIMD_CLONES
 static void mp_relu_forward(const float *MP_RESTRICT x, float *MP_RESTRICT y, int64_t n) {

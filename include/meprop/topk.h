@@ -9,13 +9,18 @@
  * Selection is a threshold filter: entries above the current k-th best
  * magnitude are appended (branchless) to a small candidate buffer, which is
  * cut back to its k best when it fills (the k-th magnitude found by counting for
- * small buffers, by an 8-bit radix select for larger ones), raising the threshold.
+ * small buffers, by a radix select over the live value range for larger ones),
+ * raising the threshold.
  * Blocks of 16 entries are first tested with one vectorisable
  * compare-and-count, so once the threshold settles most blocks cost a single
  * SIMD pass: expected O(n) per row. When k <= ~n/4 the threshold does not
  * start at zero but at a lower bound on the answer (the k-th largest of ~2k
  * block maxima, mp_topk_lower_bound_generic), so the buffer rarely fills. The
- * same block loop detects NaN and Inf, so no separate pass is needed. */
+ * same block loop detects NaN and Inf, so no separate pass is needed.
+ *
+ * mp_topk_mask_rows is the same selection for the masked dense backward
+ * (k > n_out / 4): it writes the gradient with the unselected entries zeroed
+ * instead of an index list. */
 #ifndef MEPROP_TOPK_H
 #define MEPROP_TOPK_H
 
