@@ -320,7 +320,7 @@ class Dropout(Module):
         self.p = float(p)
         self._key = int(np.random.SeedSequence(seed).generate_state(1, np.uint64)[0])
         self._counter = 0
-        self._legacy = None   # a numpy Generator: a state saved by meprop_cpu 0.1.0
+        self._legacy = None   # a numpy Generator: a state saved before meprop_cpu 0.2.0
 
     def draw(self, out):
         """Fill the C-contiguous float32 array ``out`` with the next ``out.size``
@@ -351,7 +351,7 @@ class Dropout(Module):
 
     def set_rng_state(self, state):
         """Restore :meth:`rng_state`. A numpy bit-generator state (what
-        checkpoints of meprop_cpu 0.1.0 hold) is taken too: this Dropout then
+        checkpoints written before meprop_cpu 0.2.0 hold) is taken too: this Dropout then
         keeps drawing from that numpy generator, so the run resumes exactly."""
         if not isinstance(state, dict):
             raise TypeError(f"Dropout.set_rng_state: state must be a dict, got "

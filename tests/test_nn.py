@@ -238,7 +238,7 @@ def test_dropout_state_roundtrip_and_draw_order():
 
 
 def test_dropout_resumes_a_numpy_generator_state():
-    """Checkpoints of meprop_cpu 0.1.0 hold a numpy PCG64 state for each Dropout:
+    """Checkpoints written before meprop_cpu 0.2.0 hold a numpy PCG64 state per Dropout:
     it is taken as it is, and the draws continue that numpy stream."""
     old = np.random.default_rng(8)
     old.random(50, dtype=np.float32)
