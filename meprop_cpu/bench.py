@@ -2018,7 +2018,7 @@ def add_arguments(p):
     g.add_argument("--mesimp", dest="profile", action="store_const", const="mesimp",
                    help="whole trainings only: 20 epochs at batch 100 on all threads, PyTorch "
                         "dense vs this project's dense and meSimp k=160 (prune 0.1 and 0.03), "
-                        "each run 3 times in rotated order (~4 min on 2 cores)")
+                        "each run 3 times in rotated order (~3 min on 2 cores)")
     p.set_defaults(profile="quick")
     p.add_argument("--threads", type=_threads_list, default=None, metavar="T,T",
                    help="thread counts for the layer sweep (default: profile); end to end "
