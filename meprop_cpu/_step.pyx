@@ -216,6 +216,9 @@ cdef class MLPStep:
                 l.gw = self._buf(k * n_in, np.float32)
             if k == 0 or l.masked:
                 l.gw = self._buf(n_out * n_in, np.float32)
+            if k == 0 and hits is not None:   # the per-column counts of dy, as masked layers
+                l.cursor = <int32_t *>self._buf(n_out, np.int32)
+                l.rows = <int32_t *>self._buf(n_out, np.int32)
             if l.masked:   # the masked top-k writes dys; cursor counts its columns
                 l.dys = self._buf(B * n_out, np.float32)
                 l.mws = self._buf(threads * mp_thread_stride(mp_topk_mask_ws_floats(n_out)),
@@ -269,9 +272,7 @@ cdef class MLPStep:
         for b in range(B):
             if pi[b] < 0 or pi[b] >= N:
                 raise ValueError(f"MLPStep.run_rows: idx[{b}] = {pi[b]} is outside [0, {N})")
-        if nthreads < 1 or nthreads > self.threads:
-            raise ValueError(f"MLPStep.run_rows: nthreads must be in [1, {self.threads}], "
-                             f"got {nthreads}")
+        self._check_threads("MLPStep.run_rows", nthreads)
         with nogil:
             mp_gather_batch(px, py, n_in, pi, B, self.xbuf, self.ybuf, nthreads)
         return self._run(self.xbuf, self.ybuf, B, counts, nthreads, kind, lr, momentum, eps,
@@ -292,16 +293,19 @@ cdef class MLPStep:
         if B < 1 or B > self.max_batch:
             raise ValueError(f"MLPStep.run: batch of {B} rows, expected 1..{self.max_batch}")
         cdef cnp.ndarray ya = _carray(labels, "MLPStep.run", "labels", cnp.NPY_INT64, 1, B, 0)
+        self._check_threads("MLPStep.run", nthreads)
         return self._run(<const float *>cnp.PyArray_DATA(xa),
                          <const int64_t *>cnp.PyArray_DATA(ya), B, counts, nthreads, kind, lr,
                          momentum, eps, beta1, beta2, weight_decay, clip)
 
+    cdef int _check_threads(self, str where, int nthreads) except -1:
+        if nthreads < 1 or nthreads > self.threads:
+            raise ValueError(f"{where}: nthreads must be in [1, {self.threads}], got {nthreads}")
+        return 0
+
     cdef tuple _run(self, const float *px, const int64_t *py, int64_t B, list counts,
                     int nthreads, int kind, double lr, double momentum, double eps, double beta1,
                     double beta2, double weight_decay, double clip):
-        if nthreads < 1 or nthreads > self.threads:
-            raise ValueError(f"MLPStep.run: nthreads must be in [1, {self.threads}], "
-                             f"got {nthreads}")
         if kind < 0 or kind > 2:
             raise ValueError(f"MLPStep.run: kind must be 0, 1 or 2, got {kind}")
         if len(counts) != 2 * self.nl:

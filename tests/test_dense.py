@@ -207,14 +207,16 @@ def test_matmul_thread_count_bit_identical(simd_path, shape):
     _check_close(d1, ref, absref, K)
 
 
-def _zero_blocks(rng, x, p=0.5):
-    """x with whole 16-float blocks zeroed (per row, with probability p): the
-    MNIST-like inputs whose all-zero blocks the AVX-512 forward skips."""
+def _zero_blocks(rng, x, p=0.5, width=16):
+    """x with whole row segments of `width` floats zeroed (per row and segment,
+    with probability p; the last segment may be partial): the MNIST-like
+    inputs whose all-zero 16-float blocks the AVX-512 forward skips, and
+    whose 48-float segments (the tn tile width) matmul_tn skips."""
     x = x.copy()
-    nb = x.shape[1] // 16
+    nb = -(-x.shape[1] // width)
     for r in range(x.shape[0]):
         for kb in np.flatnonzero(rng.random(nb) < p):
-            x[r, 16 * kb:16 * kb + 16] = 0.0
+            x[r, width * kb:width * kb + width] = 0.0
     return x
 
 
@@ -254,17 +256,6 @@ def test_zero_block_skip_keeps_nan_and_inf_inputs():
     _check_close(y[others], ref, absref, 784)
 
 
-def _zero_segments(rng, x, p, width=48):
-    """x with whole row segments zeroed (per row and 48-float column panel, the
-    AVX-512 tn tile width, with probability p): what matmul_tn skips."""
-    x = x.copy()
-    for r in range(x.shape[0]):
-        for j in range(0, x.shape[1], width):
-            if rng.random() < p:
-                x[r, j:j + width] = 0.0
-    return x
-
-
 @pytest.mark.parametrize("shape", [(1, 5, 40), (8, 100, 784), (24, 100, 784), (131, 100, 784),
                                    (474, 100, 784), (30, 700, 97), (200, 37, 50),
                                    (500, 10, 784)], ids=lambda s: "x".join(map(str, s)))
@@ -276,7 +267,7 @@ def test_matmul_tn_with_zero_row_segments(simd_path, shape, p):
     -0.0 in place of +0.0."""
     M, K, N = shape
     rng = np.random.default_rng(M * K + int(10 * p))
-    A, Bm = _rand(rng, K, M), _zero_segments(rng, _rand(rng, K, N), p)
+    A, Bm = _rand(rng, K, M), _zero_blocks(rng, _rand(rng, K, N), p, width=48)
     c = tn(A, Bm)
     ref, absref = ref_tn(A, Bm)
     _check_close(c, ref, absref, K)

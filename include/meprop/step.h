@@ -55,7 +55,8 @@ typedef struct {
     mp_entry *heap;   /* nthreads * mp_thread_stride(mp_topk_ws_entries(k)) */
     float *mws;       /* masked: nthreads * mp_thread_stride(mp_topk_mask_ws_floats(n_out)) */
     int32_t *sel; float *coef;                /* nthreads * mp_thread_stride(k) */
-    int32_t *cursor, *rows, *offsets;         /* n_out, min(n_out, B k) (masked: n_out), that + 1 */
+    int32_t *cursor, *rows, *offsets;         /* n_out, min(n_out, B k) (masked, or dense
+                                                 with hits: n_out), that + 1 */
     int32_t *pair_b; float *pair_v;           /* B k */
     const float *x;         /* set by the step: this layer's input for the batch */
     int64_t r;              /* set by the step: rows touched by the sparse weight gradient */
@@ -138,16 +139,13 @@ static void mp_gather_batch(const float *X, const int64_t *Y, int64_t n, const i
     }
 }
 
-/* hits[j] += the rows b with g[b, j] != 0 (g (B, n)); locals and restrict
- * so that the loop vectorises (a store through an int64 pointer could
- * otherwise alias a layer's int64 fields). */
+/* hits[j] += cnt[j] (the column counts of mp_mask_columns); restrict so the
+ * loop vectorises (a store through an int64 pointer could otherwise alias a
+ * layer's int64 fields) */
 MP_SIMD_CLONES
-static void mp_step_count_nonzero(const float *MP_RESTRICT g, int64_t B, int64_t n,
-                                  int64_t *MP_RESTRICT hits) {
-    for (int64_t b = 0; b < B; b++) {
-        const float *row = g + b * n;
-        for (int64_t j = 0; j < n; j++) hits[j] += row[j] != 0.0f;
-    }
+static void mp_step_add_counts(int64_t *MP_RESTRICT hits, const int32_t *MP_RESTRICT cnt,
+                               int64_t n) {
+    for (int64_t j = 0; j < n; j++) hits[j] += cnt[j];
 }
 
 /* One training step on the batch x (B, L[0].n_in), labels (B,).
@@ -196,7 +194,10 @@ static int mp_mlp_step(mp_step_layer *L, int nl, const float *x, const int64_t *
         if (l->k == 0) {
             if (l->need_dx) mp_matmul_nn(l->dy, l->W, l->dx, B, l->n_out, l->n_in, nthreads);
             mp_matmul_tn(l->dy, l->x, l->gw, l->n_out, B, l->n_in, nthreads);
-            if (l->hits) mp_step_count_nonzero(l->dy, B, l->n_out, l->hits);
+            if (l->hits) {   /* every neuron with a non-zero gradient counts as selected */
+                mp_mask_columns(l->dy, B, l->n_out, l->cursor, l->rows);
+                mp_step_add_counts(l->hits, l->cursor, l->n_out);
+            }
         } else if (l->unified) {   /* as kernels.unified_backward_into */
             const int64_t k = l->k, n = l->n_out;
             int64_t bad = mp_topk_unified(l->dy, B, n, k, l->idx, l->colsum, l->heap, nthreads);
@@ -220,8 +221,7 @@ static int mp_mlp_step(mp_step_layer *L, int nl, const float *x, const int64_t *
             if (bad) { res->bad = bad; res->layer = i; return 3; }
             l->r = mp_mask_columns(l->dys, B, n, l->cursor, l->rows);
             /* the same counts as mp_count_hits: the selected non-zeros */
-            if (l->hits)
-                for (int64_t j = 0; j < n; j++) l->hits[j] += l->cursor[j];
+            if (l->hits) mp_step_add_counts(l->hits, l->cursor, n);
             if (l->need_dx)
                 mp_matmul_nn(l->dys, l->W, l->dx, B, n, l->n_in, nthreads);
             mp_matmul_tn(l->dys, l->x, l->gw, n, B, l->n_in, nthreads);

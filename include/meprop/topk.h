@@ -69,6 +69,38 @@ static float mp_kth_count(const float *MP_RESTRICT m, int64_t c, int64_t k) {
     return r;
 }
 
+/* Pieces of the radix select shared by its generic and AVX-512 forms. */
+static inline float mp_bits_float(uint32_t u) {
+    float r;
+    memcpy(&r, &u, sizeof(r));
+    return r;
+}
+
+/* the smallest shift s that fits span = hi - lo into 256 buckets */
+static inline int mp_radix_shift(uint32_t span) {
+    int s = 0;
+    while ((span >> s) > 255u) s++;
+    return s;
+}
+
+/* cnt[0:top+1] = histogram of the live entries' digits (u - lo) >> s, where
+ * top = (hi - lo) >> s; returns top. Scalar: the increments are the chain. */
+static inline int mp_radix_histogram(const uint32_t *u, int64_t live, uint32_t lo, uint32_t hi,
+                                     int s, int32_t *cnt) {
+    const int top = (int)((hi - lo) >> s);
+    memset(cnt, 0, (size_t)(top + 1) * sizeof(int32_t));
+    for (int64_t i = 0; i < live; i++) cnt[(u[i] - lo) >> s]++;
+    return top;
+}
+
+/* From bucket d down, pass buckets while the entries above them stay below
+ * rank want; returns the bucket holding that rank (*above: the entries in the
+ * buckets passed, counting those passed before the call). */
+static inline int mp_radix_walk(const int32_t *cnt, int d, int64_t want, int64_t *above) {
+    for (; d > 0 && *above + cnt[d] < want; d--) *above += cnt[d];
+    return d;
+}
+
 MP_SIMD_CLONES
 static float mp_kth_largest(const float *MP_RESTRICT m, int64_t c, int64_t k,
                             float *MP_RESTRICT scratch) {
@@ -92,21 +124,12 @@ static float mp_kth_largest(const float *MP_RESTRICT m, int64_t c, int64_t k,
             lo = u[i] < lo ? u[i] : lo;
             hi = u[i] > hi ? u[i] : hi;
         }
-        if (lo == hi) {
-            float r;
-            memcpy(&r, &lo, sizeof(float));
-            return r;
-        }
+        if (lo == hi) return mp_bits_float(lo);
         if (live <= MP_KTH_COUNT_MAX) return mp_kth_count(scratch, live, want);
-        int s = 0;
-        while (((hi - lo) >> s) > 255u) s++;
+        const int s = mp_radix_shift(hi - lo);
         int32_t cnt[256];
-        const int top = (int)((hi - lo) >> s);
-        memset(cnt, 0, (size_t)(top + 1) * sizeof(int32_t));
-        for (int64_t i = 0; i < live; i++) cnt[(u[i] - lo) >> s]++;
-        int d = top;
         int64_t above = 0;
-        for (; d > 0 && above + cnt[d] < want; d--) above += cnt[d];
+        const int d = mp_radix_walk(cnt, mp_radix_histogram(u, live, lo, hi, s, cnt), want, &above);
         want -= above;                 /* rank of the answer among this bucket's entries */
         int64_t w = 0;
         for (int64_t i = 0; i < live; i++) {
@@ -141,20 +164,12 @@ static float mp_kth_largest_avx512(const float *m, int64_t c, int64_t k, float *
             vhi = _mm512_mask_max_epu32(vhi, lv, vhi, x);
         }
         const uint32_t lo = _mm512_reduce_min_epu32(vlo), hi = _mm512_reduce_max_epu32(vhi);
-        if (lo == hi) {
-            float r;
-            memcpy(&r, &lo, sizeof(float));
-            return r;
-        }
+        if (lo == hi) return mp_bits_float(lo);
         if (live <= MP_KTH_COUNT_MAX) return mp_kth_count(scratch, live, want);
-        int s = 0;
-        while (((hi - lo) >> s) > 255u) s++;
-        const int top = (int)((hi - lo) >> s);
-        memset(cnt, 0, sizeof(cnt));
-        for (int64_t i = 0; i < live; i++) cnt[(u[i] - lo) >> s]++;
+        const int s = mp_radix_shift(hi - lo);
+        int d = mp_radix_histogram(u, live, lo, hi, s, cnt);
         /* from the top bucket down: whole 16-bucket blocks while they stay
-         * below the rank sought, then bucket by bucket (as the generic walk) */
-        int d = top;
+         * below the rank sought, then bucket by bucket (the generic walk) */
         int64_t above = 0;
         while (d >= 16) {
             int32_t blk = _mm512_reduce_add_epi32(_mm512_loadu_si512((const void *)(cnt + d - 15)));
@@ -162,7 +177,7 @@ static float mp_kth_largest_avx512(const float *m, int64_t c, int64_t k, float *
             above += blk;
             d -= 16;
         }
-        for (; d > 0 && above + cnt[d] < want; d--) above += cnt[d];
+        d = mp_radix_walk(cnt, d, want, &above);
         want -= above;
         const __m512i vlo1 = _mm512_set1_epi32((int)lo), vd = _mm512_set1_epi32(d);
         const __m128i sh = _mm_cvtsi32_si128(s);
@@ -224,6 +239,13 @@ static float mp_keep_best(float *m, int32_t *ix, int64_t c, int64_t k, float *sc
 static inline int64_t mp_topk_cap(int64_t k) { return 2 * k + 4 * MP_TOPK_BLOCK; }
 /* cap floats + cap int32 + cap floats of scratch, in 8-byte units */
 static inline int64_t mp_topk_ws_entries(int64_t k) { return 2 * mp_topk_cap(k); }
+
+/* The NaN / Inf entries of g[0:n] (counted exactly for the error message). */
+static inline int64_t mp_count_nonfinite(const float *g, int64_t n) {
+    int64_t bad = 0;
+    for (int64_t j = 0; j < n; j++) bad += !(fabsf(g[j]) <= FLT_MAX);
+    return bad;
+}
 
 /* Count entries of g[0:len] with |g| > thr, and non-finite entries. */
 static inline int mp_block_scan(const float *MP_RESTRICT g, int64_t len, float thr, int *n_bad) {
@@ -374,9 +396,7 @@ static int64_t mp_filter_row_avx512(const float *g, int64_t n, int64_t k, float 
         c += __builtin_popcount(m);
     }
     if (anybad) {   /* rare: count them exactly for the error message */
-        int nbad = 0;
-        for (int64_t j = 0; j < n; j++) nbad += !(fabsf(g[j]) <= FLT_MAX);
-        *bad += nbad;
+        *bad += (int)mp_count_nonfinite(g, n);
     }
     return c;
 }
@@ -538,6 +558,18 @@ static void mp_randk_rows(int64_t B, int64_t n, int64_t k, uint64_t seed, int32_
     }
 }
 
+/* out[0:n] = g where |g| > T and at the first `ties` entries with |g| == T,
+ * 0 elsewhere: the masked row when more entries equal T than places are left. */
+static void mp_mask_keep_earliest_ties(const float *g, int64_t n, float T, int64_t ties,
+                                       float *out) {
+    for (int64_t j = 0; j < n; j++) {
+        float a = fabsf(g[j]);
+        int take = a > T || (a == T && ties > 0);
+        ties -= (a == T);
+        out[j] = take ? g[j] : 0.0f;
+    }
+}
+
 /* The per-example top-k in the masked form the dense-product backward wants
  * (k > n_out / 4, sparse_linear.h): out[0:n] = g on the row's top-k, as
  * mp_topk_row selects it, and 0 elsewhere. Only non-zero entries can matter
@@ -576,16 +608,10 @@ static int64_t mp_topk_mask_row(const float *MP_RESTRICT g, int64_t n, int64_t k
         eq += (a == T);
     }
     int64_t ties = k - above;   /* 1 <= ties <= eq */
-    if (ties == eq) {
+    if (ties == eq)
         for (int64_t j = 0; j < n; j++) out[j] = fabsf(g[j]) >= T ? g[j] : 0.0f;
-    } else {   /* more entries equal T than places left: the earliest win */
-        for (int64_t j = 0; j < n; j++) {
-            float a = fabsf(g[j]);
-            int take = a > T || (a == T && ties > 0);
-            ties -= (a == T);
-            out[j] = take ? g[j] : 0.0f;
-        }
-    }
+    else   /* more entries equal T than places left: the earliest win */
+        mp_mask_keep_earliest_ties(g, n, T, ties, out);
     return 0;
 }
 
@@ -609,11 +635,7 @@ static int64_t mp_topk_mask_row_avx512(const float *g, int64_t n, int64_t k, flo
         _mm512_storeu_ps(ws + c, _mm512_maskz_compress_ps(nz, a));   /* 16 floats of slack */
         c += __builtin_popcount(nz);
     }
-    if (anybad) {   /* rare: count them exactly */
-        int64_t bad = 0;
-        for (int64_t j = 0; j < n; j++) bad += !(fabsf(g[j]) <= FLT_MAX);
-        return bad;
-    }
+    if (anybad) return mp_count_nonfinite(g, n);   /* rare: count them exactly */
     if (c <= k) {
         for (int64_t v = 0; v < nvec; v++) {
             const __mmask16 live = v < nfull ? (__mmask16)0xFFFF : tail;
@@ -636,15 +658,8 @@ static int64_t mp_topk_mask_row_avx512(const float *g, int64_t n, int64_t k, flo
         eq += __builtin_popcount(at);
         _mm512_mask_storeu_ps(out + 16 * v, live, _mm512_maskz_mov_ps(gt | at, x));
     }
-    int64_t ties = k - above;
-    if (ties != eq) {   /* more entries equal T than places left: the earliest win */
-        for (int64_t j = 0; j < n; j++) {
-            float a = fabsf(g[j]);
-            int take = a > T || (a == T && ties > 0);
-            ties -= (a == T);
-            out[j] = take ? g[j] : 0.0f;
-        }
-    }
+    if (k - above != eq)   /* more entries equal T than places left: the earliest win */
+        mp_mask_keep_earliest_ties(g, n, T, k - above, out);
     return 0;
 }
 #endif
