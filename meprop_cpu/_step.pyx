@@ -33,7 +33,7 @@ cdef extern from "meprop/step.h":
                          int64_t B, float *x, int64_t *y, int nthreads) nogil
     ctypedef struct mp_step_layer:
         int64_t n_in, n_out, k
-        int unified, masked
+        int unified, masked, exact_dx
         int relu, need_dx
         int64_t *hits
         const float *drop_u
@@ -126,7 +126,8 @@ cdef class MLPStep:
     layers: one dict per Linear with keys W, b (parameter arrays), sW, sb
     (lists of the optimizer's state arrays for them, 0-2 each), hits (int64
     array or None), k (0 for a dense backward), unified (one index set per
-    batch), relu, need_dx, and optionally
+    batch), exact_dx (with k > 0: the input gradient from the whole dy, mode
+    "topk_dw"), relu, need_dx, and optionally
     drop_u (float32 (max_batch, n_out): where the caller draws the dropout
     uniforms before each run) with drop_p (the dropout probability). max_batch, threads: the largest batch and thread count run()
     will be given.
@@ -207,6 +208,7 @@ cdef class MLPStep:
             l.gb = self._buf(n_out, np.float32)
             l.unified = 1 if (k > 0 and d.get("unified")) else 0
             l.masked = 1 if (k > 0 and not l.unified and mp_backward_masked(k, n_out)) else 0
+            l.exact_dx = 1 if (k > 0 and d.get("exact_dx")) else 0
             if l.unified:   # the selected columns of dy and rows of W, the k gradient rows
                 l.idx = <int32_t *>self._buf(k, np.int32)
                 l.colsum = self._buf(n_out, np.float32)

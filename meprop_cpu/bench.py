@@ -2008,6 +2008,16 @@ def _threads_list(text):
 from .cli import _nonneg_float, _nonneg_int, _positive_int as _pos_int  # noqa: E402
 
 
+def _seeds(text):
+    try:
+        seeds = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        seeds = []
+    if not seeds or any(x < 0 for x in seeds):
+        raise argparse.ArgumentTypeError(f"expected comma-separated seeds >= 0, got {text!r}")
+    return seeds
+
+
 def add_arguments(p):
     g = p.add_mutually_exclusive_group()
     g.add_argument("--quick", dest="profile", action="store_const", const="quick",
@@ -2019,7 +2029,16 @@ def add_arguments(p):
                    help="whole trainings only: 20 epochs at batch 100 on all threads, PyTorch "
                         "dense vs this project's dense and meSimp k=160 (prune 0.1 and 0.03), "
                         "each run 3 times in rotated order (~3 min on 2 cores)")
+    g.add_argument("--tta", metavar="PROFILE", default=None,
+                   choices=("quick", "full", "batch100", "fashion"),
+                   help="time to accuracy instead: dev accuracy against training seconds for "
+                        "PyTorch, this library's dense, default meProp, the paper's meProp "
+                        "(with and without dropout) and unified, 3 seeds; quick: MNIST batch 10, "
+                        "8 epochs (~12 min on 2 cores); full: 20 epochs; batch100: batch 100 "
+                        "with meSimp; fashion: Fashion-MNIST (see meprop_cpu.tta)")
     p.set_defaults(profile="quick")
+    p.add_argument("--seeds", type=_seeds, default=None, metavar="S,S",
+                   help="--tta: the seeds (default 1,2,3)")
     p.add_argument("--threads", type=_threads_list, default=None, metavar="T,T",
                    help="thread counts for the layer sweep (default: profile); end to end "
                         "runs at the smallest and largest (quick) or at each (full)")
@@ -2130,6 +2149,9 @@ def run_cli(args, parser=None, set_before_numpy=False, log=print):
         sys.stderr.flush()
         return subprocess.call(cmd, env=env)
 
+    if args.tta:
+        from . import tta
+        return tta.run_cli(args, log=log)
     name = args.name or f"bench_{args.profile}"
     if os.sep in name or name.startswith(".") or not name:
         print(f"bench: error: --name must be a plain file name, got {name!r}", file=sys.stderr)

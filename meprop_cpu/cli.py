@@ -24,6 +24,8 @@ import sys
 
 import numpy as np
 
+from .nn import DEFAULT_MODE, MODES
+
 __all__ = ["main", "build_parser", "SUBCOMMANDS", "register_subcommand",
            "add_train_parser", "add_data_parser", "add_info_parser",
            "synthetic_dataset", "load_dataset", "DATASETS"]
@@ -158,8 +160,13 @@ def add_train_parser(subparsers):
                    help="layer widths, input first (default 784,500,500,10)")
     p.add_argument("--k", type=_positive_int, default=20,
                    help="top-k per hidden layer (default 20)")
-    p.add_argument("--mode", choices=("topk", "unified", "random", "dense"), default="topk",
-                   help="selection: per-example top-k, unified top-k, random-k or dense")
+    p.add_argument("--mode", choices=MODES, default=None,
+                   help=f"backward of the hidden layers (default {DEFAULT_MODE}: per-example "
+                        "top-k for the weight gradient, the exact input gradient passed down; "
+                        "topk: the paper's meProp, top-k for both; unified: one top-k set per "
+                        "batch; random: random-k; dense)")
+    p.add_argument("--paper", action="store_true",
+                   help="the paper's exact meProp semantics (same as --mode topk)")
     p.add_argument("--dense", action="store_true",
                    help="ordinary backprop (ignores --k and --mode)")
     p.add_argument("--topk-output", action="store_true",
@@ -306,6 +313,15 @@ def _summary_lines(s):
     return lines
 
 
+def _train_mode(args):
+    """The --mode of a non-dense run (--paper is --mode topk)."""
+    if args.paper:
+        if args.mode not in (None, "topk"):
+            raise CliError(f"--paper is --mode topk; it cannot be combined with --mode {args.mode}")
+        return "topk"
+    return args.mode
+
+
 def run_train(args, parser):
     from . import datasets
     from .nn import MLP
@@ -332,7 +348,7 @@ def run_train(args, parser):
                                      np.ascontiguousarray(y[:args.max_train])))
         dense = args.dense or args.mode == "dense"
         model = MLP(_resume_sizes(args), k=None if dense else args.k,
-                    mode="dense" if dense else args.mode, dropout=args.dropout,
+                    mode="dense" if dense else _train_mode(args), dropout=args.dropout,
                     topk_output=args.topk_output, seed=args.seed)
         opt = build_optimizer(args.optimizer, model.parameters(), lr=args.lr,
                               sparse=not args.dense_update, clip=args.clip)
@@ -348,10 +364,11 @@ def run_train(args, parser):
                           on_epoch=on_epoch, callbacks=_mesimp_callbacks(args, model, opt),
                           interrupt_checkpoint=INTERRUPT_CHECKPOINT, fused=not args.no_fused)
         n_train = data["train"][0].shape[0]
+        what = "dense backprop" if dense else f"k {args.k} ({model.config['mode']})"
         from ._config import get_num_threads
         print(f"train {args.dataset}: {n_train} train / {data['dev'][0].shape[0]} dev / "
               f"{data['test'][0].shape[0]} test, sizes {args.sizes}, "
-              f"{'dense backprop' if dense else f'k {args.k} ({args.mode})'}, "
+              f"{what}, "
               f"{args.optimizer} lr {opt.lr:g}{' dense update' if args.dense_update else ''}, "
               f"batch {args.batch_size}, threads {get_num_threads()}", flush=True)
         try:

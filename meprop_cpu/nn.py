@@ -19,9 +19,25 @@ from ._config import get_num_threads
 from .kernels import RowGrad, Workspace
 
 __all__ = ["Parameter", "Module", "Linear", "ReLU", "Tanh", "Cube", "Dropout", "Identity",
-           "SoftmaxCrossEntropy", "Sequential", "MLP", "MODES"]
+           "SoftmaxCrossEntropy", "Sequential", "MLP", "MODES", "DEFAULT_MODE"]
 
-MODES = ("topk", "unified", "random", "dense")
+MODES = ("topk_dw", "topk", "unified", "random", "dense")
+
+#: The meProp mode of a layer or model given ``k`` and no ``mode``. Per-example
+#: top-k that sparsifies the weight gradient only and passes the exact input
+#: gradient down: it trains as well as dense backprop, where the paper's
+#: "topk" (which also sparsifies the input gradient) is unstable without
+#: dropout (docs/stability.md).
+DEFAULT_MODE = "topk_dw"
+
+
+def _check_mode(mode, who):
+    if mode is None:
+        return DEFAULT_MODE
+    if mode not in MODES:
+        raise ValueError(f"{who}: mode must be one of {MODES} or None (the default, "
+                         f"{DEFAULT_MODE!r}), got {mode!r}")
+    return mode
 
 
 class Parameter:
@@ -104,10 +120,14 @@ def _check_size(v, name, who):
 class Linear(Module):
     """``y = x W^T + b`` with ``W`` (n_out, n_in), meProp backward when ``k`` is set.
 
-    mode: "topk" (per-example top-k, the paper's meProp), "unified" (one index
-    set per batch, ranked by the column sums of |dy|), "random" (a fresh random
+    mode: "topk_dw" (the default, :data:`DEFAULT_MODE`: per-example top-k
+    for the weight gradient, the exact input gradient ``dx = dy W`` for the
+    layer below), "topk" (the paper's meProp: the same top-k entries give
+    both the weight and the input gradient), "unified" (one index set per
+    batch, ranked by the column sums of |dy|), "random" (a fresh random
     k-subset per example: the paper's ablation) or "dense". ``k=None`` or
-    ``k >= n_out`` gives exact dense backprop in every mode.
+    ``k >= n_out`` gives exact dense backprop in every mode. ``None`` means
+    :data:`DEFAULT_MODE`.
 
     After ``backward(dy)``: ``W.grad`` is a RowGrad holding only the touched
     rows, ``b.grad`` the dense bias gradient ``dy.sum(0)`` (from the full dy,
@@ -119,13 +139,12 @@ class Linear(Module):
     gradient: meSimp's activeness record.
     """
 
-    def __init__(self, n_in, n_out, k=None, mode="topk", seed=None, init="glorot",
+    def __init__(self, n_in, n_out, k=None, mode=None, seed=None, init="glorot",
                  needs_input_grad=True):
         who = "Linear"
         n_in = _check_size(n_in, "n_in", who)
         n_out = _check_size(n_out, "n_out", who)
-        if mode not in MODES:
-            raise ValueError(f"{who}: mode must be one of {MODES}, got {mode!r}")
+        mode = _check_mode(mode, who)
         self.k = _check_k(k, n_out, who)
         self.mode = mode
         if seed is not None:
@@ -161,6 +180,12 @@ class Linear(Module):
     def sparse(self):
         """True when backward takes the meProp path at the current width."""
         return self.mode != "dense" and self.k is not None and self.k < self.n_out
+
+    @property
+    def exact_dx(self):
+        """True when a sparse backward still passes the exact input gradient
+        (mode "topk_dw")."""
+        return self.mode == "topk_dw"
 
     def parameters(self):
         return [self.W, self.b]
@@ -200,6 +225,8 @@ class Linear(Module):
             return dx
         k = self.k
         B = dy.shape[0]
+        if self.exact_dx:
+            return self._backward_exact_dx(x, W, dy, nt, ws)
         if self.mode == "unified":
             idx = ws.get("uidx", (k,), np.int32)
             bad = kernels.topk_unified_into(dy, k, idx, ws, nt)
@@ -240,6 +267,36 @@ class Linear(Module):
         # factored: the optimizer forms each gradient row as it applies it
         dx, self.W.grad = kernels.sparse_backward_into(x, W, idx, val, ws, nt,
                                                        self.needs_input_grad, factored=True)
+        return dx
+
+    def _backward_exact_dx(self, x, W, dy, nt, ws):
+        """Mode "topk_dw": the per-example top-k weight gradient of mode "topk"
+        (same kernels, same bits) and ``dx = dy W`` from the whole dy, as the
+        fused step computes it (include/meprop/step.h)."""
+        dx = None
+        if self.needs_input_grad:
+            dx = ws.get("dx_exact", x.shape, np.float32)
+            _dense.matmul_nn(dy, W, dx, nt)
+        k, B = self.k, dy.shape[0]
+        if _kernels.backward_masked(k, self.n_out):
+            bad, _, grad, counts = kernels.topk_masked_backward_into(x, W, dy, k, ws, nt, False)
+            if bad:
+                raise FloatingPointError(f"Linear.backward: dy contains {bad} NaN/Inf value(s)")
+            self.W.grad = grad
+            if self.track_hits:
+                self.hits += counts
+                self.seen += B
+            return dx
+        idx = ws.get("idx", (B, k), np.int32)
+        val = ws.get("val", (B, k), np.float32)
+        bad = kernels.topk_rows_into(dy, k, idx, val, ws, nt)
+        if bad:
+            raise FloatingPointError(f"Linear.backward: dy contains {bad} NaN/Inf value(s)")
+        if self.track_hits:
+            _kernels.count_hits(idx, val, self.hits)
+            self.seen += B
+        _, self.W.grad = kernels.sparse_backward_into(x, W, idx, val, ws, nt, False,
+                                                      factored=True)
         return dx
 
     def reset_hits(self):
@@ -489,13 +546,14 @@ class MLP(Sequential):
     """A multilayer perceptron for classification.
 
     sizes: [n_in, h1, ..., n_classes]. k and mode apply to every hidden layer
-    (the same k for all, as in the paper); the output layer backpropagates
+    (the same k for all, as in the paper; mode None is :data:`DEFAULT_MODE`,
+    "topk" the paper's exact semantics, see :class:`Linear`); the output layer backpropagates
     densely unless ``topk_output=True``. The first layer never computes the
     gradient of the input. ``dropout`` > 0 inserts inverted dropout after each
     hidden activation.
     """
 
-    def __init__(self, sizes, k=None, mode="topk", dropout=0.0, activation="relu",
+    def __init__(self, sizes, k=None, mode=None, dropout=0.0, activation="relu",
                  topk_output=False, seed=0):
         who = "MLP"
         if not isinstance(sizes, (list, tuple)) or len(sizes) < 2:
@@ -504,8 +562,7 @@ class MLP(Sequential):
         if activation not in _ACTIVATIONS:
             raise ValueError(f"{who}: activation must be one of {sorted(_ACTIVATIONS)}, "
                              f"got {activation!r}")
-        if mode not in MODES:
-            raise ValueError(f"{who}: mode must be one of {MODES}, got {mode!r}")
+        mode = _check_mode(mode, who)
         k = _check_k(k, None, who)
         if seed is not None:
             seed = kernels._check_int(seed, "seed", 0, 2**63 - 1)

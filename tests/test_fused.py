@@ -59,11 +59,12 @@ def _assert_same(a, b):
     (optim.AdaGrad, dict(lr=0.05, clip=0.1, weight_decay=1e-3))])
 @pytest.mark.parametrize("k", [6, 12, None])
 @pytest.mark.parametrize("threads", [1, 2])
-def test_fused_trainer_is_bit_identical_to_the_module_path(opt_cls, kw, k, threads):
+@pytest.mark.parametrize("mode", ["topk", "topk_dw"])
+def test_fused_trainer_is_bit_identical_to_the_module_path(opt_cls, kw, k, threads, mode):
     """61 examples in batches of 7: the last batch has 5 rows. k=6 takes the
     gather backward in both hidden layers, k=12 the masked dense one (4 k > 40, 32)."""
-    a = _train(True, opt_cls, kw, k=k, threads=threads)
-    b = _train(False, opt_cls, kw, k=k, threads=threads)
+    a = _train(True, opt_cls, kw, k=k, threads=threads, mode=mode)
+    b = _train(False, opt_cls, kw, k=k, threads=threads, mode=mode)
     assert a.step_path == "fused" and b.step_path == "modules"
     assert a._fused_step.builds == 1
     _assert_same(a, b)
@@ -113,14 +114,15 @@ def test_fused_step_is_bit_identical_with_parallel_sized_layers(k):
 
 
 @pytest.mark.parametrize("k", [10, 20])
-def test_fused_step_follows_mesimp_compaction_and_optimizer_resets(k):
+@pytest.mark.parametrize("mode", ["topk", "topk_dw"])
+def test_fused_step_follows_mesimp_compaction_and_optimizer_resets(k, mode):
     """Hit counting, shrinking the layers and the authors' resets: the fused
     step rebuilds after each compaction and stays identical (k=10: gather
     backward until the layers shrink below 4 k; k=20: masked from the start,
     where the fused step counts hits by columns of the masked dy)."""
     def make_cb(model, opt):
         return Simplifier(model, opt, prune_rate=0.2, schedule=CycleSchedule(1, 3))
-    kw = dict(sizes=[24, 60, 50, 5], k=k, batch=6, epochs=3, make_cb=make_cb)
+    kw = dict(sizes=[24, 60, 50, 5], k=k, batch=6, epochs=3, make_cb=make_cb, mode=mode)
     a = _train(True, **kw)
     b = _train(False, **kw)
     assert a.step_path == "fused"

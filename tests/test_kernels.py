@@ -480,7 +480,7 @@ def test_linear_backward_uses_the_masked_form_above_a_quarter():
     rng = np.random.default_rng(0)
     x = make_values(rng, (8, 30), "normal")
     for k, factored in ((10, True), (11, False)):       # n_out = 40: the rule is 4 k > 40
-        lin = Linear(30, 40, k=k, seed=1)
+        lin = Linear(30, 40, k=k, mode="topk", seed=1)
         lin.track_hits = True
         lin.forward(x)
         dy = make_values(rng, (8, 40), "zeros")

@@ -27,6 +27,8 @@ typedef struct {
     int64_t k;              /* > 0: top-k backward; 0: dense backward */
     int unified;            /* with k > 0: one index set for the batch (mode "unified") */
     int masked;             /* with k > 0, not unified: mp_backward_masked(k, n_out) */
+    int exact_dx;           /* with k > 0: dx from the whole dy (mode "topk_dw": the top-k
+                               sparsifies the weight gradient only) */
     int relu;               /* a ReLU follows this layer (every layer but the last) */
     int need_dx;            /* compute the gradient of the input (not for layer 0) */
     int64_t *hits;          /* meSimp activeness counts, or NULL */
@@ -207,7 +209,9 @@ static int mp_mlp_step(mp_step_layer *L, int nl, const float *x, const int64_t *
             if (l->hits)
                 for (int64_t b = 0; b < B; b++)
                     for (int64_t t = 0; t < k; t++) l->hits[l->idx[t]] += l->dys[b * k + t] != 0.0f;
-            if (l->need_dx) {
+            if (l->need_dx && l->exact_dx) {
+                mp_matmul_nn(l->dy, l->W, l->dx, B, n, l->n_in, nthreads);
+            } else if (l->need_dx) {
                 for (int64_t t = 0; t < k; t++)
                     memcpy(l->wk + t * l->n_in, l->W + (int64_t)l->idx[t] * l->n_in,
                            (size_t)l->n_in * sizeof(float));
@@ -223,14 +227,17 @@ static int mp_mlp_step(mp_step_layer *L, int nl, const float *x, const int64_t *
             /* the same counts as mp_count_hits: the selected non-zeros */
             if (l->hits) mp_step_add_counts(l->hits, l->cursor, n);
             if (l->need_dx)
-                mp_matmul_nn(l->dys, l->W, l->dx, B, n, l->n_in, nthreads);
+                mp_matmul_nn(l->exact_dx ? l->dy : l->dys, l->W, l->dx, B, n, l->n_in,
+                             nthreads);
             mp_matmul_tn(l->dys, l->x, l->gw, n, B, l->n_in, nthreads);
         } else {
             int64_t bad = mp_topk_rows(l->dy, B, l->n_out, l->k, l->idx, l->val, l->heap,
                                        nthreads);
             if (bad) { res->bad = bad; res->layer = i; return 3; }
             if (l->hits) mp_count_hits(l->idx, l->val, B * l->k, l->hits);
-            if (l->need_dx)
+            if (l->need_dx && l->exact_dx)
+                mp_matmul_nn(l->dy, l->W, l->dx, B, l->n_out, l->n_in, nthreads);
+            else if (l->need_dx)
                 mp_sparse_dx(l->W, l->n_in, l->idx, l->val, B, l->k, l->dx, l->sel,
                              l->coef, nthreads);
             l->r = mp_group_pairs(l->idx, l->val, B, l->k, l->n_out, l->cursor, l->rows,
