@@ -29,6 +29,7 @@ see :data:`meprop_cpu.nn.DEFAULT_MODE`), ``k``, ``dropout``, and ``mesimp``
 ``benchmarks/results/tta_<profile>.{json,md,png}``.
 """
 import json
+import math
 import os
 import statistics
 import sys
@@ -102,13 +103,13 @@ def time_to_target(curve, target):
 
 # ------------------------------------------------------------------ one run
 
-def _run_meprop(v, data, batch, epochs, seed, evals):
+def _run_meprop(v, data, batch, epochs, seed, evals, optimizer="adam", lr=None):
     from .nn import MLP
     from .train import Trainer, build_optimizer
     dense = v["mode"] == "dense"
     model = MLP(SIZES, k=None if dense else v["k"], mode="dense" if dense else v["mode"],
                 dropout=v["dropout"], seed=seed)
-    opt = build_optimizer("adam", model.parameters(), lr=1e-3, sparse=True)
+    opt = build_optimizer(optimizer, model.parameters(), lr=lr, sparse=True)
     callbacks = []
     if v["mesimp"]:
         from .simplify import CycleSchedule, Simplifier
@@ -181,14 +182,16 @@ def _run_torch(torch, v, data, batch, epochs, seed, evals):
             "optimizer": f"torch.optim.Adam(lr=1e-3, {_bench._torch_adam_impl(opt)})"}
 
 
-def run_variant(v, data, batch, epochs, seed, evals_per_epoch, torch_mod=None):
+def run_variant(v, data, batch, epochs, seed, evals_per_epoch, torch_mod=None,
+                optimizer="adam", lr=None):
     """Train variant ``v`` once; returns its record (curve of [seconds, dev %,
-    epochs, train loss], best dev, test at best dev, seconds per epoch)."""
+    epochs, train loss], best dev, test at best dev, seconds per epoch).
+    optimizer / lr: this library's variants only (the PyTorch one is Adam 1e-3)."""
     if v["impl"] == "torch":
         if torch_mod is None:
             raise RuntimeError("the PyTorch variant needs torch (pip install torch==2.13.0)")
         return _run_torch(torch_mod, v, data, batch, epochs, seed, evals_per_epoch)
-    return _run_meprop(v, data, batch, epochs, seed, evals_per_epoch)
+    return _run_meprop(v, data, batch, epochs, seed, evals_per_epoch, optimizer, lr)
 
 
 # ------------------------------------------------------------------ the study
@@ -201,9 +204,10 @@ def _median(xs):
 def _summarize(v, runs, target):
     tts = [r["time_to_target"] for r in runs]
     reached = [t for t in tts if t is not None]
-    # a median time exists only when more than half the seeds reached the target
-    tt = float(statistics.median(sorted(tts, key=lambda t: (t is None, t)))) \
-        if len(reached) * 2 > len(tts) else None
+    # a seed that never reached the target counts as the slowest: the median
+    # exists only when more than half the seeds reached it
+    med = statistics.median([math.inf if t is None else t for t in tts])
+    tt = None if math.isinf(med) else float(med)
     return {"name": v["name"], "reached": f"{len(reached)}/{len(tts)}",
             "time_to_target": tt,
             "best_dev": _median([r["best_dev"] for r in runs]),

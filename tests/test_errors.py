@@ -404,6 +404,7 @@ CLI_ROWS = {
     "--seed -1": (["--seed", "-1"], 2, "--seed"),
     "--seed 2**64": (["--seed", str(2 ** 64)], 2, "--seed"),
     "--k 1.5": (["--k", "1.5"], 2, "--k"),
+    "--paper --mode unified": (["--paper", "--mode", "unified"], 2, "--paper is --mode topk"),
     "--lr inf": (["--lr", "inf"], 2, "--lr"),
     "--lr nan": (["--lr", "nan"], 2, "--lr"),
     "--clip nan": (["--clip", "nan"], 2, "--clip"),
