@@ -1,4 +1,4 @@
-"""Session 2 side experiment: the runs of the table with the authors' C#
+"""Side experiment: the runs of the table with the authors' C#
 initialisation (GlorotNormalInit: N(0, sqrt(6 / (fan_in + fan_out))), i.e. a
 normal whose standard deviation is the uniform Glorot bound) instead of this
 project's Glorot-uniform. Same protocol otherwise (Adam 1e-3, batch 10, 20
