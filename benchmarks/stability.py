@@ -18,6 +18,7 @@ optionally with ":dropout" (e.g. topk:0.2). Writes
 benchmarks/results/stability/<dataset>_b<batch>_<optimizer>.{json,md}.
 """
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -37,6 +38,17 @@ def _variant(text, k):
     return tta._v(name, "meprop_cpu", mode, None if mode == "dense" else k, dropout)
 
 
+def _one(task, data, batch, epochs, optimizer, lr, threads):
+    seed, v = task
+    mp.set_num_threads(threads)
+    r = tta.run_variant(v, data, batch, epochs, seed, 1, optimizer=optimizer, lr=lr)
+    r["seed"] = seed
+    print(f"seed {seed} {v['name']:20s} dev by epoch "
+          f"{[round(c[1], 2) for c in r['curve']]} test at best dev "
+          f"{r['test_at_best_dev']:.2f}", flush=True)
+    return r
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--dataset", choices=("mnist", "fashion"), default="mnist")
@@ -49,6 +61,9 @@ def main(argv=None):
     p.add_argument("--variants", default="dense,topk_dw,topk")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=os.path.join(HERE, "results", "stability"))
+    p.add_argument("--jobs", type=int, default=1,
+                   help="train this many (seed, variant) runs at once in worker processes "
+                        "(accuracy is unaffected: every run is deterministic)")
     a = p.parse_args(argv)
     mp.set_num_threads(a.threads)
     seeds = [int(s) for s in a.seeds.split(",")]
@@ -59,15 +74,17 @@ def main(argv=None):
     os.makedirs(a.out, exist_ok=True)
     runs = {v["name"]: [] for v in variants}
     t0 = time.time()
-    for seed in seeds:
-        for v in variants:
-            r = tta.run_variant(v, data, a.batch, a.epochs, seed, 1, optimizer=a.optimizer,
-                                lr=lr)
-            r["seed"] = seed
-            runs[v["name"]].append(r)
-            print(f"seed {seed} {v['name']:20s} dev by epoch "
-                  f"{[round(c[1], 2) for c in r['curve']]} test at best dev "
-                  f"{r['test_at_best_dev']:.2f}", flush=True)
+    tasks = [(seed, v) for seed in seeds for v in variants]
+    job = functools.partial(_one, data=data, batch=a.batch, epochs=a.epochs,
+                            optimizer=a.optimizer, lr=lr, threads=a.threads)
+    if a.jobs > 1:
+        import multiprocessing as mpr
+        with mpr.get_context("fork").Pool(a.jobs) as pool:
+            results = pool.map(job, tasks, chunksize=1)
+    else:
+        results = [job(t) for t in tasks]
+    for (seed, v), r in zip(tasks, results):
+        runs[v["name"]].append(r)
     rows = []
     for v in variants:
         rs = runs[v["name"]]

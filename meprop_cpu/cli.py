@@ -314,10 +314,14 @@ def _summary_lines(s):
 
 
 def _train_mode(args):
-    """The --mode of a non-dense run (--paper is --mode topk)."""
+    """The --mode of a non-dense run (--paper is --mode topk). Without either,
+    meSimp runs take "topk" (at its k = 160 of 500 it is stable, and it
+    prunes further than topk_dw: docs/stability.md), other runs DEFAULT_MODE."""
     if args.paper:
         if args.mode not in (None, "topk"):
             raise CliError(f"--paper is --mode topk; it cannot be combined with --mode {args.mode}")
+        return "topk"
+    if args.mode is None and args.mesimp:
         return "topk"
     return args.mode
 

@@ -23,7 +23,8 @@ Variants: ``torch`` (the same MLP in PyTorch: ``nn.Linear`` + ReLU
 initial weights copied in), ``dense`` (this library's dense backprop), and
 this library's meProp variants by ``mode`` (``None`` = the library's default,
 see :data:`meprop_cpu.nn.DEFAULT_MODE`), ``k``, ``dropout``, and ``mesimp``
-(meSimp on top of the default meProp, the paper's cycle schedule).
+(meSimp with mode "topk", as ``meprop-cpu train --mesimp`` runs it, and the
+paper's cycle schedule).
 
 ``meprop-cpu bench --tta`` runs it from the command line; results go to
 ``benchmarks/results/tta_<profile>.{json,md,png}``.
@@ -63,7 +64,7 @@ def _variants(batch, k, mesimp_k):
            _v(f"meProp k={k} paper (topk), dropout 0.2", "meprop_cpu", "topk", k, 0.2),
            _v(f"meProp k={k} unified", "meprop_cpu", "unified", k)]
     if mesimp_k:
-        out.append(_v(f"meSimp k={mesimp_k}", "meprop_cpu", None, mesimp_k, mesimp=True))
+        out.append(_v(f"meSimp k={mesimp_k}", "meprop_cpu", "topk", mesimp_k, mesimp=True))
     return out
 
 

@@ -40,6 +40,11 @@ def test_train_synthetic_prints_epochs_and_summary(capsys, tmp_path):
 
 
 @pytest.mark.parametrize("extra, mode, k", [
+    ([], "topk_dw", 5),
+    (["--paper"], "topk", 5),
+    (["--mode", "topk"], "topk", 5),
+    (["--mesimp"], "topk", 5),
+    (["--mesimp", "--mode", "topk_dw"], "topk_dw", 5),
     (["--dense"], "dense", None),
     (["--mode", "dense"], "dense", None),
     (["--mode", "unified", "--dropout", "0.1", "--optimizer", "adagrad"], "unified", 5),
