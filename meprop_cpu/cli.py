@@ -321,6 +321,16 @@ def _train_mode(args):
         if args.mode not in (None, "topk"):
             raise CliError(f"--paper is --mode topk; it cannot be combined with --mode {args.mode}")
         return "topk"
+    if args.mode is None and args.resume is not None:
+        # a run continues in the mode it was started in (checkpoints of 0.2
+        # and earlier were trained with the then-default "topk")
+        from .train import read_checkpoint
+        try:
+            mode = (read_checkpoint(args.resume)[0]["model"].get("config") or {}).get("mode")
+        except (OSError, ValueError):
+            mode = None     # reported by Trainer.fit with the usual message
+        if mode in MODES and mode != "dense":
+            return mode
     if args.mode is None and args.mesimp:
         return "topk"
     return args.mode

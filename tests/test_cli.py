@@ -93,6 +93,20 @@ def test_checkpoint_and_resume_match_a_straight_run(capsys, tmp_path):
     assert set(a) == set(b) and all(np.array_equal(a[n], b[n]) for n in a)
 
 
+def test_resume_keeps_the_checkpoints_mode(capsys, tmp_path):
+    """A run started with --paper (or an 0.2 checkpoint, trained with the then
+    default topk) continues in mode topk when resumed without --mode."""
+    straight, part = tmp_path / "a.npz", tmp_path / "b.npz"
+    common = [*BASE, "--paper", "--seed", "5"]
+    assert run(capsys, *common, "--epochs", "2", "--checkpoint", str(straight))[0] == 0
+    assert run(capsys, *common, "--epochs", "1", "--checkpoint", str(part))[0] == 0
+    rc, out, err = run(capsys, *BASE, "--seed", "5", "--epochs", "2", "--resume", str(part))
+    assert rc == 0, err
+    assert "(topk)" in out and "warn" not in err.lower()
+    (_, a), (_, b) = read_checkpoint(straight), read_checkpoint(part)
+    assert all(np.array_equal(a[n], b[n]) for n in a)
+
+
 def test_resume_with_another_architecture_is_an_error(capsys, tmp_path):
     ckpt = tmp_path / "c.npz"
     assert run(capsys, *BASE, "--epochs", "1", "--checkpoint", str(ckpt))[0] == 0
