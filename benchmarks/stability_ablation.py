@@ -93,6 +93,8 @@ if __name__ == "__main__":
     ap.add_argument("--dataset", default="mnist")
     ap.add_argument("--dense", action="store_true")
     ap.add_argument("--tag", default="")
+    ap.add_argument("--dense-update", action="store_true",
+                    help="the optimizer updates every row (sparse=False)")
     a = ap.parse_args()
     mp.set_num_threads(1)
     data = datasets.mnist() if a.dataset == "mnist" else datasets.fashion_mnist()
@@ -101,7 +103,8 @@ if __name__ == "__main__":
         model = nn.MLP(sizes, k=None, mode="dense", dropout=a.dropout, seed=a.seed)
     else:
         model = build(sizes, a.kw, a.kx, a.xmode, a.seed, a.dropout, a.r)
-    opt = train.build_optimizer(a.opt, model.parameters(), lr=a.lr, sparse=True)
+    opt = train.build_optimizer(a.opt, model.parameters(), lr=a.lr,
+                                sparse=not a.dense_update)
     tr = train.Trainer(model, opt, data, batch_size=a.batch, epochs=a.epochs, seed=a.seed,
                        fused=False, progress=False)
     t = time.time()
