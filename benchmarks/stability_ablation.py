@@ -69,8 +69,8 @@ class ProtoLinear(nn.Linear):
             self.k, self.needs_input_grad = k0, g0
         return r if xmode == "same" else dx
 
-def build(sizes, kw, kx, xmode, seed, dropout, r=20):
-    m = nn.MLP(sizes, k=kw, mode="topk", dropout=dropout, seed=seed)
+def build(sizes, kw, kx, xmode, seed, dropout, r=20, wmode="topk"):
+    m = nn.MLP(sizes, k=kw, mode=wmode, dropout=dropout, seed=seed)
     lins = m.linears
     for i, l in enumerate(lins[:-1]):
         l.__class__ = ProtoLinear
@@ -93,6 +93,8 @@ if __name__ == "__main__":
     ap.add_argument("--dataset", default="mnist")
     ap.add_argument("--dense", action="store_true")
     ap.add_argument("--tag", default="")
+    ap.add_argument("--wmode", default="topk", choices=("topk", "unified"),
+                    help="the selection that forms the weight gradient (default per-example)")
     ap.add_argument("--dense-update", action="store_true",
                     help="the optimizer updates every row (sparse=False)")
     a = ap.parse_args()
@@ -102,7 +104,7 @@ if __name__ == "__main__":
     if a.dense:
         model = nn.MLP(sizes, k=None, mode="dense", dropout=a.dropout, seed=a.seed)
     else:
-        model = build(sizes, a.kw, a.kx, a.xmode, a.seed, a.dropout, a.r)
+        model = build(sizes, a.kw, a.kx, a.xmode, a.seed, a.dropout, a.r, a.wmode)
     opt = train.build_optimizer(a.opt, model.parameters(), lr=a.lr,
                                 sparse=not a.dense_update)
     tr = train.Trainer(model, opt, data, batch_size=a.batch, epochs=a.epochs, seed=a.seed,
