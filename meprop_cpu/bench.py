@@ -2101,7 +2101,7 @@ def _argv_from_args(parser, args):
         v = getattr(args, a.dest, a.default)
         opt = max(a.option_strings, key=len)
         if isinstance(a, argparse._StoreConstAction):     # also store_true
-            if v == a.const:
+            if v == a.const and v != a.default:
                 out.append(opt)
         elif v is None or v == a.default or v is False:
             continue

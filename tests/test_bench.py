@@ -329,6 +329,7 @@ def test_argv_round_trip_for_the_relaunch():
     p = bench.add_arguments(argparse.ArgumentParser())
     for argv in (["--full", "--threads", "1,2", "--no-torch", "--max-wait", "0.0"],
                  ["--quick", "--epochs", "2", "--max-train", "500", "--out", "/tmp/x"],
+                 ["--tta", "quick", "--seeds", "1,2", "--epochs", "3"],
                  []):
         a = p.parse_args(argv)
         b = p.parse_args(bench._argv_from_args(p, a))
