@@ -51,6 +51,15 @@ def _check_tensor(t, name, who, n_cols=None):
     return t
 
 
+_F32, _STRIDED = torch.float32, torch.strided
+
+
+def _ok(t):
+    """Fast check: a contiguous float32 CPU tensor (the kernels' input)."""
+    return (type(t) is torch.Tensor or isinstance(t, torch.Tensor)) and t.is_cpu \
+        and t.dtype is _F32 and t.layout is _STRIDED and t.is_contiguous()
+
+
 def _np(t):
     """The tensor's memory as a numpy array (no copy)."""
     return t.detach().numpy()
@@ -102,9 +111,10 @@ class MePropLinear(nn.Module):
     place. ``sparse_grad=False``: a dense gradient (zero in the rows not
     selected) for any optimizer.
 
-    ``forward_impl``: ``"torch"`` (PyTorch's ``F.linear``) or ``"meprop"``
-    (this library's dense kernel); both give ``nn.Linear``'s result to float
-    rounding. Under ``torch.no_grad()`` / ``inference_mode`` or when nothing
+    ``forward_impl``: ``"meprop"`` (this library's dense kernel, the default:
+    faster than ``F.linear`` at small batches, see benchmarks/bench_torch.py)
+    or ``"torch"`` (PyTorch's ``F.linear``); both give ``nn.Linear``'s result
+    to float rounding. Under ``torch.no_grad()`` / ``inference_mode`` or when nothing
     needs a gradient the layer is plain ``F.linear``.
 
     Inputs: contiguous float32 CPU tensors of shape (*, in_features); anything
@@ -116,7 +126,7 @@ class MePropLinear(nn.Module):
     """
 
     def __init__(self, in_features, out_features, bias=True, k=None, mode=None,
-                 sparse_grad=True, forward_impl="torch", device=None, dtype=None):
+                 sparse_grad=True, forward_impl="meprop", device=None, dtype=None):
         super().__init__()
         who = "MePropLinear"
         self.in_features = _mp_nn._check_size(in_features, "in_features", who)
@@ -183,6 +193,23 @@ class MePropLinear(nn.Module):
 
     # ------------------------------------------------------------ forward
     def forward(self, x):
+        w, b = self.weight, self.bias
+        n_in, n_out = self.in_features, self.out_features
+        if not (_ok(x) and x.dim() >= 1 and x.shape[-1] == n_in and _ok(w)
+                and w.shape == (n_out, n_in) and (b is None or (_ok(b) and b.shape == (n_out,)))):
+            self._check_forward_args(x)
+        two_d = x.dim() == 2
+        x2 = x if two_d else x.reshape(-1, n_in)   # a view: x is contiguous
+        if x2.shape[0] == 0 or not torch.is_grad_enabled() or not (
+                x.requires_grad or w.requires_grad or (b is not None and b.requires_grad)):
+            y = self._forward_product(x2, w, b) if x2.shape[0] else \
+                nn.functional.linear(x2, w, b)
+        else:
+            y = _MePropFunction.apply(x2, w, b, self)
+        return y if two_d else y.reshape(*x.shape[:-1], n_out)
+
+    def _check_forward_args(self, x):
+        """The slow path of forward's checks: the error naming the argument."""
         who = "MePropLinear.forward"
         _check_tensor(x, "x", who, self.in_features)
         w = self.weight
@@ -193,15 +220,9 @@ class MePropLinear(nn.Module):
         b = self.bias
         if b is not None:
             _check_tensor(b, "bias", who)
-        lead = x.shape[:-1]
-        x2 = x.reshape(-1, self.in_features)   # a view: x is contiguous
-        if x2.shape[0] == 0 or not torch.is_grad_enabled() or not (
-                x.requires_grad or w.requires_grad or (b is not None and b.requires_grad)):
-            y = self._forward_product(x2, w, b) if x2.shape[0] else \
-                nn.functional.linear(x2, w, b)
-        else:
-            y = _MePropFunction.apply(x2, w, b, self)
-        return y.reshape(*lead, self.out_features)
+            if tuple(b.shape) != (self.out_features,):
+                raise ValueError(f"{who}: bias has shape {tuple(b.shape)}, expected "
+                                 f"({self.out_features},)")
 
     def _forward_product(self, x, w, b):
         if self.forward_impl == "torch":

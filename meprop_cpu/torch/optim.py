@@ -37,11 +37,16 @@ def _np(t):
     return t.detach().numpy()
 
 
+_increment_version = getattr(torch.autograd.graph, "increment_version", None)
+
+
 class _RowOptimizer(torch.optim.Optimizer):
     _kind = None
     _state_names = ()
 
     def __init__(self, params, defaults):
+        self._view_cache = {}      # param -> its state views (params outlive us: strong refs are fine)
+        self._pview_cache = {}
         super().__init__(params, defaults)
         for group in self.param_groups:
             for i, p in enumerate(group["params"]):
@@ -69,7 +74,6 @@ class _RowOptimizer(torch.optim.Optimizer):
         """(rows int32 numpy or None, values 2-D float32 numpy, r) of p.grad, checked."""
         who = type(self).__name__
         g = p.grad
-        w2 = p if p.dim() == 2 else p.view(1, -1)
         if g.layout == torch.sparse_coo:
             if p.dim() != 2 or g.sparse_dim() != 1 or g.dense_dim() != 1 \
                     or tuple(g.shape) != tuple(p.shape):
@@ -90,7 +94,7 @@ class _RowOptimizer(torch.optim.Optimizer):
                 rows = _np(g._indices()[0]).astype(np.int32)
             values = g._values().contiguous()
             r = rows.shape[0]
-            return w2, rows, _np(values).reshape(r, p.shape[1]) if r else None, r
+            return rows, _np(values).reshape(r, p.shape[1]) if r else None, r
         if g.layout != torch.strided:
             raise TypeError(f"{who}.step: the gradient of {name} has layout {g.layout}; "
                             "expected a dense or a sparse COO tensor")
@@ -99,7 +103,7 @@ class _RowOptimizer(torch.optim.Optimizer):
                              f"{tuple(p.shape)}, got {g.dtype} {tuple(g.shape)}")
         g2 = g.contiguous()
         g2 = g2 if g2.dim() == 2 else g2.view(1, -1)
-        return w2, None, _np(g2), g2.shape[0]
+        return None, _np(g2), g2.shape[0]
 
     def _names(self, group):
         """The state tensors (shaped like the parameter) this group keeps."""
@@ -115,14 +119,57 @@ class _RowOptimizer(torch.optim.Optimizer):
         return st
 
     def _views(self, p, st, group):
+        """(s1, s2): the state tensors as the kernel's 2-D numpy views (None where
+        absent), made once per state tensor and reused while it is the same."""
+        names = self._names(group)
+        key = tuple(st[n] for n in names)
+        hit = self._view_cache.get(p)
+        if hit is not None and len(hit[0]) == len(key) and all(
+                a is b for a, b in zip(hit[0], key)) and all(
+                t.data_ptr() == d for t, d in zip(key, hit[2])):
+            return hit[1]
         out = []
-        for n in self._names(group):
+        for n in names:
             t = st[n]
-            if t.dtype != torch.float32 or not t.is_contiguous() or t.shape != p.shape:
-                t = st[n] = t.to(torch.float32).contiguous().reshape(p.shape)
+            if t.dtype != torch.float32 or not t.is_contiguous() or t.shape != p.shape \
+                    or t.device.type != "cpu":
+                t = st[n] = t.to(device="cpu", dtype=torch.float32).contiguous().reshape(p.shape)
             out.append(_np(t if t.dim() == 2 else t.view(1, -1)))
         out += [None] * (2 - len(out))
-        return out
+        key = tuple(st[n] for n in names)
+        self._view_cache[p] = (key, tuple(out), tuple(t.data_ptr() for t in key))
+        return tuple(out)
+
+    def _param_view(self, p):
+        """p as the kernel's 2-D numpy view (cached while p keeps its memory)."""
+        hit = self._pview_cache.get(p)
+        ptr = p.data_ptr()
+        if hit is not None and hit[0] == ptr and hit[1] == p.shape:
+            return hit[2]
+        if not (p.is_cpu and p.dtype == torch.float32 and p.is_contiguous()
+                and p.dim() in (1, 2)):
+            raise ValueError(f"{type(self).__name__}.step: a parameter is no longer a "
+                             "contiguous 1-D or 2-D float32 CPU tensor")
+        v = _np(p if p.dim() == 2 else p.view(1, -1))
+        self._pview_cache[p] = (ptr, p.shape, v)
+        return v
+
+    def zero_grad(self, set_to_none=True):
+        """Clear every parameter's gradient (None, or zeros for dense gradients
+        when set_to_none=False)."""
+        for group in self.param_groups:
+            for p in group["params"]:
+                g = p.grad
+                if g is None:
+                    continue
+                if set_to_none or g.is_sparse:
+                    p.grad = None
+                else:
+                    if g.grad_fn is not None:
+                        g.detach_()
+                    else:
+                        g.requires_grad_(False)
+                    g.zero_()
 
     def _args(self, group, step):
         """(lr, momentum, eps, beta1, beta2, step_size, inv_sqrt_bc2) for the kernel."""
@@ -143,7 +190,7 @@ class _RowOptimizer(torch.optim.Optimizer):
                     work.append((group, p) + self._grad_parts(p, f"param_groups[{gi}]"
                                                                  f"['params'][{i}]"))
         nt = torch.get_num_threads()
-        for group, p, w2, rows, values, r in work:
+        for group, p, rows, values, r in work:
             st = self._state_for(p, group)
             step = int(st["step"]) + 1
             st["step"] = step
@@ -151,10 +198,10 @@ class _RowOptimizer(torch.optim.Optimizer):
                 continue
             s1, s2 = self._views(p, st, group)
             lr, mom, eps, b1, b2, step_size, isb = self._args(group, step)
-            _kernels.optim_rows(self._kind, _np(w2), s1, s2, rows, values, r, lr, mom, eps,
-                                b1, b2, group["weight_decay"], 0.0, step_size, isb, nt)
-            if hasattr(torch.autograd.graph, "increment_version"):
-                torch.autograd.graph.increment_version(p)
+            _kernels.optim_rows(self._kind, self._param_view(p), s1, s2, rows, values, r, lr,
+                                mom, eps, b1, b2, group["weight_decay"], 0.0, step_size, isb, nt)
+            if _increment_version is not None:   # autograd sees the in-place change
+                _increment_version(p)
         return loss
 
 
