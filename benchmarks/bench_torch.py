@@ -218,9 +218,9 @@ def profile_part(args, data):
         (f"MePropLinear k={args.k} sparse_grad=False + torch.optim.Adam",
          lambda: convert(torch_mlp(args.seed, args.dropout), k=args.k, mode=args.mode,
                          sparse_grad=False), torch.optim.Adam),
-        (f"MePropLinear k={args.k} forward_impl=meprop + meprop_cpu.torch.optim.Adam",
+        (f"MePropLinear k={args.k} forward_impl=torch + meprop_cpu.torch.optim.Adam",
          lambda: convert(torch_mlp(args.seed, args.dropout), k=args.k, mode=args.mode,
-                         forward_impl="meprop"), tmp_optim.Adam),
+                         forward_impl="torch"), tmp_optim.Adam),
     ]
     loss_fn = nn.CrossEntropyLoss()
     models = [(name, make(), ocls) for name, make, ocls in configs]

@@ -531,3 +531,19 @@ def test_training_matches_the_library_mlp(mode):
     for t, m in zip(model[::2], own.linears):
         _close(t.weight, torch.from_numpy(m.W.data), rtol=1e-4, atol=1e-5)
         _close(t.bias, torch.from_numpy(m.b.data), rtol=1e-4, atol=1e-5)
+
+
+def test_optimizer_follows_replaced_parameter_memory():
+    # the optimizer caches numpy views of parameters and state: replacing p.data or
+    # loading a state dict must not leave it writing into the old memory
+    w = nn.Parameter(torch.zeros(3, 2))
+    opt = optim.SGD([w], lr=1.0, momentum=0.5)
+    w.grad = torch.ones(3, 2)
+    opt.step()
+    old = w.data
+    w.data = torch.full((3, 2), 10.0)
+    opt.step()
+    assert torch.equal(w.data, torch.full((3, 2), 10.0 - 1.5)) and (old == -1).all()
+    opt.load_state_dict(opt.state_dict())
+    opt.step()
+    assert torch.equal(w.data, torch.full((3, 2), 8.5 - 1.75))

@@ -40,7 +40,7 @@ def _replace(parent, name, old, new):
             setattr(parent, pn, new)
 
 
-def convert(model, k, mode=None, *, skip_last=True, sparse_grad=True, forward_impl="torch",
+def convert(model, k, mode=None, *, skip_last=True, sparse_grad=True, forward_impl="meprop",
             include=None):
     """Replace ``model``'s ``nn.Linear`` modules by :class:`MePropLinear` in place,
     keeping their parameters (the same ``nn.Parameter`` objects, so an optimizer
