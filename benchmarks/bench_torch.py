@@ -156,7 +156,8 @@ def mnist_part(args, data):
     for name, (model, _) in variants.items():
         opts[name] = (torch_adam(model.parameters(), args.lr) if name.startswith("torch")
                       else tmp_optim.Adam(model.parameters(), lr=args.lr))
-    rows = {name: {"epoch_s": [], "dev": [], "test": []} for name in variants}
+    rows = {name: {"epoch_s": [], "epoch_cpu_s": [], "dev": [], "test": []}
+            for name in variants}
     perm_rng = np.random.default_rng(args.seed)
     perms = [torch.from_numpy(perm_rng.permutation(n)) for _ in range(args.epochs)]
     loss_fn = nn.CrossEntropyLoss()
@@ -166,7 +167,7 @@ def mnist_part(args, data):
             model, opt = variants[name][0], opts[name]
             Xp, yp = Xtr[perms[ep]], ytr[perms[ep]]
             torch.manual_seed(args.seed + ep)     # the same dropout draws in both variants
-            t0 = time.perf_counter()
+            c0, t0 = time.process_time(), time.perf_counter()
             for i in range(0, n, B):
                 opt.zero_grad()
                 loss_fn(model(Xp[i:i + B]), yp[i:i + B]).backward()
@@ -174,6 +175,7 @@ def mnist_part(args, data):
             dt = time.perf_counter() - t0
             r = rows[name]
             r["epoch_s"].append(dt)
+            r["epoch_cpu_s"].append(time.process_time() - c0)
             r["dev"].append(accuracy(model, Xdev, ydev))
             r["test"].append(accuracy(model, Xte, yte))
             print(f"  epoch {ep + 1} {name}: {dt:.2f} s, dev {r['dev'][-1]:.2f} "
@@ -193,9 +195,13 @@ def mnist_part(args, data):
         "test": [h.get("test_acc") for h in evals], "step_path": tr.step_path}
     for name, r in rows.items():
         r["median_epoch_s"] = statistics.median(r["epoch_s"])
-    base = rows["torch nn.Linear + torch.optim.Adam"]["median_epoch_s"]
+        if r.get("epoch_cpu_s"):
+            r["median_epoch_cpu_s"] = statistics.median(r["epoch_cpu_s"])
+    base_row = rows["torch nn.Linear + torch.optim.Adam"]
     for r in rows.values():
-        r["speedup_vs_torch"] = base / r["median_epoch_s"]
+        r["speedup_vs_torch"] = base_row["median_epoch_s"] / r["median_epoch_s"]
+        if "median_epoch_cpu_s" in r:
+            r["cpu_speedup_vs_torch"] = base_row["median_epoch_cpu_s"] / r["median_epoch_cpu_s"]
     return {"train_examples": n, "batch": B, "epochs": args.epochs, "k": args.k,
             "mode": args.mode, "dropout": args.dropout, "lr": args.lr, "rows": rows}
 
@@ -226,11 +232,12 @@ def profile_part(args, data):
     models = [(name, make(), ocls) for name, make, ocls in configs]
     models = [(name, m, ocls(list(m.parameters()), lr=args.lr)) for name, m, ocls in models]
     acc = {name: {"forward": [], "backward": [], "in_meprop_backward": [], "step": [],
-                  "zero_grad": [], "total": []} for name, _, _ in models}
+                  "zero_grad": [], "total": [], "cpu": []} for name, _, _ in models}
     steps = X.shape[0] // B
     for rep in range(args.profile_reps + 1):           # rep 0: warm-up
         for name, model, opt in (models if rep % 2 else list(reversed(models))):
             tf = tb = ts = tz = 0.0
+            c0 = time.process_time()
             with Timed() as inner:
                 for s in range(steps):
                     xb, yb = X[s * B:(s + 1) * B], y[s * B:(s + 1) * B]
@@ -247,10 +254,12 @@ def profile_part(args, data):
                     tf += t2 - t1
                     tb += t3 - t2
                     ts += t4 - t3
+            cpu = time.process_time() - c0
             if rep == 0:
                 continue
             a = acc[name]
             for key, v in (("forward", tf), ("backward", tb), ("step", ts), ("zero_grad", tz),
+                           ("cpu", cpu),
                            ("in_meprop_backward", inner.seconds),
                            ("total", tf + tb + ts + tz)):
                 a[key].append(1e6 * v / steps)
@@ -292,19 +301,22 @@ def wide_part(args):
     g = torch.Generator().manual_seed(args.seed)
     x = torch.randn(B, n_in, generator=g).requires_grad_(True)
     dy = torch.randn(B, n_out, generator=g)
-    res = {name: {"fwd_bwd": [], "forward": [], "backward": []} for name in variants}
+    res = {name: {"fwd_bwd": [], "forward": [], "backward": [], "fwd_bwd_cpu": []}
+           for name in variants}
     for rep in range(args.wide_reps + 2):                # 2 warm-up repetitions
         names = list(variants) if rep % 2 else list(reversed(list(variants)))
         for name in names:
             layer = variants[name]
             layer.zero_grad()
             x.grad = None
-            t0 = time.perf_counter()
+            c0, t0 = time.process_time(), time.perf_counter()
             y = layer(x)
             t1 = time.perf_counter()
             y.backward(dy)
             t2 = time.perf_counter()
+            c2 = time.process_time()
             if rep >= 2:
+                res[name]["fwd_bwd_cpu"].append(1e3 * (c2 - c0))
                 res[name]["fwd_bwd"].append(1e3 * (t2 - t0))
                 res[name]["forward"].append(1e3 * (t1 - t0))
                 res[name]["backward"].append(1e3 * (t2 - t1))
@@ -340,10 +352,16 @@ def markdown(res):
               "training time per epoch (evaluation excluded; median over the epochs, the "
               "variants alternating epoch by epoch), dev / test accuracy (%) after each "
               "epoch.", "",
-              "| run | s/epoch (median) | vs torch | every epoch (s) | dev | test |",
-              "|---|---:|---:|---|---|---|"]
+              "CPU s = the process's CPU time in the epoch (all threads), a check on the "
+              "wall time when other jobs share the machine.", "",
+              "| run | s/epoch (median) | vs torch | CPU s/epoch (vs torch) | every epoch (s) "
+              "| dev | test |",
+              "|---|---:|---:|---:|---|---|---|"]
         for name, r in m["rows"].items():
+            cpu = (f"{r['median_epoch_cpu_s']:.2f} ({r['cpu_speedup_vs_torch']:.2f}x)"
+                   if "median_epoch_cpu_s" in r else "")
             L.append(f"| {name} | {r['median_epoch_s']:.2f} | {r['speedup_vs_torch']:.2f}x | "
+                     f"{cpu} | "
                      f"{', '.join(f'{v:.2f}' for v in r['epoch_s'])} | "
                      f"{', '.join(f'{v:.2f}' for v in r['dev'])} | "
                      f"{', '.join('-' if v is None else f'{v:.2f}' for v in r['test'])} |")
@@ -357,15 +375,16 @@ def markdown(res):
               "autograd's engine and PyTorch's backward of the other ops (loss, ReLU, "
               "dropout, output layer).", "",
               "| run | forward+loss | backward | in MePropLinear | outside | optimizer step | "
-              "zero_grad | total |",
-              "|---|---:|---:|---:|---:|---:|---:|---:|"]
+              "zero_grad | total | CPU µs/step |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for name, r in p["us_per_step"].items():
             if "forward" not in r:
-                L.append(f"| {name} |  |  |  |  |  |  | {r['total']:.0f} |")
+                L.append(f"| {name} |  |  |  |  |  |  | {r['total']:.0f} |  |")
                 continue
             L.append(f"| {name} | {r['forward']:.0f} | {r['backward']:.0f} | "
                      f"{r['in_meprop_backward']:.0f} | {r['backward_outside_meprop']:.0f} | "
-                     f"{r['step']:.0f} | {r['zero_grad']:.0f} | {r['total']:.0f} |")
+                     f"{r['step']:.0f} | {r['zero_grad']:.0f} | {r['total']:.0f} | "
+                     f"{r['cpu']:.0f} |")
         L.append("")
     if "wide" in res:
         w = res["wide"]
@@ -373,11 +392,13 @@ def markdown(res):
               f"k = {w['k']} (ms, median of {w['reps']})", "",
               "forward + backward of `y = layer(x); y.backward(dy)` with the input "
               "gradient; the variants alternate within each repetition.", "",
-              "| layer | forward+backward | vs nn.Linear | forward | backward |",
-              "|---|---:|---:|---:|---:|"]
+              "| layer | forward+backward | vs nn.Linear | forward | backward | CPU ms "
+              "fwd+bwd |",
+              "|---|---:|---:|---:|---:|---:|"]
         for name, r in w["ms"].items():
             L.append(f"| {name} | {r['fwd_bwd_ms']:.2f} | {r['fwd_bwd_speedup']:.2f}x | "
-                     f"{r['forward_ms']:.2f} | {r['backward_ms']:.2f} |")
+                     f"{r['forward_ms']:.2f} | {r['backward_ms']:.2f} | "
+                     f"{r['fwd_bwd_cpu_ms']:.2f} |")
         L.append("")
     return "\n".join(L)
 
