@@ -187,10 +187,10 @@ class _RowOptimizer(torch.optim.Optimizer):
         for gi, group in enumerate(self.param_groups):
             for i, p in enumerate(group["params"]):
                 if p.grad is not None:
-                    work.append((group, p) + self._grad_parts(p, f"param_groups[{gi}]"
-                                                                 f"['params'][{i}]"))
+                    work.append((group, p, self._param_view(p))
+                                + self._grad_parts(p, f"param_groups[{gi}]['params'][{i}]"))
         nt = torch.get_num_threads()
-        for group, p, rows, values, r in work:
+        for group, p, pv, rows, values, r in work:
             st = self._state_for(p, group)
             step = int(st["step"]) + 1
             st["step"] = step
@@ -198,7 +198,7 @@ class _RowOptimizer(torch.optim.Optimizer):
                 continue
             s1, s2 = self._views(p, st, group)
             lr, mom, eps, b1, b2, step_size, isb = self._args(group, step)
-            _kernels.optim_rows(self._kind, self._param_view(p), s1, s2, rows, values, r, lr,
+            _kernels.optim_rows(self._kind, pv, s1, s2, rows, values, r, lr,
                                 mom, eps, b1, b2, group["weight_decay"], 0.0, step_size, isb, nt)
             if _increment_version is not None:   # autograd sees the in-place change
                 _increment_version(p)
