@@ -2019,6 +2019,15 @@ def add_arguments(p):
                    help="whole trainings only: 20 epochs at batch 100 on all threads, PyTorch "
                         "dense vs this project's dense and meSimp k=160 (prune 0.1 and 0.03), "
                         "each run 3 times in rotated order (~3 min on 2 cores)")
+    g.add_argument("--contention", dest="profile", action="store_const", const="contention",
+                   help="MNIST training (batch 10, meProp k=20 and dense, dropout 0.2; PyTorch) "
+                        "at 1 thread, all threads and the default, quiet and while child "
+                        "processes busy-loop on the CPUs (--load-procs); ~3 min on 2 cores")
+    p.add_argument("--load-procs", type=_nonneg_int, default=1, metavar="N",
+                   help="--contention: competing busy processes (default 1)")
+    p.add_argument("--torch-cap", type=_nonneg_float, default=20.0, metavar="S",
+                   help="--contention: stop a PyTorch run after S seconds and extrapolate its "
+                        "epoch time (default 20)")
     p.set_defaults(profile="quick")
     p.add_argument("--threads", type=_threads_list, default=None, metavar="T,T",
                    help="thread counts for the layer sweep (default: profile); end to end "
@@ -2130,6 +2139,9 @@ def run_cli(args, parser=None, set_before_numpy=False, log=print):
         sys.stderr.flush()
         return subprocess.call(cmd, env=env)
 
+    if args.profile == "contention":
+        from .bench_contention import contention_cli
+        return contention_cli(args, set_before_numpy=set_before_numpy, log=log)
     name = args.name or f"bench_{args.profile}"
     if os.sep in name or name.startswith(".") or not name:
         print(f"bench: error: --name must be a plain file name, got {name!r}", file=sys.stderr)
