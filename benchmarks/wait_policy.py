@@ -86,7 +86,6 @@ def run_child(spec, env_extra, threads):
 
 def measure(variants, specs, repeats, load, log):
     """variants: [(label, env, threads)]; specs: [(name, spec)]. Rotated order."""
-    sys.path.insert(0, os.path.dirname(HERE))
     from meprop_cpu.bench_contention import CompetingLoad
     from meprop_cpu.bench import CpuMonitor
     res = {}
@@ -133,7 +132,7 @@ def render(doc):
     for e in doc["results"]:
         sh = [s for s in e["other_share"] if s is not None]
         lines.append(f"| {e['spec']} | {e['policy']} | {e['threads']} | {e['load']} | "
-                     f"{e['median_s']:.4f} | {', '.join(f'{t:.3f}' for t in e['times'])} | "
+                     f"{e['median_s']:.4g} | {', '.join(f'{t:.4g}' for t in e['times'])} | "
                      f"{_acc(e['dev_acc'])} | {max(sh) if sh else float('nan'):.2f} |")
     lines += ["", "Final-weight hashes per measurement (identical = bit-identical training): "
               + "; ".join(f"{s}: {len(h)} distinct" for s, h in doc["hashes"].items())]
@@ -164,7 +163,8 @@ def main(argv=None):
     else:
         variants = [("libgomp default", POLICIES["libgomp default"], 2),
                     ("passive", POLICIES["passive"], "auto"),
-                    ("passive", POLICIES["passive"], 2)]
+                    ("passive", POLICIES["passive"], 2),
+                    ("spin 10k", POLICIES["spin 10k"], "auto")]
         specs = [("MNIST epoch, batch 10, k=20 dropout 0.2, s",
                   {"what": "train", "mode": "topk", "batch": 10, "epochs": 1,
                    "max_train": None}),
