@@ -5,11 +5,12 @@ variants = json.loads(sys.argv[6]) if len(sys.argv) > 6 else {
     "default": {}, "passive": {"OMP_WAIT_POLICY": "passive"},
     "spin1k": {"GOMP_SPINCOUNT": "1000"}, "spin10k": {"GOMP_SPINCOUNT": "10000"}}
 threads = [1, 2]
-py = "/work/wt-load/.venv/bin/python"
+py = sys.executable
+HERE = os.path.dirname(os.path.abspath(__file__))
 res = {}
 busy = None
 if LOAD:
-    busy = subprocess.Popen([py, "/tmp/load_exp/busy.py", "240"])
+    busy = subprocess.Popen([py, os.path.join(HERE, "busy.py"), "240"])
 try:
     for r in range(R):
         keys = [(v, t) for v in variants for t in threads]
@@ -17,7 +18,7 @@ try:
         for v, t in keys:
             env = {k: x for k, x in os.environ.items() if not k.startswith(("OMP_", "GOMP_"))}
             env.update(variants[v]); env["OPENBLAS_NUM_THREADS"] = "1"
-            out = subprocess.run([py, "/tmp/load_exp/train1.py", str(t), B, N, MODE, "3"],
+            out = subprocess.run([py, os.path.join(HERE, "train1.py"), str(t), B, N, MODE, "3"],
                                  env=env, capture_output=True, text=True, timeout=200)
             try:
                 d = json.loads(out.stdout.strip().splitlines()[-1])
