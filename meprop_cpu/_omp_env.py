@@ -14,8 +14,10 @@ threads burn their time slices, and when another process competes for the
 cores, the thread the scheduler took away stalls every region for a
 scheduler quantum: 2-thread training on 2 busy cores ran 3-10x slower than
 1-thread training. Threads that sleep at once (passive) leave the core to
-whichever thread can use it, and a woken thread is scheduled promptly. The
-measurements behind the choice are in benchmarks/results/contention.md.
+whichever thread can use it, and a woken thread is scheduled promptly. First
+measurements: benchmarks/results/samples/wait_policy_first/README.md; to
+compare the policies on a machine: ``python benchmarks/wait_policy.py
+contention`` and ``... quiet``, and ``meprop-cpu bench --contention``.
 
 Override: set ``OMP_WAIT_POLICY`` (``active`` / ``passive``) or
 ``GOMP_SPINCOUNT`` yourself before importing meprop_cpu; then nothing is
