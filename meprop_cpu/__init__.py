@@ -1,7 +1,15 @@
 """meprop_cpu: meProp (top-k sparsified backprop) and meSimp on multicore CPUs."""
 __version__ = "0.3.0"
 
-from ._config import get_num_threads, openmp_enabled, set_num_threads, show_config
+from . import _omp_env
+
+# the OpenMP runtime reads its wait policy when the kernels load (see _omp_env)
+_added = _omp_env.apply()
+try:
+    from ._config import get_num_threads, openmp_enabled, set_num_threads, show_config
+finally:
+    _omp_env.restore(_added)
+    del _added
 from . import kernels
 from .kernels import RowGrad
 

@@ -2036,6 +2036,15 @@ def add_arguments(p):
                         "(with and without dropout) and unified, 3 seeds; quick: MNIST batch 10, "
                         "8 epochs (~12 min on 2 cores); full: 20 epochs; batch100: batch 100 "
                         "with meSimp; fashion: Fashion-MNIST (see meprop_cpu.tta)")
+    g.add_argument("--contention", dest="profile", action="store_const", const="contention",
+                   help="MNIST training (batch 10, meProp k=20 and dense, dropout 0.2; PyTorch) "
+                        "at 1 thread, all threads and the default, quiet and while child "
+                        "processes busy-loop on the CPUs (--load-procs); ~3 min on 2 cores")
+    p.add_argument("--load-procs", type=_nonneg_int, default=1, metavar="N",
+                   help="--contention: competing busy processes (default 1)")
+    p.add_argument("--torch-cap", type=_nonneg_float, default=20.0, metavar="S",
+                   help="--contention: stop a PyTorch run after S seconds and extrapolate its "
+                        "epoch time (default 20)")
     p.set_defaults(profile="quick")
     p.add_argument("--seeds", type=_seeds, default=None, metavar="S,S",
                    help="--tta: the seeds (default 1,2,3)")
@@ -2152,6 +2161,9 @@ def run_cli(args, parser=None, set_before_numpy=False, log=print):
     if args.tta:
         from . import tta
         return tta.run_cli(args, log=log)
+    if args.profile == "contention":
+        from .bench_contention import contention_cli
+        return contention_cli(args, set_before_numpy=set_before_numpy, log=log)
     name = args.name or f"bench_{args.profile}"
     if os.sep in name or name.startswith(".") or not name:
         print(f"bench: error: --name must be a plain file name, got {name!r}", file=sys.stderr)

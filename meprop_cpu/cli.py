@@ -184,7 +184,8 @@ def add_train_parser(subparsers):
     p.add_argument("--epochs", type=_positive_int, default=20)
     p.add_argument("--evals-per-epoch", type=_positive_int, default=1)
     p.add_argument("--threads", type=_int_in(1, 4096), default=None,
-                   help="kernel and BLAS threads (default: the current setting)")
+                   help="kernel and BLAS threads (default: the current setting, normally "
+                        "automatic: all CPUs, fewer while other processes compete for them)")
     p.add_argument("--seed", type=_int_in(0, 2**63 - 1), default=0)
     p.add_argument("--max-train", type=_positive_int, default=None, metavar="N",
                    help="use only the first N training examples")
@@ -267,8 +268,8 @@ class _Threads:
     ``restore()`` puts both back (main() may be called from Python)."""
 
     def __init__(self, n):
-        from . import get_num_threads, set_num_threads
-        self._previous = get_num_threads()
+        from . import _config, set_num_threads
+        self._previous = dict(_config._state)
         self._blas = None
         set_num_threads(n)
         try:
@@ -278,8 +279,8 @@ class _Threads:
         self._blas = threadpool_limits(limits=n, user_api="blas")
 
     def restore(self):
-        from . import set_num_threads
-        set_num_threads(self._previous)
+        from . import _config
+        _config._state.update(self._previous)
         if self._blas is not None:
             self._blas.restore_original_limits()
 

@@ -64,6 +64,8 @@ import numpy as np
 
 from . import fused
 from ._config import get_num_threads
+from . import _config
+from ._thread_tuner import ThreadTuner, candidates as thread_candidates
 from ._io import atomic_savez, read_npz
 from .nn import Dropout, Linear, MLP, SoftmaxCrossEntropy
 from .optim import SGD, AdaGrad, Adam
@@ -374,6 +376,7 @@ class Trainer:
         self.fused = bool(fused)
         self._fused_step = None
         self.step_path = None
+        self.thread_tuner = None  # a ThreadTuner while the thread count is automatic
 
         n = self.data["train"][0].shape[0]
         self.n_train = n
@@ -435,6 +438,8 @@ class Trainer:
         rec.update(times)
         rec.update({"hidden_sizes": _hidden_sizes(self.model), "threads": get_num_threads(),
                     "k": k, "mode": mode})
+        if self.thread_tuner is not None:
+            rec["thread_tuner"] = self.thread_tuner.state()
         rec.update(extra)
         return rec
 
@@ -480,6 +485,8 @@ class Trainer:
             return summary
         finally:
             restore_sigint()
+            if self.thread_tuner is not None and _config._auto_threads() is not None:
+                _config._use_threads(_config._auto_threads())
             if progress is not None:
                 progress.clear()
             if self._log is not None:
@@ -508,6 +515,7 @@ class Trainer:
             t_eval = part["time_eval"]
             t_start -= part["time_train"] + t_eval
         fast = self._fused(loss_fn)
+        tuner = self._thread_tuner()
         for step in range(first, spe + 1):
             if self._stop:   # Ctrl-C: stop between steps, rewind to the epoch's permutation
                 self._rng.bit_generator.state = epoch_start_rng
@@ -519,6 +527,9 @@ class Trainer:
                     progress.clear()
                 return None
             idx = perm[(step - 1) * B: step * B]
+            if tuner is not None:
+                _config._use_threads(tuner.threads())
+                t_step = pc()
             out = None
             if fast is not None:
                 try:
@@ -553,6 +564,8 @@ class Trainer:
                 t_fwd += t1 - t0
                 t_bwd += t2 - t1
                 t_upd += t3 - t2
+            if tuner is not None:
+                tuner.record(pc() - t_step)
             self.global_step += 1
             nb = idx.shape[0]
             loss_sum += loss * nb
@@ -588,6 +601,17 @@ class Trainer:
             fs = self._fused_step = fused.FusedStep(self.model, self.optimizer, self.batch_size)
         self.step_path = "fused"
         return fs
+
+    def _thread_tuner(self):
+        """The ThreadTuner of this Trainer when the thread count is automatic
+        (see meprop_cpu.set_num_threads), else None."""
+        n = _config._auto_threads()
+        if n is None or n < 2:
+            self.thread_tuner = None
+            return None
+        if self.thread_tuner is None or self.thread_tuner.cands[0] != n:
+            self.thread_tuner = ThreadTuner(thread_candidates(n))
+        return self.thread_tuner
 
     def request_stop(self):
         """Ask a running ``fit`` to stop after the current step, as Ctrl-C does."""
