@@ -127,11 +127,14 @@ class ParserNet(Sequential):
     hidden: hidden widths (default two of 500); k, mode: meProp on the hidden
     layers (as :class:`~meprop_cpu.nn.MLP`); activation: "cube" | "relu" |
     "tanh"; dropout: after each hidden activation; topk_output: meProp on the
-    output layer too."""
+    output layer too. embed_init: the embeddings start uniform in
+    [-embed_init, embed_init] (0.3: with two cube layers, Adam at lr 0.001
+    trains from there; AdaGrad at lr 0.01 overshoots in its first steps and
+    the cube amplifies it: use relu or a smaller lr with AdaGrad)."""
 
     def __init__(self, n_words, n_tags, n_labels, hidden=(500, 500), dim=50, k=None,
                  mode="topk", activation="cube", dropout=0.0, topk_output=False, seed=0,
-                 embed_init=0.5):
+                 embed_init=0.3):
         who = "ParserNet"
         if activation not in ACTIVATIONS:
             raise ValueError(f"{who}: activation must be one of {sorted(ACTIVATIONS)}, "
