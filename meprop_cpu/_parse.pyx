@@ -14,6 +14,7 @@ cdef extern from "meprop/parse.h":
         int64_t limit[48]
         const float *W0T
         const float *b0
+        int null_folded
         int act
         int n_layers
         const float *W[8]
@@ -40,7 +41,7 @@ cdef class NetView:
 
     def __init__(self, list emb_of_feature, const float[:, ::1] table, const int64_t[::1] base,
                  const int64_t[::1] limit, const float[:, ::1] W0T, const float[::1] b0,
-                 int act, list Ws, list bs):
+                 int act, list Ws, list bs, bint null_folded=False):
         cdef int q, l
         cdef const float[:, ::1] e
         cdef const float[:, ::1] W
@@ -56,6 +57,7 @@ cdef class NetView:
         self.net.table = &table[0, 0]
         self.net.W0T = &W0T[0, 0]
         self.net.b0 = &b0[0]
+        self.net.null_folded = null_folded
         self.net.act = act
         self.net.n_layers = len(Ws)
         self.max_width = self.net.H

@@ -6,7 +6,10 @@
  * position that product is pre-computed once (a row of `table`); other ids
  * take d axpys over the rows of W0^T. The later layers (hidden and output)
  * are the library's dense products on the whole batch of live
- * configurations. Every configuration is handled by one thread in a fixed
+ * configurations. Most features of a configuration are NULL (absent
+ * children, an empty buffer): with `null_folded` their products are folded
+ * into the bias once and only the differences to them are added.
+ * Every configuration is handled by one thread in a fixed
  * order, so the result does not depend on the thread count.
  *
  * Feature layout (meprop_cpu/parsing/transition.py): positions 0..17 words,
@@ -35,6 +38,9 @@ typedef struct {
     int64_t limit[MP_PARSE_NFEAT];      /* ids < limit[f] are pre-computed */
     const float *W0T;          /* (48 * d, H): the first layer's weight, transposed */
     const float *b0;           /* (H,) */
+    int null_folded;           /* 1: b0 holds the NULL id's product at every position and
+                                  table rows / fallbacks are differences to it, so the
+                                  (many) NULL features cost nothing */
     int act;                   /* MP_ACT_* for every hidden layer */
     int n_layers;              /* layers after the first (the last is the output) */
     const float *W[8];         /* (n_out[l], n_in[l]) */
@@ -54,14 +60,15 @@ static void mp_parse_first(const mp_parser_net *net, const int32_t *f, float *MP
     memcpy(h, net->b0, (size_t)H * sizeof(float));
     for (int q = 0; q < MP_PARSE_NFEAT; q++) {
         const int64_t id = f[q];
+        if (id == 0 && net->null_folded) continue;    /* NULL: already in b0 */
         if (id < net->limit[q]) {
             const float *MP_RESTRICT r = net->table + (net->base[q] + id) * H;
             for (int64_t j = 0; j < H; j++) h[j] += r[j];
         } else {
-            const float *e = net->emb[q] + id * d;
+            const float *e = net->emb[q] + id * d, *e0 = net->emb[q];
             const float *W = net->W0T + (int64_t)q * d * H;
             for (int64_t c = 0; c < d; c++) {
-                const float ec = e[c];
+                const float ec = net->null_folded ? e[c] - e0[c] : e[c];
                 const float *MP_RESTRICT wr = W + c * H;
                 for (int64_t j = 0; j < H; j++) h[j] += ec * wr[j];
             }

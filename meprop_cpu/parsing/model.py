@@ -233,13 +233,26 @@ class PrecomputedNet:
             if limits[q]:
                 E = tabs[t][:limits[q]]
                 table[base[q]:base[q] + limits[q]] = E @ self.W0T[q * d:(q + 1) * d]
+        # fold the NULL id's product (most features of a configuration are NULL) into
+        # the bias: rows hold differences to it, and NULL features are skipped in C
+        b0 = lins[0].b.data.astype(np.float64)
+        fold = bool(precompute)
+        if fold:
+            for q, t in enumerate(feat_table):
+                if limits[q]:
+                    null = table[base[q]].copy()
+                    table[base[q]:base[q] + limits[q]] -= null
+                else:
+                    null = tabs[t][0] @ self.W0T[q * d:(q + 1) * d]
+                b0 += null
+        self.b0 = np.ascontiguousarray(b0, dtype=np.float32)
         self.table = table
         self.limits, self.base = limits, base
         self.emb = [tabs[t] for t in feat_table]
         Ws = [m.W.data for m in lins[1:]]
         bs = [m.b.data for m in lins[1:]]
-        self.view = _parse.NetView(self.emb, table, base, limits, self.W0T, lins[0].b.data,
-                                   _ACT_CODE[net.config["activation"]], Ws, bs)
+        self.view = _parse.NetView(self.emb, table, base, limits, self.W0T, self.b0,
+                                   _ACT_CODE[net.config["activation"]], Ws, bs, fold)
         self.n_labels = net.config["n_labels"]
         self.vocab_sizes = [t.shape[0] for t in tabs]
 
