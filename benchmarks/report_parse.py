@@ -35,9 +35,13 @@ def load(d):
                 run["file"] = os.path.basename(f)
                 run["machine"] = r["machine"]
                 train.append(run)
-        elif r.get("part") == "speed":
-            speed = r
-            speed["file"] = os.path.basename(f)
+        elif r.get("part") == "speed":      # several files (one per thread count) merge
+            if speed is None:
+                speed = {"epochs": [], "parse": [], "argv": [], "files": []}
+            speed["epochs"] += r["epochs"]
+            speed["parse"] += r["parse"]
+            speed["argv"].append(" ".join(r["argv"]))
+            speed["files"].append(os.path.basename(f))
     return train, speed
 
 
@@ -220,7 +224,7 @@ def main(argv=None):
             md += [f"![dev UAS vs time]({os.path.basename(p)})", ""]
     if speed:
         md += ["## Epoch time and parsing speed (`--part speed`)", "",
-               f"`{' '.join(speed['argv'])}`: one epoch per variant and repeat, variants in "
+               f"`{'`, `'.join(speed['argv'])}`: one epoch per variant and repeat, variants in "
                "rotated order, medians over the repeats; parsing: the dev + test sentences "
                "greedily, median of 5.", ""]
         lines, _ = speed_table(speed)

@@ -14,6 +14,7 @@ Inference (:class:`PrecomputedNet`, C kernel ``include/meprop/parse.h``):
 greedy parsing of sentence batches with the first layer's products
 pre-computed for the frequent ids of every feature position.
 """
+import inspect
 import json
 import os
 import time
@@ -24,7 +25,7 @@ from .. import _parse
 from .._config import get_num_threads
 from .._io import atomic_savez, read_npz
 from ..kernels import RowGrad, Workspace, _check_int
-from ..nn import Cube, Dropout, Linear, Module, MODES, Parameter, ReLU, Sequential, Tanh
+from ..nn import MLP, Cube, Dropout, Linear, Module, MODES, Parameter, ReLU, Sequential, Tanh
 from . import transition as tr
 from .conllu import Sentence
 from .evaluate import attachment_scores
@@ -33,6 +34,8 @@ __all__ = ["FeatureEmbedding", "ParserNet", "PrecomputedNet", "Parser", "load_pa
            "ACTIVATIONS", "PARSER_FORMAT", "PARSER_VERSION"]
 
 ACTIVATIONS = {"cube": Cube, "relu": ReLU, "tanh": Tanh}
+# meProp's selection when none is given: the MLP's default, read from one place
+DEFAULT_MODE = inspect.signature(MLP.__init__).parameters["mode"].default
 _ACT_CODE = {"cube": 0, "relu": 1, "tanh": 2}
 PARSER_FORMAT, PARSER_VERSION = "meprop_cpu.parser", 1
 
@@ -125,7 +128,7 @@ class ParserNet(Sequential):
 
     n_words, n_tags: vocabulary sizes (with the 3 reserved ids); n_labels: L.
     hidden: hidden widths (default two of 500); k, mode: meProp on the hidden
-    layers (as :class:`~meprop_cpu.nn.MLP`); activation: "cube" | "relu" |
+    layers (as :class:`~meprop_cpu.nn.MLP`; mode None: the MLP's default); activation: "cube" | "relu" |
     "tanh"; dropout: after each hidden activation; topk_output: meProp on the
     output layer too. embed_init: the embeddings start uniform in
     [-embed_init, embed_init] (0.3: with two cube layers, Adam at lr 0.001
@@ -133,9 +136,11 @@ class ParserNet(Sequential):
     the cube amplifies it: use relu or a smaller lr with AdaGrad)."""
 
     def __init__(self, n_words, n_tags, n_labels, hidden=(500, 500), dim=50, k=None,
-                 mode="topk", activation="cube", dropout=0.0, topk_output=False, seed=0,
+                 mode=None, activation="cube", dropout=0.0, topk_output=False, seed=0,
                  embed_init=0.3):
         who = "ParserNet"
+        if mode is None:
+            mode = DEFAULT_MODE
         if activation not in ACTIVATIONS:
             raise ValueError(f"{who}: activation must be one of {sorted(ACTIVATIONS)}, "
                              f"got {activation!r}")
