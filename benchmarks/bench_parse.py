@@ -20,8 +20,10 @@ Two parts:
                  (sentences/s) of the dev + test sentences with and without
                  the pre-computation.
 
-    python benchmarks/bench_parse.py --part train --epochs 8 --seeds 1,2,3 --threads 2
-    python benchmarks/bench_parse.py --part speed --threads 1,2 --repeats 3
+    python benchmarks/bench_parse.py --part train --variants dense --seeds 1 --epochs 6 \
+        --threads 2 --name train_dense_s1          # one file per variant and seed
+    python benchmarks/bench_parse.py --part speed --threads 2 --repeats 1 --name speed_2t
+    python benchmarks/report_parse.py --epochs 5   # -> results/parse/README.md
 Results: benchmarks/results/parse/<name>.json and .md (plots with matplotlib).
 """
 import argparse
@@ -153,9 +155,10 @@ def train_torch(parser, X, y, tb, epochs, batch, seed, lr, on_epoch=None):
 VARIANTS = {"torch": None, "dense": None, "k10": 10, "k20": 20, "k40": 40, "mesimp": 20}
 
 
-def make_parser(vocab, variant, seed, hidden):
+def make_parser(vocab, variant, seed, hidden, dropout=0.0):
     k = VARIANTS[variant]
-    return Parser.create(vocab, hidden=hidden, k=k if variant != "torch" else None, seed=seed)
+    return Parser.create(vocab, hidden=hidden, k=k if variant != "torch" else None, seed=seed,
+                         dropout=dropout)
 
 
 def train_ours(parser, variant, ex, tb, epochs, batch, seed, lr, cycle_epochs, on_epoch=None):
@@ -182,8 +185,10 @@ def train_ours(parser, variant, ex, tb, epochs, batch, seed, lr, cycle_epochs, o
 
 
 def run_variant(variant, vocab, ex, tb, epochs, batch, seed, lr, hidden, cycle_epochs,
-                evaluate=True, log=print):
-    parser = make_parser(vocab, variant, seed, hidden)
+                evaluate=True, log=print, dropout=0.0):
+    if dropout and variant == "torch":
+        raise ValueError("--dropout: the PyTorch variant has no dropout")
+    parser = make_parser(vocab, variant, seed, hidden, dropout)
     X, y, _ = ex
     best = {"dev_uas": -1.0}
     snaps = []
@@ -236,8 +241,9 @@ def part_train(args, vocab, ex, tb):
         for v in args.variants:
             print(f"== {v} seed {seed}", flush=True)
             r, _ = run_variant(v, vocab, ex, tb, args.epochs, args.batch_size, seed, args.lr,
-                               args.hidden, args.cycle_epochs)
+                               args.hidden, args.cycle_epochs, dropout=args.dropout)
             r["threads"] = args.threads[0]
+            r["dropout"] = args.dropout
             res["runs"].append(r)
             save(args, res)
     return res
@@ -305,6 +311,8 @@ def main(argv=None):
     ap.add_argument("--cycle-epochs", type=int, default=2,
                     help="meSimp: epochs per cycle (even cycles simplify)")
     ap.add_argument("--max-train", type=int, default=None)
+    ap.add_argument("--dropout", type=float, default=0.0,
+                    help="part train: dropout after the hidden layers (not for torch)")
     ap.add_argument("--out", default=OUT)
     ap.add_argument("--name", default=None)
     args = ap.parse_args(argv)

@@ -66,14 +66,15 @@ def truncate(run, E):
 def train_table(train):
     by = {}
     for r in train:
-        by.setdefault(r["variant"], []).append(r)
+        key = r["variant"] + (f"+dropout{r['dropout']:g}" if r.get("dropout") else "")
+        by.setdefault(key, []).append(r)
     dense_best = {r["seed"]: r["best"]["dev_uas"] for r in by.get("dense", [])}
     lines = ["| variant | seeds | epochs | best dev UAS | dev LAS | test UAS at best dev | "
              "test LAS | s / epoch (fwd / bwd / upd) | linear-layer backprop s / epoch | "
              "final hidden | time to dense's best dev UAS |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---|---:|"]
     summary = {}
-    for v in ORDER:
+    for v in ORDER + sorted(k for k in by if k not in ORDER):
         runs = by.get(v)
         if not runs:
             continue
@@ -94,7 +95,7 @@ def train_table(train):
                "epoch": float(np.median([h["time_epoch"] for h in eps]))}
         summary[v] = row
         lines.append(
-            f"| {NAMES[v]} | {len(runs)} | {len(runs[0]['history'])} | {_ms(row['dev_uas'])} | "
+            f"| {NAMES.get(v) or NAMES[v.split('+')[0]] + ', dropout ' + v.split('dropout')[1]} | {len(runs)} | {len(runs[0]['history'])} | {_ms(row['dev_uas'])} | "
             f"{_ms([r['best']['dev_las'] for r in runs])} | {_ms(row['test_uas'])} | "
             f"{_ms(row['test_las'])} | {np.median([h['time_epoch'] for h in eps]):.1f} "
             f"({np.median([h['time_forward'] for h in eps]):.1f} / "
@@ -215,7 +216,10 @@ def main(argv=None):
                f"Threads {train[0].get('threads')}; cube, hidden 500-500, Adam lr 0.001, "
                "batch 1,000 transition examples, same initial weights and batch order per "
                f"seed. Machine: {m.get('cpu', '?')}, torch {m.get('torch', '-')}. UAS / LAS "
-               "in %, punctuation excluded; mean ± sd over seeds where there are several.",
+               "in %, punctuation excluded; mean ± sd over seeds where there are several. The "
+               "runs of this part ran one after the other while the VM's load average went "
+               "from 7 to 29: their seconds are not comparable with each other (the speed "
+               "part below is).",
                ""]
         lines, _ = train_table(train)
         md += lines + [""]
@@ -229,6 +233,10 @@ def main(argv=None):
                "greedily, median of 5.", ""]
         lines, _ = speed_table(speed)
         md += lines + [""]
+    notes = os.path.join(args.dir, "notes.md")
+    if os.path.isfile(notes):
+        with open(notes) as f:
+            md += [f.read()]
     with open(os.path.join(args.dir, args.out), "w") as f:
         f.write("\n".join(md) + "\n")
     print("\n".join(md))
