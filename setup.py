@@ -110,6 +110,8 @@ def extensions():
         make_extension("meprop_cpu._step", "meprop_cpu/_step.pyx",
                        ("parallel.h", "topk.h", "sparse_linear.h", "optim.h", "elementwise.h",
                         "dense.h", "step.h"), flags),
+        make_extension("meprop_cpu._parse", "meprop_cpu/_parse.pyx",
+                       ("parallel.h", "dense.h", "parse.h"), flags),
     ]
 
 

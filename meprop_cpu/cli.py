@@ -31,6 +31,7 @@ __all__ = ["main", "build_parser", "SUBCOMMANDS", "register_subcommand",
            "synthetic_dataset", "load_dataset", "DATASETS"]
 
 DATASETS = ("mnist", "fashion-mnist", "synthetic")
+PARSE_DATASETS = ("turkish-web", "conllu")   # --task parse (meprop_cpu.parsing.cli)
 N_FEATURES, N_CLASSES = 784, 10
 
 
@@ -152,8 +153,12 @@ def add_train_parser(subparsers):
         "train", help="train an MLP with meProp (or dense backprop)",
         description="Train an MLP classifier with meProp top-k backprop (paper protocol: "
                     "dev evaluated during training, test reported at the best dev).")
-    p.add_argument("--dataset", choices=DATASETS, default="mnist",
-                   help="mnist | fashion-mnist | synthetic (a tiny in-process smoke test)")
+    p.add_argument("--task", choices=("classify", "parse"), default=None,
+                   help="classify (an MLP; the default) or parse (the dependency parser; "
+                        "the default for --dataset turkish-web / conllu)")
+    p.add_argument("--dataset", choices=DATASETS + PARSE_DATASETS, default=None,
+                   help="mnist | fashion-mnist | synthetic (a tiny in-process smoke test); "
+                        "parse: turkish-web | conllu (with --train/--dev/--test)")
     p.add_argument("--data-dir", default=None, metavar="DIR",
                    help="directory with the data files (mnist: else used as the cache root)")
     p.add_argument("--sizes", type=_sizes, default=[784, 500, 500, 10], metavar="N,H,...,C",
@@ -180,7 +185,8 @@ def add_train_parser(subparsers):
                    help="clip each gradient element to [-C, C] (0 = off)")
     p.add_argument("--dense-update", action="store_true",
                    help="update every weight each step (optimizer sparse=False, as the papers)")
-    p.add_argument("--batch-size", type=_positive_int, default=10)
+    p.add_argument("--batch-size", type=_positive_int, default=None,
+                   help="minibatch (default 10; parse: 1000 transition examples)")
     p.add_argument("--epochs", type=_positive_int, default=20)
     p.add_argument("--evals-per-epoch", type=_positive_int, default=1)
     p.add_argument("--threads", type=_int_in(1, 4096), default=None,
@@ -202,6 +208,8 @@ def add_train_parser(subparsers):
                         "separate calls) even where the fused one-call C step applies; "
                         "the results are bit-identical, the fused step is faster")
     _add_mesimp_options(p)
+    from .parsing.cli import add_parse_train_options
+    add_parse_train_options(p)
     p.set_defaults(func=run_train)
     return p
 
@@ -344,6 +352,17 @@ def run_train(args, parser):
 
     if args.resume is not None and not os.path.isfile(args.resume):
         raise CliError(f"--resume: checkpoint file {args.resume} does not exist")
+    if args.task == "parse" or (args.task is None and args.dataset in PARSE_DATASETS):
+        from .parsing.cli import run_train_parse
+        return run_train_parse(args, parser, CliError)
+    if args.dataset in PARSE_DATASETS:
+        raise CliError(f"--dataset {args.dataset} is a treebank: use --task parse")
+    from .parsing.cli import check_no_parse_options
+    check_no_parse_options(args, CliError)
+    if args.dataset is None:
+        args.dataset = "mnist"
+    if args.batch_size is None:
+        args.batch_size = 10
     if args.sizes[0] != N_FEATURES:
         raise CliError(f"--sizes: the first size must be the input width {N_FEATURES} of "
                        f"{args.dataset}, got {args.sizes[0]}")
@@ -595,6 +614,15 @@ def add_bench_parser(subparsers):
 
 
 register_subcommand(add_bench_parser)
+
+
+def add_parse_parser(subparsers):
+    """`meprop-cpu parse MODEL FILE.conllu`: meprop_cpu.parsing.cli."""
+    from .parsing.cli import add_parse_parser as add
+    return add(subparsers)
+
+
+register_subcommand(add_parse_parser)
 
 
 # ------------------------------------------------------------------ main

@@ -346,10 +346,7 @@ class Trainer:
         if not isinstance(data, dict):
             raise TypeError(f"Trainer: data must be a dict with 'train', 'dev' (and optionally "
                             f"'test') entries, got {type(data).__name__}")
-        self.data = {"train": _check_split(data, "train", True),
-                     "dev": _check_split(data, "dev", True),
-                     "test": _check_split(data, "test", False)}
-        _check_data_fits(self.data, _model_sizes(model))
+        self.data = self._check_data(data)
         self.batch_size = _check_int(batch_size, "batch_size", 1)
         self.epochs = _check_int(epochs, "epochs", 1)
         self.evals_per_epoch = _check_int(evals_per_epoch, "evals_per_epoch", 1)
@@ -396,6 +393,14 @@ class Trainer:
         self.partial = None       # position inside an interrupted epoch (see fit)
         self._stop = False
         self._log = None
+
+    def _check_data(self, data):
+        """The validated data dict (subclasses with other inputs override it)."""
+        out = {"train": _check_split(data, "train", True),
+               "dev": _check_split(data, "dev", True),
+               "test": _check_split(data, "test", False)}
+        _check_data_fits(out, _model_sizes(self.model))
+        return out
 
     # -- evaluation ----------------------------------------------------------
     def evaluate(self, split):

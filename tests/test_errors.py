@@ -26,7 +26,23 @@ from meprop_cpu.kernels import RowGrad
 from meprop_cpu.nn import MLP, Linear, Parameter
 from meprop_cpu.train import Trainer, build_optimizer, read_checkpoint
 
+from meprop_cpu.parsing import data as parsing_data  # noqa: E402
+from meprop_cpu.parsing.conllu import CoNLLUError, read_conllu  # noqa: E402
+from meprop_cpu.parsing.model import load_parser  # noqa: E402
+
 DOC = Path(__file__).resolve().parent.parent / "docs" / "errors.md"
+
+
+def conllu_file(tmp, text):
+    p = tmp / "a.conllu"
+    p.write_text(text, encoding="utf-8")
+    return read_conllu(p)
+
+
+def npz_file(tmp):
+    p = tmp / "m.npz"
+    np.savez(p, a=np.zeros(3))
+    return p
 
 # ------------------------------------------------------------------ builders
 
@@ -392,6 +408,11 @@ ROWS = {
     "mnist: path does not exist": (lambda t, m: ds.mnist(t / "nowhere"), ds.DataError, "does not exist"),
     "mnist: dev_size larger than the training set": (lambda t, m: ds.mnist(mnist_dir(t), dev_size=13), ValueError, "dev_size=13"),
     "fashion_mnist: directory without the files": (lambda t, m: ds.fashion_mnist(t), ds.DataError, "Fashion-MNIST not found"),
+    "read_conllu: a line without 10 fields": (lambda t, m: conllu_file(t, "1\tA\tX\n"), CoNLLUError, r"a\.conllu:1: expected 10 tab-separated fields, got 3"),
+    "read_conllu: HEAD outside the sentence": (lambda t, m: conllu_file(t, "1\tA\ta\tX\tX\t_\t5\tdep\t_\t_\n"), CoNLLUError, r"word 1 has HEAD 5, outside \[0, 1\]"),
+    "read_conllu: HEADs that form a cycle": (lambda t, m: conllu_file(t, "1\tA\ta\tX\tX\t_\t2\tdep\t_\t_\n2\tB\tb\tX\tX\t_\t1\tdep\t_\t_\n"), CoNLLUError, "cycle through words 1 -> 2 -> 1"),
+    "load_parser: not a parser model file": (lambda t, m: load_parser(npz_file(t)), ValueError, "not a meprop_cpu parser model file"),
+    "turkish_web: directory without the files": (lambda t, m: parsing_data.turkish_web(t), ds.DataError, "missing web.conllu, wiki.conllu"),
 }
 
 # ---- the command line: argv -> (exit code, regex of the one stderr line)
