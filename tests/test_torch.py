@@ -52,9 +52,32 @@ def _close(a, b, rtol=1e-5, atol=1e-5):
 
 
 def test_default_mode_is_the_mlp_default():
-    import inspect
-    assert DEFAULT_MODE == inspect.signature(mp_nn.MLP.__init__).parameters["mode"].default
+    assert DEFAULT_MODE == mp_nn.DEFAULT_MODE == "topk_dw"
     assert MePropLinear(4, 3, k=2).mode == DEFAULT_MODE
+    assert mp_nn.MLP([4, 5, 3], k=2).linears[0].mode == DEFAULT_MODE
+
+
+@pytest.mark.parametrize("k", [2, 5])   # 2: gather kernels, 5: masked (k > n_out / 4)
+@pytest.mark.parametrize("sparse_grad", [True, False])
+def test_topk_dw_is_topk_weight_grad_and_exact_dx(k, sparse_grad):
+    """Mode topk_dw: the weight gradient of mode topk, bit for bit, and the input
+    gradient of nn.Linear (to float rounding); the same as the library's Linear."""
+    lin, a = _pair(11, 16, k=k, mode="topk_dw", sparse_grad=sparse_grad)
+    _, b = _pair(11, 16, k=k, mode="topk", sparse_grad=sparse_grad)
+    x, dy = _data(7, 11, 16)
+    dxa, gwa, dba = _run(a, x, dy)
+    dxb, gwb, dbb = _run(b, x, dy)
+    dxl, _, _ = _run(lin, x, dy)
+    assert torch.equal(gwa, gwb) and torch.equal(dba, dbb)
+    _close(dxa, dxl)
+    assert a.mode == "topk_dw"
+    ref = mp_nn.Linear(11, 16, k=k, mode="topk_dw")
+    ref.W.data = a.weight.detach().numpy().copy()
+    ref.b.data = a.bias.detach().numpy().copy()
+    ref.forward(x.numpy())
+    rdx = ref.backward(dy.numpy())
+    assert np.array_equal(rdx, dxa.numpy())
+    assert np.array_equal(ref.W.grad.to_dense(16), gwa.numpy())
 
 
 def test_same_parameters_keys_and_init_as_nn_linear():

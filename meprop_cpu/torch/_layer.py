@@ -8,7 +8,6 @@ one, e.g. the expanded gradient of ``y.sum()``). The gradients are written
 into freshly allocated tensors, so they stay valid however autograd or the
 optimizer keeps them.
 """
-import inspect
 import math
 import numbers
 
@@ -25,7 +24,7 @@ __all__ = ["MePropLinear", "DEFAULT_MODE", "MODES", "FORWARDS"]
 MODES = _mp_nn.MODES
 # The meProp mode a MePropLinear gets when none is given: the default of this
 # library's own MLP (one name to change, in nn.MLP, not here).
-DEFAULT_MODE = inspect.signature(_mp_nn.MLP.__init__).parameters["mode"].default
+DEFAULT_MODE = _mp_nn.DEFAULT_MODE
 FORWARDS = ("torch", "meprop")
 
 
@@ -95,7 +94,10 @@ class MePropLinear(nn.Module):
     runs this library's sparse kernels on the tensors' memory with
     ``torch.get_num_threads()`` threads (the GIL released):
 
-    * ``mode="topk"``: per-example top-k by magnitude (the paper's meProp);
+    * ``mode="topk_dw"`` (the library's default): the per-example top-k
+      weight gradient of ``"topk"``, the exact input gradient ``dy W``;
+    * ``"topk"``: per-example top-k by magnitude (the paper's meProp), for
+      both gradients;
     * ``"unified"``: one index set for the batch (largest column sums of |dy|);
     * ``"random"``: a random k-subset per example (the paper's ablation);
     * ``"dense"``: exact backprop (so is any mode with ``k=None`` or
@@ -258,6 +260,17 @@ class MePropLinear(nn.Module):
             if self.track_hits:
                 self.hits += np.count_nonzero(dyn, axis=0)
                 self.seen += B
+            return dx, gw, db
+        if self.mode == "topk_dw":
+            # the weight gradient of mode "topk", the exact input gradient (as
+            # nn.Linear's mode "topk_dw": docs/stability.md)
+            if need_dx:
+                _dense.matmul_nn(dyn, wn, dxn, nt)
+            object.__setattr__(self, "mode", "topk")
+            try:
+                _, gw, db = self._backward(x, w, dy, False, need_dw, need_db)
+            finally:
+                object.__setattr__(self, "mode", "topk_dw")
             return dx, gw, db
         k = self.k
         ws = self._ws
