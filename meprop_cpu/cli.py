@@ -198,7 +198,7 @@ def add_train_parser(subparsers):
                         "`mpiexec -n N python -m mpi4py -m meprop_cpu train --distributed ...`; "
                         "--batch-size is the global batch, split across the ranks "
                         "(needs the [distributed] extra: mpi4py)")
-    p.add_argument("--exchange", choices=("auto", "factors", "rows", "dense"), default="auto",
+    p.add_argument("--exchange", choices=("auto", "factors", "rows", "owner", "dense"), default="auto",
                    help="with --distributed: how row-sparse weight gradients travel (auto: "
                         "the fewest bytes per layer; see meprop_cpu.distributed)")
     _add_mesimp_options(p)

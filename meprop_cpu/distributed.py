@@ -20,7 +20,9 @@ How gradients are combined (one step)
       ``Allgatherv`` for all layers; every rank then concatenates them in rank
       order (= global example order) and forms the global gradient with the
       same kernels as a single process on the whole batch. Bytes per rank:
-      ``B (n_in + 2k) * 4`` instead of ``n_out * n_in * 4``.
+      ``B (n_in + 2k) * 4`` instead of ``n_out * n_in * 4``. The first layer's
+      input is the training batch itself, which every rank holds: it is not
+      sent (``B * 2k * 4`` bytes).
     * **other row-sparse gradients** (unified top-k, the masked top-k form,
       any RowGrad of another model): ``(rows, values)`` of every rank are
       gathered (``Allgatherv``) and summed in rank order into the union of
@@ -73,7 +75,7 @@ MPI_MISSING = ("distributed training needs mpi4py and an MPI library: install th
                "pip install 'meprop_cpu[distributed]' (mpi4py>=4) and, where the machine has no "
                "MPI, the MPICH wheel: pip install mpich")
 
-EXCHANGES = ("auto", "factors", "rows", "dense")
+EXCHANGES = ("auto", "factors", "rows", "owner", "dense")
 
 
 class CollectiveError(RuntimeError):
@@ -110,13 +112,14 @@ def merge_rows(parts, n_in):
     return union, values
 
 
-def exchange_bytes(kind, size, n_out, n_in, batch=0, k=0, rows=0):
+def exchange_bytes(kind, size, n_out, n_in, batch=0, k=0, rows=0, with_input=True):
     """Bytes a rank receives in one exchange of one weight gradient over ``size``
     ranks (the bandwidth term of the cost model; MPI's ring algorithms):
 
     * ``"dense"``: ring Allreduce of n_out x n_in floats, 2 (N-1)/N of them;
     * ``"factors"``: Allgatherv of the other ranks' x, idx, val for a global
-      batch of ``batch`` examples: (N-1)/N * batch * (n_in + 2k) * 4;
+      batch of ``batch`` examples: (N-1)/N * batch * (n_in + 2k) * 4 (without
+      x, ``with_input=False``, for the first layer, whose input every rank has);
     * ``"rows"``: Allgatherv of the other ranks' rows: ``rows`` = the total
       count over all ranks, (N-1)/N * rows * (n_in + 1) * 4.
     """
@@ -124,7 +127,7 @@ def exchange_bytes(kind, size, n_out, n_in, batch=0, k=0, rows=0):
     if kind == "dense":
         return 2 * f * n_out * n_in * 4
     if kind == "factors":
-        return f * batch * (n_in + 2 * k) * 4
+        return f * batch * (n_in * bool(with_input) + 2 * k) * 4
     if kind == "rows":
         return f * rows * (n_in + 1) * 4
     raise ValueError(f"exchange_bytes: kind must be 'dense', 'factors' or 'rows', got {kind!r}")
@@ -142,8 +145,10 @@ class Distributed:
 
     comm: an mpi4py communicator (default ``MPI.COMM_WORLD``).
     exchange: "auto" (per weight gradient, the cheapest of factors / rows /
-    dense in bytes), or force "factors" (where possible, else rows), "rows"
-    or "dense" for every row-sparse gradient (for measurements).
+    dense in bytes), or force "factors" (where possible, else rows), "rows",
+    "owner" (a reduce-scatter by row ownership: row j is summed by rank
+    j % N, then the sums are gathered; never chosen by "auto", it measured
+    slower here) or "dense" for every row-sparse gradient.
 
     After every step ``last`` holds the exchange's statistics: the bytes this
     rank contributed (``payload``) and received (``recv``: every other rank's
@@ -166,6 +171,7 @@ class Distributed:
         self.last = {}
         self.time_exchange = 0.0   # seconds, summed over steps
         self._ws = {}
+        self._skip_x = set()
 
     def __repr__(self):
         return f"Distributed(rank={self.rank}, size={self.size}, exchange={self.exchange!r})"
@@ -238,7 +244,7 @@ class Distributed:
         for (d, w), c in zip(drops, counters):
             d._counter = c + B * w
         g = self._exchange(model, opt, lins, tracked, B, nb, loss_local * nb, bad,
-                           bool(trainer._stop))
+                           bool(trainer._stop), first_input=lambda: X[idx])
         t3 = pc()
         self.time_exchange += t3 - t2
         self.stop = g["stop"]
@@ -257,7 +263,7 @@ class Distributed:
         return loss, t1 - t0, t3 - t1, t4 - t3
 
     # -- the exchange ------------------------------------------------------------
-    def _plan(self, model, opt, lins, B):
+    def _plan(self, model, opt, lins, B, first_input=None):
         """[(param, method, info)] in optimizer order; method "factors" | "rows" |
         "dense" | "rows?" (rows or dense, decided once the row counts are known)."""
         owner = {id(m.W): m for m in lins}
@@ -270,22 +276,35 @@ class Distributed:
                 if not lin.sparse:
                     plan.append((p, "dense", lin))
                 elif _factored_layer(lin) and self.exchange in ("auto", "factors"):
-                    f = exchange_bytes("factors", N, lin.n_out, lin.n_in, B, lin.k)
+                    first = first_input is not None and lin is model.modules[0]
+                    if first:
+                        self._skip_x.add(id(lin))
+                    f = exchange_bytes("factors", N, lin.n_out, lin.n_in, B, lin.k,
+                                       with_input=not first)
                     d = exchange_bytes("dense", N, lin.n_out, lin.n_in)
                     plan.append((p, "factors" if self.exchange == "factors" or f < d
                                  else "dense", lin))
                 else:
-                    plan.append((p, "dense" if self.exchange == "dense" else "rows?", lin))
+                    plan.append((p, self._sparse_method(), lin))
             elif len(shape) == 2 and isinstance(p.grad, RowGrad) and p.grad.rows is not None:
-                plan.append((p, "dense" if self.exchange == "dense" else "rows?", None))
+                plan.append((p, self._sparse_method(), None))
             else:
                 plan.append((p, "dense", None))
         return plan
 
-    def _exchange(self, model, opt, lins, tracked, B, nb, loss_sum, bad, stop):
+    def _sparse_method(self):
+        return {"dense": "dense", "owner": "owner"}.get(self.exchange, "rows?")
+
+    def _exchange(self, model, opt, lins, tracked, B, nb, loss_sum, bad, stop,
+                  first_input=None):
+        """Combine this rank's gradients with every other rank's (see the module
+        docstring). first_input: None, or a callable giving the model input of
+        the whole global batch (B, n_in), which every rank can form from the
+        training set: the first layer's factors then travel without it."""
         MPI, comm, N = self.MPI, self.comm, self.size
         t0 = time.perf_counter()
-        plan = self._plan(model, opt, lins, B)
+        self._skip_x = set()
+        plan = self._plan(model, opt, lins, B, first_input)
         shares = [share(B, N, r) for r in range(N)]
         sizes = [b - a for a, b in shares]
         stats = {"payload": 0, "recv": 0, "calls": 0, "methods": {}}
@@ -312,9 +331,9 @@ class Distributed:
         row_j = {i: j for j, i in enumerate(rows_q)}
         for i, (p, m, lin) in enumerate(plan):
             if m == "factors":
-                k, n_in = lin.k, lin.n_in
+                k, n_in = lin.k, lin.n_in * (id(lin) not in self._skip_x)
                 recv_sizes += np.array(sizes, np.int64) * (n_in + 2 * k) * 4
-                send_parts += _factor_parts(lin, nb)
+                send_parts += _factor_parts(lin, nb, with_input=n_in > 0)
             elif m == "rows":
                 n_in = p.data.shape[1]
                 recv_sizes += counts[:, row_j[i]] * (n_in + 1) * 4
@@ -332,7 +351,11 @@ class Distributed:
             stats["calls"] += 1
             stats["payload"] += sendbuf.nbytes
             stats["recv"] += int(recv_sizes.sum() - sendbuf.nbytes)   # every other rank's part
-            self._unpack(plan, recvbuf, displs, sizes, counts, row_j, N)
+            self._unpack(plan, recvbuf, displs, sizes, counts, row_j, N, first_input)
+
+        for p, m, _ in plan:   # reduce-scatter by row ownership (measured, not auto)
+            if m == "owner":
+                self._owner_exchange(p, stats)
 
         # the dense buffer: dense gradients, counts, loss, flags (one Allreduce)
         dense = [(p, lin) for p, m, lin in plan if m == "dense"]
@@ -369,11 +392,65 @@ class Distributed:
         self.last = stats
         return {"loss": loss_g, "bad": int(round(bad_g)), "stop": stop_g > 0}
 
+    def _owner_exchange(self, p, stats):
+        """Row j belongs to rank j % N: every rank sends each owner its rows (one
+        Alltoallv), the owner sums them in rank order, and the owners' sums are
+        gathered (one Allgatherv); p.grad <- the summed RowGrad."""
+        MPI, comm, N = self.MPI, self.comm, self.size
+        n_in = p.data.shape[1]
+        g = p.grad
+        rows = (np.zeros(0, np.int32) if g is None
+                else np.ascontiguousarray(g.rows, dtype=np.int32))
+        vals = (np.zeros((0, n_in), np.float32) if g is None
+                else np.ascontiguousarray(g.values, dtype=np.float32))
+        order = np.argsort(rows % N, kind="stable")      # grouped by owner, ascending within
+        rows, vals = rows[order], vals[order]
+        cnt = np.bincount(rows % N, minlength=N).astype(np.int64)
+        rcnt = np.empty(N, np.int64)
+        comm.Alltoall(cnt, rcnt)
+        row_item = (n_in + 1) * 4
+        send = np.empty(rows.shape[0] * row_item, np.uint8)
+        sv = send.view(np.float32).reshape(-1, n_in + 1) if rows.shape[0] else None
+        if sv is not None:
+            sv[:, 0] = rows.view(np.float32)
+            sv[:, 1:] = vals
+        sc, rc = cnt * row_item, rcnt * row_item
+        sd = np.concatenate([[0], np.cumsum(sc)[:-1]])
+        rd = np.concatenate([[0], np.cumsum(rc)[:-1]])
+        recv = np.empty(int(rc.sum()), np.uint8)
+        comm.Alltoallv([send, (sc.tolist(), sd.tolist()), MPI.BYTE],
+                       [recv, (rc.tolist(), rd.tolist()), MPI.BYTE])
+        rv = recv.view(np.float32).reshape(-1, n_in + 1)
+        parts, o = [], 0
+        for r in range(N):          # rank order
+            c = int(rcnt[r])
+            parts.append((np.ascontiguousarray(rv[o:o + c, 0]).view(np.int32),
+                          rv[o:o + c, 1:]))
+            o += c
+        own_rows, own_vals = merge_rows(parts, n_in)
+        mine = np.empty((own_rows.shape[0], n_in + 1), np.float32)
+        mine[:, 0] = own_rows.view(np.float32)
+        mine[:, 1:] = own_vals
+        counts = np.array(comm.allgather(int(own_rows.shape[0])), np.int64) * row_item
+        allb = np.empty(int(counts.sum()), np.uint8)
+        comm.Allgatherv([mine.view(np.uint8).reshape(-1), MPI.BYTE],
+                        [allb, (counts.tolist(),
+                                np.concatenate([[0], np.cumsum(counts)[:-1]]).tolist()),
+                         MPI.BYTE])
+        av = allb.view(np.float32).reshape(-1, n_in + 1)
+        urows = np.ascontiguousarray(av[:, 0]).view(np.int32)
+        srt = np.argsort(urows, kind="stable")
+        p.grad = RowGrad(urows[srt], np.ascontiguousarray(av[srt, 1:]))
+        stats["calls"] += 4
+        stats["payload"] += send.nbytes
+        stats["recv"] += int(rc.sum() - rc[self.rank]) + int(counts.sum() - counts[self.rank]) \
+            + 8 * 2 * (N - 1)
+
     def _buffer(self, name, n, dtype):
         ws = self._ws.setdefault("_buffers", Workspace())
         return ws.get(name, (n,), dtype)
 
-    def _unpack(self, plan, recvbuf, displs, sizes, counts, row_j, N):
+    def _unpack(self, plan, recvbuf, displs, sizes, counts, row_j, N, first_input):
         """Rebuild each exchanged gradient from every rank's part, in rank order."""
         pos = [int(d) for d in displs]
         factors, rows = {}, {}
@@ -381,7 +458,8 @@ class Distributed:
             for r in range(N):
                 if m == "factors":
                     k, n_in, b = lin.k, lin.n_in, sizes[r]
-                    x = _take(recvbuf, pos, r, b * n_in, np.float32).reshape(b, n_in)
+                    x = (None if id(lin) in self._skip_x else
+                         _take(recvbuf, pos, r, b * n_in, np.float32).reshape(b, n_in))
                     ix = _take(recvbuf, pos, r, b * k, np.int32).reshape(b, k)
                     v = _take(recvbuf, pos, r, b * k, np.float32).reshape(b, k)
                     factors.setdefault(i, []).append((x, ix, v))
@@ -394,11 +472,14 @@ class Distributed:
         for i, parts in factors.items():
             p, _, lin = plan[i]
             ws = self._ws.setdefault(id(lin), Workspace())
-            Bg = sum(x.shape[0] for x, _, _ in parts)
+            Bg = sum(a.shape[0] for _, a, _ in parts)
             X = ws.get("x", (Bg, lin.n_in), np.float32)
             idx = ws.get("idx", (Bg, lin.k), np.int32)
             val = ws.get("val", (Bg, lin.k), np.float32)
-            np.concatenate([x for x, _, _ in parts], out=X)
+            if id(lin) in self._skip_x:
+                X[...] = first_input()
+            else:
+                np.concatenate([x for x, _, _ in parts], out=X)
             np.concatenate([a for _, a, _ in parts], out=idx)
             np.concatenate([v for _, _, v in parts], out=val)
             if idx.size and (idx.min() < 0 or idx.max() >= lin.n_out):
@@ -442,14 +523,17 @@ def _nrows(p):
                     "this rank and a row-sparse one on others")
 
 
-def _factor_parts(lin, nb):
-    """x, idx, val of this rank's share (zeros when it has no gradient)."""
+def _factor_parts(lin, nb, with_input=True):
+    """x (unless not with_input), idx, val of this rank's share (zeros when it has
+    no gradient)."""
     k, n_in = lin.k, lin.n_in
     if nb == 0 or lin.W.grad is None:
-        return [np.zeros(nb * n_in, np.float32), np.zeros(nb * k, np.int32),
-                np.zeros(nb * k, np.float32)]
-    ws = lin._ws
-    return [lin._x, ws.get("idx", (nb, k), np.int32), ws.get("val", (nb, k), np.float32)]
+        parts = [np.zeros(nb * n_in, np.float32), np.zeros(nb * k, np.int32),
+                 np.zeros(nb * k, np.float32)]
+    else:
+        ws = lin._ws
+        parts = [lin._x, ws.get("idx", (nb, k), np.int32), ws.get("val", (nb, k), np.float32)]
+    return parts if with_input else parts[1:]
 
 
 def _row_parts(p, nb):

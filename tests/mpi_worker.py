@@ -92,7 +92,8 @@ def exchange_check(data):
     """The exchanged gradient of every parameter against a naive reference: each
     rank's local gradient made dense, gathered, summed in rank order."""
     out = {}
-    for exchange in ("factors", "rows", "dense"):
+    grads = {}
+    for exchange in ("factors", "rows", "owner", "dense"):
         for name in ("topk", "unified"):
             cfg = CONFIGS[name]
             model = MLP(cfg["sizes"], k=cfg["k"], mode=cfg["mode"], seed=3)
@@ -110,12 +111,17 @@ def exchange_check(data):
             lins = [m for m in model.modules if hasattr(m, "track_hits")]
             dist._exchange(model, opt, lins, [], 32, b - a, 0.0, 0, False)
             got = [_dense(p) for p in opt.params]
+            grads[exchange, name] = got
             err = max(float(np.max(np.abs(g - n))) for g, n in zip(got, naive))
             scale = max(float(np.max(np.abs(n))) for n in naive)
             out[f"{exchange}/{name}"] = {"max_abs_err": err, "scale": scale,
                                          "methods": dist.last["methods"],
                                          "recv": dist.last["recv"],
-                                         "dense_recv": dist.last["dense_recv"]}
+                                         "dense_recv": dist.last["dense_recv"],
+                                         "digests": comm.allgather(dist.digest(got))}
+    for name in ("topk", "unified"):   # both sum each row in rank order: the same bits
+        out[f"owner==rows/{name}"] = all(np.array_equal(a, b) for a, b in
+                                         zip(grads["owner", name], grads["rows", name]))
     return out
 
 
