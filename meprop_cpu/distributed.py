@@ -30,7 +30,10 @@ How gradients are combined (one step)
     * **dense gradients** (biases, dense layers, the output layer) and any
       row-sparse gradient whose exchange would move more bytes than a dense
       ring Allreduce (``2 (N-1)/N n_out n_in`` floats per rank) are packed into
-      one float32 buffer and summed with one ``Allreduce``. The same buffer
+      one float32 buffer and summed with one ``Allreduce``. A row-sparse
+      gradient sent this way carries a mask of its touched rows (n_out more
+      floats), so the update stays row-sparse (the same rows and optimizer
+      semantics whichever exchange carried it). The same buffer
       carries the loss, meSimp's activeness counts (per-step increments, exact
       small integers), a failure flag and the Ctrl-C flag.
 
@@ -282,8 +285,8 @@ class Distributed:
                     f = exchange_bytes("factors", N, lin.n_out, lin.n_in, B, lin.k,
                                        with_input=not first)
                     d = exchange_bytes("dense", N, lin.n_out, lin.n_in)
-                    plan.append((p, "factors" if self.exchange == "factors" or f < d
-                                 else "dense", lin))
+                    plan.append((p, "factors" if self.exchange == "factors" or f <= d
+                                 else "dense_rows", lin))
                 else:
                     plan.append((p, self._sparse_method(), lin))
             elif len(shape) == 2 and isinstance(p.grad, RowGrad) and p.grad.rows is not None:
@@ -293,7 +296,7 @@ class Distributed:
         return plan
 
     def _sparse_method(self):
-        return {"dense": "dense", "owner": "owner"}.get(self.exchange, "rows?")
+        return {"dense": "dense_rows", "owner": "owner"}.get(self.exchange, "rows?")
 
     def _exchange(self, model, opt, lins, tracked, B, nb, loss_sum, bad, stop,
                   first_input=None):
@@ -324,7 +327,8 @@ class Distributed:
                 n_out, n_in = p.data.shape
                 r = exchange_bytes("rows", N, n_out, n_in, rows=int(counts[:, j].sum()))
                 d = exchange_bytes("dense", N, n_out, n_in)
-                plan[i] = (p, "rows" if (self.exchange == "rows" or r < d) else "dense", lin)
+                plan[i] = (p, "rows" if (self.exchange == "rows" or r <= d) else "dense_rows",
+                           lin)
 
         # the sparse payload: one Allgatherv of bytes
         send_parts, recv_sizes = [], np.zeros(N, np.int64)
@@ -358,14 +362,27 @@ class Distributed:
                 self._owner_exchange(p, stats)
 
         # the dense buffer: dense gradients, counts, loss, flags (one Allreduce)
-        dense = [(p, lin) for p, m, lin in plan if m == "dense"]
-        n = sum(p.data.size for p, _ in dense) + sum(m.n_out + 1 for m, _, _ in tracked) + 3
+        # (a row-sparse gradient sent densely, "dense_rows", carries a touched-row
+        # mask, so that the update stays row-sparse: the same rows as the other
+        # exchanges, the optimizer's sparse semantics unchanged)
+        dense = [(p, m == "dense_rows") for p, m, lin in plan if m in ("dense", "dense_rows")]
+        n = (sum(p.data.size + (p.data.shape[0] if rs else 0) for p, rs in dense)
+             + sum(m.n_out + 1 for m, _, _ in tracked) + 3)
         buf = self._buffer("dense", n, np.float32)
         o = 0
-        for p, lin in dense:
+        for p, rs in dense:
             sz = p.data.size
             _dense_grad_into(p, buf[o:o + sz])
             o += sz
+            if rs:
+                n_out = p.data.shape[0]
+                buf[o:o + n_out] = 0.0
+                g = p.grad
+                if g is not None and getattr(g, "rows", None) is None:
+                    buf[o:o + n_out] = 1.0
+                elif g is not None:
+                    buf[o + np.asarray(g.rows)] = 1.0
+                o += n_out
         for m, base, seen in tracked:
             buf[o:o + m.n_out] = m.hits - base
             buf[o + m.n_out] = m.seen - seen
@@ -376,10 +393,16 @@ class Distributed:
         stats["payload"] += buf.nbytes
         stats["recv"] += int(2 * (N - 1) / N * buf.nbytes)   # a ring Allreduce
         o = 0
-        for p, lin in dense:
+        for p, rs in dense:
             sz = p.data.size
-            p.grad = buf[o:o + sz].reshape(p.data.shape)
+            g = buf[o:o + sz].reshape(p.data.shape)
             o += sz
+            if rs:
+                n_out = p.data.shape[0]
+                rows = np.flatnonzero(buf[o:o + n_out]).astype(np.int32)
+                o += n_out
+                g = RowGrad(rows, g[rows])
+            p.grad = g
         for m, base, seen in tracked:
             m.hits = base + buf[o:o + m.n_out].astype(np.int64)
             m.seen = seen + int(buf[o + m.n_out])

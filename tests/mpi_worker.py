@@ -80,12 +80,32 @@ def checks(out_dir):
                                       for a, b in zip(model.parameters(), ref.parameters()))
             row["ref_steps"] = rtr.global_step
         res["runs"][name] = row
+    res["same_sums"] = same_sums_check(data)
     res["exchange"] = exchange_check(data)
     res["mesimp"] = mesimp_check(data)
     res["resume"] = resume_check(data, out_dir)
     if rank == 0:
         with open(os.path.join(out_dir, "checks.json"), "w") as f:
             json.dump(res, f)
+
+
+def same_sums_check(data):
+    """rows, owner and dense exchanges sum each touched row in rank order (a + b):
+    training with either gives the same bits; one rank (COMM_SELF) gives the
+    module path's bits."""
+    cfg = CONFIGS["topk"]
+    out = {}
+    for exchange in ("rows", "owner", "dense"):
+        model, opt, _ = train(cfg, data, Distributed(exchange=exchange))
+        out[exchange] = comm.allgather(Distributed().digest(state_arrays(model, opt)))
+    if rank == 0:
+        for name in ("topk", "unified", "masked"):
+            a, oa, _ = train(CONFIGS[name], data, Distributed(comm=MPI.COMM_SELF))
+            b, ob, _ = train(CONFIGS[name], data, None, fused=False)
+            d = Distributed(comm=MPI.COMM_SELF)
+            out[f"one_rank/{name}"] = [d.digest(state_arrays(a, oa)),
+                                       d.digest(state_arrays(b, ob))]
+    return out
 
 
 def exchange_check(data):

@@ -159,8 +159,23 @@ def test_sparse_exchange_against_naive_dense_sum(checks):
     f = checks["exchange"]["factors/topk"]
     assert f["methods"].get("factors") == 2 and f["recv"] < f["dense_recv"]
     assert checks["exchange"]["rows/unified"]["methods"].get("rows") == 2
-    assert checks["exchange"]["dense/topk"]["methods"] == {"dense": 6}
+    assert checks["exchange"]["dense/topk"]["methods"] == {"dense": 4, "dense_rows": 2}
     assert checks["exchange"]["owner/topk"]["methods"].get("owner") == 2
+
+
+@needs_mpi
+def test_row_exchanges_agree_bit_for_bit(checks):
+    # gather + rank-order sum, reduce-scatter by ownership and the dense Allreduce
+    # with a touched-row mask all compute a + b per touched row
+    s = checks["same_sums"]
+    assert s["rows"][0] == s["rows"][1] == s["owner"][0] == s["dense"][0] == s["dense"][1]
+
+
+@needs_mpi
+@pytest.mark.parametrize("name", ["topk", "unified", "masked"])
+def test_one_rank_equals_the_module_path_bit_for_bit(checks, name):
+    a, b = checks["same_sums"][f"one_rank/{name}"]
+    assert a == b
 
 
 @needs_mpi
