@@ -220,3 +220,16 @@ def test_cli_distributed_train(tmp_path):
     assert recs[-1]["event"] == "summary" and recs[-1]["best_dev"] > 80.0
     assert [r["ranks"] for r in recs if r["event"] == "epoch"] == [2, 2]
     assert ck.exists()
+
+
+def test_scale_model_uses_the_library_rule():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(
+        "scale_model", os.path.join(HERE, "..", "benchmarks", "scale_model.py"))
+    sm = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sm)
+    for N in (2, 3, 16, 64):
+        for first in (True, False):
+            assert sm.exchange_bytes("factors", N, 500, 784, 100 * N, 20, with_input=not first) \
+                == exchange_bytes("factors", N, 500, 784, 100 * N, 20, with_input=not first)
+        assert sm.exchange_bytes("dense", N, 500, 784) == exchange_bytes("dense", N, 500, 784)
