@@ -184,6 +184,44 @@ def resume_check(data, out_dir):
             "epochs": tr_c.epoch, "files": sorted(os.listdir(out_dir))}
 
 
+def three(out_dir):
+    """3 ranks: uneven shares (16 = 6 + 5 + 5; the last batch 8 = 3 + 3 + 2)."""
+    data = blobs(40, 5, n_train=200, n_dev=40, n_test=40, seed=1)
+    out = {}
+    for name in ("topk", "unified"):
+        model, opt, tr = train(CONFIGS[name], data, Distributed())
+        out[name] = {"digests": comm.allgather(Distributed().digest(state_arrays(model, opt))),
+                     "steps": tr.global_step}
+        if rank == 0:
+            ref, _, _ = train(CONFIGS[name], data, None)
+            out[name]["max_abs_diff"] = max(float(np.max(np.abs(a.data - b.data)))
+                                            for a, b in zip(model.parameters(),
+                                                            ref.parameters()))
+    out["interrupt"] = interrupt_check(data, out_dir)
+    if rank == 0:
+        with open(os.path.join(out_dir, "three.json"), "w") as f:
+            json.dump(out, f)
+
+
+def interrupt_check(data, out_dir):
+    """Ctrl-C (request_stop) on rank 1 alone: every rank stops at the same step."""
+    from meprop_cpu.train import TrainingInterrupted
+
+    def stop(model, opt):
+        def cb(trainer, epoch, step):
+            if rank == 1 and trainer.global_step == 5:
+                trainer.request_stop()
+        return [cb]
+
+    ck = os.path.join(out_dir, "int.npz")
+    try:
+        train(CONFIGS["topk"], data, Distributed(), epochs=2, checkpoint=ck, callbacks_for=stop)
+        where = None
+    except TrainingInterrupted as e:
+        where = [e.epoch, e.step, e.checkpoint]
+    return {"where": comm.allgather(where), "saved": os.path.exists(ck)}
+
+
 def fail(out_dir):
     data = blobs(40, 5, n_train=400, n_dev=40, n_test=40, seed=1)
 
@@ -200,4 +238,4 @@ def fail(out_dir):
 if __name__ == "__main__":
     set_num_threads(1)
     scenario, out_dir = sys.argv[1], sys.argv[2]
-    {"checks": checks, "fail": fail}[scenario](out_dir)
+    {"checks": checks, "fail": fail, "three": three}[scenario](out_dir)

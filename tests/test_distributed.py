@@ -196,6 +196,22 @@ def test_resume_with_the_same_ranks_is_bit_identical(checks):
 
 
 @needs_mpi
+def test_three_ranks_with_uneven_shares(tmp_path):
+    p, _ = _launch([os.path.join(HERE, "mpi_worker.py"), "three", str(tmp_path)], tmp_path, n=3)
+    assert p.returncode == 0, p.stderr[-3000:]
+    res = json.loads((tmp_path / "three.json").read_text())
+    for name in ("topk", "unified"):
+        r = res[name]
+        assert len(set(r["digests"])) == 1 and len(r["digests"]) == 3, name
+        assert r["steps"] == 26
+    assert res["topk"]["max_abs_diff"] < 1e-4, res["topk"]
+    # Ctrl-C on rank 1 only: all three stop after the same step, rank 0 saves
+    where = res["interrupt"]["where"]
+    assert where[0] is not None and where[0] == where[1] == where[2], where
+    assert where[0][:2] == [1, 6] and res["interrupt"]["saved"]
+
+
+@needs_mpi
 def test_a_failing_rank_ends_the_job_quickly(tmp_path):
     p, dt = _launch([os.path.join(HERE, "mpi_worker.py"), "fail", str(tmp_path)], tmp_path,
                     timeout=60)
