@@ -393,14 +393,15 @@ def _run_train(args, parser, dist):
                 print(f"{parser.prog}: {e}", file=sys.stderr)
             else:
                 print(f"interrupted: checkpoint saved to {e.checkpoint}; resume with: "
-                      f"{_resume_command(args, e.checkpoint)}", file=sys.stderr)
+                      f"{_resume_command(args, e.checkpoint, dist)}", file=sys.stderr)
             return 130
         except (ValueError, FloatingPointError, OSError) as e:
             print(f"{parser.prog}: error: {e}", file=sys.stderr)
             return 1
         for line in _summary_lines(summary):
             print(line)
-        _save_model(args, model)
+        if dist is None or dist.rank == 0:   # every rank holds the same weights
+            _save_model(args, model)
         return 0
     finally:
         if threads is not None:
@@ -410,8 +411,9 @@ def _run_train(args, parser, dist):
 INTERRUPT_CHECKPOINT = "meprop-cpu-interrupted.npz"   # Ctrl-C without --checkpoint
 
 
-def _resume_command(args, path):
-    """The command line that continues this run from ``path``."""
+def _resume_command(args, path, dist=None):
+    """The command line that continues this run from ``path`` (under mpiexec with
+    the same number of ranks for a --distributed run)."""
     import shlex
     argv, out, skip = list(getattr(args, "argv", None) or ["train"]), [], False
     for a in argv:
@@ -421,7 +423,9 @@ def _resume_command(args, path):
             skip = True
         elif not a.startswith("--resume="):
             out.append(a)
-    return "meprop-cpu " + shlex.join(out + ["--resume", path])
+    prog = ("meprop-cpu " if dist is None else
+            f"mpiexec -n {dist.size} python -m mpi4py -m meprop_cpu ")
+    return prog + shlex.join(out + ["--resume", path])
 
 
 # ------------------------------------------------------------------ data / info
