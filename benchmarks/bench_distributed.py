@@ -77,7 +77,7 @@ def cmd_exchange(args):
             dy = rng.normal(size=(b, sizes[-1])).astype(np.float32)
         loss_fn = nn.SoftmaxCrossEntropy()
         lins = model.linears
-        reps = 30 if sizes[-1] < 10000 else 6
+        reps = args.reps if sizes[-1] < 10000 else max(2, args.reps // 5)
         for exchange in ("auto", "rows", "owner", "dense"):
             dist = Distributed(exchange=exchange)
             t = []
@@ -97,6 +97,7 @@ def cmd_exchange(args):
             t = np.array(comm.allreduce(t[reps // 3:], op=MPI.SUM)).reshape(-1)
             st = dist.last
             rows.append({"config": name, "sizes": sizes, "k": k, "batch_per_rank": b,
+                         "load_average": os.getloadavg(),
                          "ranks": size, "exchange": exchange, "methods": st["methods"],
                          "recv_bytes": st["recv"], "payload_bytes": st["payload"],
                          "dense_allreduce_recv_bytes": st["dense_recv"],
@@ -112,7 +113,8 @@ def cmd_exchange(args):
         _write(args.out, {"kind": "exchange", "env": _env(), "ranks": size,
                           "mpi": MPI.Get_library_version().splitlines()[0], "rows": rows,
                           "command": "mpiexec -n 2 python -m mpi4py "
-                                     "benchmarks/bench_distributed.py exchange " + args.out})
+                                     "benchmarks/bench_distributed.py exchange "
+                                     f"--reps {args.reps} " + args.out})
 
 
 def cmd_steps(args):
@@ -122,6 +124,10 @@ def cmd_steps(args):
         from meprop_cpu.distributed import Distributed
         dist = Distributed(exchange=args.exchange)
     data = datasets.mnist()
+    if args.max_train:
+        X, y = data["train"]
+        data = dict(data, train=(np.ascontiguousarray(X[:args.max_train]),
+                                 np.ascontiguousarray(y[:args.max_train])))
     model = nn.MLP([784, 500, 500, 10], k=args.k, mode="topk", dropout=args.dropout, seed=0)
     opt = build_optimizer("adam", model.parameters())
     stamps, exch = [], []
@@ -147,6 +153,7 @@ def cmd_steps(args):
            "median_exchange_ms": 1e3 * float(np.median(np.array(exch)[keep])) if exch else 0.0,
            "mean_time_epoch_s": s["mean_time_epoch"], "best_dev": s["best_dev"],
            "test_at_best_dev": s["test_at_best_dev"], "steps": len(stamps),
+           "load_average_after": os.getloadavg(),
            "command": " ".join(sys.argv)}
     if dist is None or dist.rank == 0:
         print(f"{out['ranks']} rank(s) x {args.threads} thread(s), {out['path']}"
@@ -170,7 +177,7 @@ def cmd_apply(args):
         lins = model.linears[:-1]
         rng = np.random.default_rng(0)
         t_apply, t_dense, t_rows, t_fb = [], [], [], []
-        for rep in range(12):
+        for rep in range(args.reps):
             sel = rng.choice(X.shape[0], size=B, replace=False)
             if N == 1:   # one node's own forward + backward (batch 100)
                 tf = time.perf_counter()
@@ -210,12 +217,18 @@ def cmd_apply(args):
                      "apply_factored_ms": 1e3 * float(np.median(t_apply[2:])),
                      "apply_rows_ms": 1e3 * float(np.median(t_rows[2:])),
                      "apply_dense_ms": 1e3 * float(np.median(t_dense[2:])),
+                     "min_ms": {"apply_factored": 1e3 * min(t_apply[1:]),
+                                "apply_rows": 1e3 * min(t_rows[1:]),
+                                "apply_dense": 1e3 * min(t_dense[1:])},
+                     "load_average": os.getloadavg(),
                      "touched_rows": [int(t) for t in touched]})
         if N == 1:
             rows[-1]["forward_backward_b100_ms"] = 1e3 * float(np.median(t_fb[2:]))
+            rows[-1]["min_ms"]["forward_backward_b100"] = 1e3 * min(t_fb[1:])
         print(rows[-1], flush=True)
     _write(args.out, {"kind": "apply", "env": _env(), "k": args.k, "rows": rows,
-                      "command": "python benchmarks/bench_distributed.py apply " + args.out})
+                      "command": f"python benchmarks/bench_distributed.py apply --reps {args.reps} "
+                                 + args.out})
 
 
 def _write(path, obj):
@@ -284,6 +297,7 @@ def main():
     sub = ap.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("exchange")
     p.add_argument("out")
+    p.add_argument("--reps", type=int, default=30)
     p = sub.add_parser("steps")
     p.add_argument("out")
     p.add_argument("--threads", type=int, default=1)
@@ -295,8 +309,10 @@ def main():
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--dropout", type=float, default=0.2)
     p.add_argument("--order", type=int, default=0, help="row order in the report")
+    p.add_argument("--max-train", type=int, default=None, help="train on the first N examples")
     p = sub.add_parser("apply")
     p.add_argument("out")
+    p.add_argument("--reps", type=int, default=12)
     p.add_argument("--k", type=int, default=20)
     p = sub.add_parser("report")
     p.add_argument("dir")
