@@ -30,8 +30,8 @@ import meprop_cpu
 from meprop_cpu import datasets, kernels, nn, set_num_threads
 from meprop_cpu.train import Trainer, build_optimizer
 
-MACHINE = ("shared 2-core VM (other jobs may run beside the measurement; timing runs hold "
-           "the project's exclusive CPU lock)")
+MACHINE = ("shared 2-core VM (other jobs run beside the measurement unless the project's "
+           "exclusive CPU lock is held; run_distributed.sh takes it)")
 
 # name, sizes, k, batch per rank
 EXCHANGE_CONFIGS = [
@@ -185,9 +185,9 @@ def cmd_apply(args):
             model.backward(loss_fn.backward())
             if N == 1:
                 t_fb.append(time.perf_counter() - tf)
-            ws = kernels.Workspace()
+            wss = [kernels.Workspace() for _ in lins]   # one per layer, as the exchange keeps
             t0 = time.perf_counter()
-            for lin in lins:   # what the exchange does with the gathered factors
+            for lin, ws in zip(lins, wss):   # what the exchange does with the gathered factors
                 idx = lin._ws.get("idx", (B, args.k), np.int32)
                 val = lin._ws.get("val", (B, args.k), np.float32)
                 lin.W.grad = kernels.sparse_dw_into(lin._x, lin.n_out, idx, val, ws, 1,
@@ -196,7 +196,7 @@ def cmd_apply(args):
             t1 = time.perf_counter()
             touched = [lin.W.grad.rows.shape[0] for lin in lins]
             # the same update from formed (rows, values): what the rows exchange applies
-            for lin in lins:
+            for lin, ws in zip(lins, wss):
                 lin.W.grad = kernels.sparse_dw_into(lin._x, lin.n_out,
                                                     lin._ws.get("idx", (B, args.k), np.int32),
                                                     lin._ws.get("val", (B, args.k), np.float32),
@@ -247,7 +247,11 @@ def cmd_report(args):
              f"`{ex['command']}`", "",
              "recv = bytes a rank receives (Allgatherv: the other ranks' parts; Allreduce: "
              "2 (N-1)/N of the buffer, as ring algorithms move it); dense = a dense Allreduce "
-             "of every gradient.", "",
+             "of every gradient. The bytes are exact (they depend on the data and the "
+             "shapes only). The milliseconds are not clean timings: this run held only the "
+             "shared CPU lock on a machine with a load average of "
+             f"{min(r['load_average'][0] for r in ex['rows']):.0f}-"
+             f"{max(r['load_average'][0] for r in ex['rows']):.0f} (2 cores).", "",
              "| layers | k | batch/rank | exchange | methods | recv bytes | dense bytes | "
              "fewer | MPI calls | median ms |", "|---|---:|---:|---|---|---:|---:|---:|---:|---:|"]
     for r in ex["rows"]:
@@ -260,18 +264,28 @@ def cmd_report(args):
                     if f.startswith("steps_") and f.endswith(".json")),
                    key=lambda s: (s.get("order", 0), s["command"]))
     if steps:
-        lines += ["", "## Step time on MNIST, global batch 200, k = 20, dropout 0.2, Adam, one epoch",
-                  "", "Median over the epoch's steps after the first 20 (wall clock between "
-                  "steps, the exchange included); accuracy after the one epoch. Run order: "
-                  "top to bottom (the two rounds interleave the variants).", "",
+        lines += ["", "## Step time on MNIST, global batch 200, k = 20, dropout 0.2, Adam",
+                  "", "One epoch over the first 20,000 training examples (100 steps); median "
+                  "over the steps after the first 20 (wall clock between steps, the exchange "
+                  "included); dev / test accuracy after those 100 steps (the same for every "
+                  "variant). Run order: top to bottom.", "",
+                  "**Not clean timings.** The project's exclusive CPU lock could not be "
+                  "obtained for over an hour, so these ran under the shared lock while the "
+                  "2-core machine carried a load average of 6-30 (column: the 1-minute load "
+                  "after the run). A process with 2 OpenMP threads suffers far more from an "
+                  "oversubscribed machine (its threads wait for each other at every "
+                  "parallel region) than two 1-thread processes, so the ratio between 1 x 2 "
+                  "and 2 x 1 here says nothing about an idle machine; the 1.3x target is not "
+                  "assessed by these numbers.", "",
                   "| ranks x threads | path | exchange | median ms / step | of which exchange | "
-                  "epoch s | dev % | test % at best dev | command |",
-                  "|---|---|---|---:|---:|---:|---:|---:|---|"]
+                  "epoch s | dev % | test % at best dev | load avg after | command |",
+                  "|---|---|---|---:|---:|---:|---:|---:|---:|---|"]
         for s in steps:
             lines.append(f"| {s['ranks']} x {s['threads']} | {s['path']} | "
                          f"{s['exchange'] or '-'} | {s['median_step_ms']:.2f} | "
                          f"{s['median_exchange_ms']:.2f} | {s['mean_time_epoch_s']:.2f} | "
                          f"{s['best_dev']:.2f} | {s['test_at_best_dev']:.2f} | "
+                         f"{s.get('load_average_after', [float('nan')])[0]:.1f} | "
                          f"`{s['command']}` |")
     ap = os.path.join(d, "apply.json")
     if os.path.exists(ap):
