@@ -207,6 +207,14 @@ def add_train_parser(subparsers):
                    help="take the module path (forward / backward / optimizer.step as "
                         "separate calls) even where the fused one-call C step applies; "
                         "the results are bit-identical, the fused step is faster")
+    p.add_argument("--distributed", action="store_true",
+                   help="data-parallel training over MPI: launch N copies with "
+                        "`mpiexec -n N python -m mpi4py -m meprop_cpu train --distributed ...`; "
+                        "--batch-size is the global batch, split across the ranks "
+                        "(needs the [distributed] extra: mpi4py)")
+    p.add_argument("--exchange", choices=("auto", "factors", "rows", "owner", "dense"), default="auto",
+                   help="with --distributed: how row-sparse weight gradients travel (auto: "
+                        "the fewest bytes per layer; see meprop_cpu.distributed)")
     _add_mesimp_options(p)
     from .parsing.cli import add_parse_train_options
     add_parse_train_options(p)
@@ -346,10 +354,6 @@ def _train_mode(args):
 
 
 def run_train(args, parser):
-    from . import datasets
-    from .nn import MLP
-    from .train import Trainer, TrainingInterrupted, build_optimizer
-
     if args.resume is not None and not os.path.isfile(args.resume):
         raise CliError(f"--resume: checkpoint file {args.resume} does not exist")
     if args.task == "parse" or (args.task is None and args.dataset in PARSE_DATASETS):
@@ -369,6 +373,32 @@ def run_train(args, parser):
     if args.sizes[-1] != N_CLASSES:
         raise CliError(f"--sizes: the last size must be the {N_CLASSES} classes of "
                        f"{args.dataset}, got {args.sizes[-1]}")
+    dist = _distributed(args, parser)
+    if dist is not None and dist.rank != 0:   # rank 0 alone reports
+        import contextlib
+        with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):
+            return _run_train(args, parser, dist)
+    return _run_train(args, parser, dist)
+
+
+def _distributed(args, parser):
+    """The Distributed job for --distributed (None without it)."""
+    if not args.distributed:
+        if args.exchange != "auto":
+            raise CliError("--exchange needs --distributed")
+        return None
+    from .distributed import Distributed
+    try:
+        return Distributed(exchange=args.exchange)
+    except ImportError as e:
+        raise CliError(f"--distributed: {e}") from None
+
+
+def _run_train(args, parser, dist):
+    from . import datasets
+    from .nn import MLP
+    from .train import Trainer, TrainingInterrupted, build_optimizer
+
     threads = _Threads(args.threads) if args.threads is not None else None
     try:
         try:
@@ -396,7 +426,8 @@ def run_train(args, parser):
                           evals_per_epoch=args.evals_per_epoch, seed=args.seed,
                           log_json=args.log_json, checkpoint=ckpt, progress=progress,
                           on_epoch=on_epoch, callbacks=_mesimp_callbacks(args, model, opt),
-                          interrupt_checkpoint=INTERRUPT_CHECKPOINT, fused=not args.no_fused)
+                          interrupt_checkpoint=INTERRUPT_CHECKPOINT, fused=not args.no_fused,
+                          distributed=dist)
         n_train = data["train"][0].shape[0]
         what = "dense backprop" if dense else f"k {args.k} ({model.config['mode']})"
         from ._config import get_num_threads
@@ -404,7 +435,8 @@ def run_train(args, parser):
               f"{data['test'][0].shape[0]} test, sizes {args.sizes}, "
               f"{what}, "
               f"{args.optimizer} lr {opt.lr:g}{' dense update' if args.dense_update else ''}, "
-              f"batch {args.batch_size}, threads {get_num_threads()}", flush=True)
+              f"batch {args.batch_size}, threads {get_num_threads()}"
+              f"{f', {dist.size} ranks' if dist is not None else ''}", flush=True)
         try:
             summary = trainer.fit(resume=args.resume)
         except TrainingInterrupted as e:   # Ctrl-C: saved at a step boundary
@@ -412,14 +444,15 @@ def run_train(args, parser):
                 print(f"{parser.prog}: {e}", file=sys.stderr)
             else:
                 print(f"interrupted: checkpoint saved to {e.checkpoint}; resume with: "
-                      f"{_resume_command(args, e.checkpoint)}", file=sys.stderr)
+                      f"{_resume_command(args, e.checkpoint, dist)}", file=sys.stderr)
             return 130
         except (ValueError, FloatingPointError, OSError) as e:
             print(f"{parser.prog}: error: {e}", file=sys.stderr)
             return 1
         for line in _summary_lines(summary):
             print(line)
-        _save_model(args, model)
+        if dist is None or dist.rank == 0:   # every rank holds the same weights
+            _save_model(args, model)
         return 0
     finally:
         if threads is not None:
@@ -429,8 +462,9 @@ def run_train(args, parser):
 INTERRUPT_CHECKPOINT = "meprop-cpu-interrupted.npz"   # Ctrl-C without --checkpoint
 
 
-def _resume_command(args, path):
-    """The command line that continues this run from ``path``."""
+def _resume_command(args, path, dist=None):
+    """The command line that continues this run from ``path`` (under mpiexec with
+    the same number of ranks for a --distributed run)."""
     import shlex
     argv, out, skip = list(getattr(args, "argv", None) or ["train"]), [], False
     for a in argv:
@@ -440,7 +474,9 @@ def _resume_command(args, path):
             skip = True
         elif not a.startswith("--resume="):
             out.append(a)
-    return "meprop-cpu " + shlex.join(out + ["--resume", path])
+    prog = ("meprop-cpu " if dist is None else
+            f"mpiexec -n {dist.size} python -m mpi4py -m meprop_cpu ")
+    return prog + shlex.join(out + ["--resume", path])
 
 
 # ------------------------------------------------------------------ data / info

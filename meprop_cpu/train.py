@@ -318,6 +318,13 @@ class Trainer:
     loss: the loss object (default SoftmaxCrossEntropy()).
     on_epoch: optional ``f(trainer, record)`` called after each epoch with its
     log record (the CLI prints its per-epoch line from it).
+    distributed: None, True (MPI's COMM_WORLD) or a
+    :class:`meprop_cpu.distributed.Distributed`: synchronous data parallelism
+    over MPI (``batch_size`` is then the global batch, split across the ranks;
+    every rank holds the same weights after every step; rank 0 alone writes
+    the log, the progress line and the checkpoints; the module path is taken
+    and ``time_backward`` includes the gradient exchange). See
+    :mod:`meprop_cpu.distributed`.
     fused: take the whole step (forward, loss, backward, update) in one C
     call when the model, optimizer and loss allow it (an MLP of Linear +
     ReLU (+ Dropout) with topk, unified or dense layers, SGD / AdaGrad /
@@ -340,7 +347,8 @@ class Trainer:
 
     def __init__(self, model, optimizer, data, batch_size, epochs, evals_per_epoch=1, seed=0,
                  log_json=None, checkpoint=None, progress=None, callbacks=(), *, loss=None,
-                 on_epoch=None, eval_batch_size=1024, interrupt_checkpoint=None, fused=True):
+                 on_epoch=None, eval_batch_size=1024, interrupt_checkpoint=None, fused=True,
+                 distributed=None):
         self.model = model
         self.optimizer = optimizer
         if not isinstance(data, dict):
@@ -374,6 +382,8 @@ class Trainer:
         self._fused_step = None
         self.step_path = None
         self.thread_tuner = None  # a ThreadTuner while the thread count is automatic
+        self.distributed = _distributed(distributed)
+        self.is_root = self.distributed is None or self.distributed.rank == 0
 
         n = self.data["train"][0].shape[0]
         self.n_train = n
@@ -465,9 +475,11 @@ class Trainer:
         if resume is not None:
             self.load_checkpoint(resume)
         self._stop = False
+        if self.distributed is not None:
+            self.distributed.stop = False
         show = self.progress if self.progress is not None else _isatty(sys.stderr)
-        progress = _Progress(sys.stderr) if show else None
-        if self.log_json is not None:
+        progress = _Progress(sys.stderr) if show and self.is_root else None
+        if self.log_json is not None and self.is_root:
             d = os.path.dirname(os.path.abspath(self.log_json))
             os.makedirs(d, exist_ok=True)
             # a fresh run starts a new log; a resumed or continued one appends
@@ -475,6 +487,8 @@ class Trainer:
             self._log = open(self.log_json, "w" if fresh else "a", encoding="utf-8")
         restore_sigint = self._catch_sigint()
         try:
+            if self.distributed is not None:
+                return self._fit_distributed(progress)
             for epoch in range(self.epoch + 1, self.epochs + 1):
                 rec = self._run_epoch(epoch, progress)
                 if rec is None:
@@ -482,7 +496,8 @@ class Trainer:
                 self.epoch = epoch
                 if self.checkpoint is not None:
                     self._check_finite(epoch)
-                    self.save_checkpoint(self.checkpoint)
+                    if self.is_root:
+                        self.save_checkpoint(self.checkpoint)
                 if self.on_epoch is not None:
                     self.on_epoch(self, rec)
             summary = self.summary()
@@ -497,6 +512,34 @@ class Trainer:
             if self._log is not None:
                 self._log.close()
                 self._log = None
+
+    def _fit_distributed(self, progress):
+        """fit's epoch loop under ``distributed``: collective failures (divergence,
+        Ctrl-C, both decided by all ranks together) raise on every rank; any other
+        exception is this rank's alone and aborts the whole job (no rank waits
+        for it forever)."""
+        try:
+            for epoch in range(self.epoch + 1, self.epochs + 1):
+                rec = self._run_epoch(epoch, progress)
+                if rec is None:
+                    self._interrupted(epoch)
+                self.epoch = epoch
+                if self.checkpoint is not None:
+                    self._check_finite(epoch)
+                    if self.is_root:
+                        self.save_checkpoint(self.checkpoint)
+                    self.distributed.comm.Barrier()   # on disk before any rank reads it
+                if self.on_epoch is not None:
+                    self.on_epoch(self, rec)
+            summary = self.summary()
+            self._write_log(summary)
+            return summary
+        except (FloatingPointError, TrainingInterrupted):
+            raise
+        except BaseException as e:
+            if self.distributed.size > 1:
+                self.distributed.abort(f"{type(e).__name__}: {e}")
+            raise
 
     def _run_epoch(self, epoch, progress):
         model, opt, loss_fn = self.model, self.optimizer, self.loss
@@ -519,10 +562,13 @@ class Trainer:
             t_fwd, t_bwd, t_upd = part["time_forward"], part["time_backward"], part["time_update"]
             t_eval = part["time_eval"]
             t_start -= part["time_train"] + t_eval
-        fast = self._fused(loss_fn)
+        dist = self.distributed
+        fast = self._fused(loss_fn) if dist is None else None
+        if dist is not None:
+            self.step_path = "distributed"
         tuner = self._thread_tuner()
         for step in range(first, spe + 1):
-            if self._stop:   # Ctrl-C: stop between steps, rewind to the epoch's permutation
+            if self._stop if dist is None else dist.stop:   # Ctrl-C: stop between steps, rewind to the epoch's permutation
                 self._rng.bit_generator.state = epoch_start_rng
                 self.partial = {"epoch": epoch, "step": step - 1, "loss_sum": loss_sum,
                                 "seen": seen, "time_train": pc() - t_start - t_eval,
@@ -536,14 +582,21 @@ class Trainer:
                 _config._use_threads(tuner.threads())
                 t_step = pc()
             out = None
-            if fast is not None:
+            if dist is not None:
+                loss, dt_f, dt_b, dt_u = dist.train_step(self, epoch, step, idx)
+                t_fwd += dt_f
+                t_bwd += dt_b
+                t_upd += dt_u
+            elif fast is not None:
                 try:
                     out = fast.step_rows(X, y, idx)
                 except FloatingPointError as e:
                     self._diverged(epoch, step, f"the backward pass failed: {e}", e)
                 if out is None:   # a callback made the model unfit for the fused step
                     fast, self.step_path = None, "modules"
-            if out is not None:
+            if dist is not None:
+                pass
+            elif out is not None:
                 loss, dt_f, dt_b, dt_u = out
                 if not math.isfinite(loss):
                     self._diverged(epoch, step, f"the training loss is {loss}")
@@ -588,7 +641,8 @@ class Trainer:
                 t_eval += pc() - te
                 event = "epoch" if step == spe else "eval"
                 rec = self._record(event, epoch, step, loss_sum / seen, dev, times,
-                                   time_eval=t_eval, step_path=self.step_path)
+                                   time_eval=t_eval, step_path=self.step_path,
+                                   **({} if dist is None else {"ranks": dist.size}))
                 self.history.append(rec)
                 self._write_log(rec)
         if progress is not None:
@@ -645,7 +699,8 @@ class Trainer:
         path = self.checkpoint if self.checkpoint is not None else self.interrupt_checkpoint
         where = f"epoch {epoch}, after step {step} of {self.steps_per_epoch}"
         if path is not None and all(np.isfinite(p.data).all() for p in self.model.parameters()):
-            self.save_checkpoint(path)
+            if self.is_root:
+                self.save_checkpoint(path)
             msg = f"training interrupted at {where}; checkpoint saved to {path}"
         else:
             why = "no checkpoint path set" if path is None else "the weights hold NaN/Inf"
@@ -719,6 +774,7 @@ class Trainer:
                         "epochs": self.epochs, "batch_size": self.batch_size,
                         "evals_per_epoch": self.evals_per_epoch, "seed": self.seed,
                         "n_train": self.n_train, "best_dev": self.best_dev,
+                        "world_size": 1 if self.distributed is None else self.distributed.size,
                         "test_at_best_dev": self.test_at_best_dev,
                         "best_epoch": self.best_epoch, "best_step": self.best_step,
                         "history": self.history, "partial": self.partial},
@@ -837,12 +893,31 @@ class Trainer:
         self.best_step = tm.get("best_step")
         self.history = list(tm.get("history", []))
         self.partial = partial
+        world = 1 if self.distributed is None else self.distributed.size
+        if tm.get("world_size", 1) != world:
+            warnings.warn(f"checkpoint {path} was written by a run over {tm.get('world_size', 1)} "
+                          f"process(es), resuming over {world}: the run continues, but not "
+                          "bit-identically", RuntimeWarning, stacklevel=2)
         if tm.get("batch_size") != self.batch_size or tm.get("n_train") != self.n_train:
             warnings.warn(f"checkpoint {path} was trained with batch_size {tm.get('batch_size')} "
                           f"on {tm.get('n_train')} examples; resuming with {self.batch_size} on "
                           f"{self.n_train}: the run will not match the original",
                           RuntimeWarning, stacklevel=2)
         return meta
+
+
+def _distributed(value):
+    """Trainer(distributed=...): None / False, True (MPI.COMM_WORLD) or a
+    meprop_cpu.distributed.Distributed."""
+    if value is None or value is False:
+        return None
+    from . import distributed
+    if value is True:
+        return distributed.Distributed()
+    if not isinstance(value, distributed.Distributed):
+        raise TypeError(f"Trainer: distributed must be None, True or a "
+                        f"meprop_cpu.distributed.Distributed, got {type(value).__name__}")
+    return value
 
 
 def _check_partial(tm, path, trainer):
