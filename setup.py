@@ -1,6 +1,6 @@
 """Build the meprop_cpu C kernels (include/meprop/) into Cython extensions:
-meprop_cpu._kernels (sparse backward, top-k, optimizers) and meprop_cpu._dense
-(dense products).
+meprop_cpu._kernels (sparse backward, top-k, optimizers), meprop_cpu._dense
+(dense products) and meprop_cpu._lstm (the LSTM recurrence).
 
 Environment variables:
   MEPROP_NO_OPENMP=1   build serially even if the compiler supports OpenMP
@@ -110,6 +110,8 @@ def extensions():
         make_extension("meprop_cpu._step", "meprop_cpu/_step.pyx",
                        ("parallel.h", "topk.h", "sparse_linear.h", "optim.h", "elementwise.h",
                         "dense.h", "step.h"), flags),
+        make_extension("meprop_cpu._lstm", "meprop_cpu/_lstm.pyx",
+                       ("parallel.h", "topk.h", "dense.h", "lstm.h"), flags),
     ]
 
 

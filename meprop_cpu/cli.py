@@ -29,6 +29,7 @@ __all__ = ["main", "build_parser", "SUBCOMMANDS", "register_subcommand",
            "synthetic_dataset", "load_dataset", "DATASETS"]
 
 DATASETS = ("mnist", "fashion-mnist", "synthetic")
+POS_DATASETS = ("conll2003",)   # --task pos
 N_FEATURES, N_CLASSES = 784, 10
 
 
@@ -150,8 +151,14 @@ def add_train_parser(subparsers):
         "train", help="train an MLP with meProp (or dense backprop)",
         description="Train an MLP classifier with meProp top-k backprop (paper protocol: "
                     "dev evaluated during training, test reported at the best dev).")
-    p.add_argument("--dataset", choices=DATASETS, default="mnist",
-                   help="mnist | fashion-mnist | synthetic (a tiny in-process smoke test)")
+    p.add_argument("--task", choices=("classify", "pos"), default="classify",
+                   help="classify: an MLP classifier (default); pos: the LSTM part-of-speech "
+                        "tagger (--dataset conll2003, see meprop_cpu.tagger)")
+    p.add_argument("--dataset", choices=DATASETS + POS_DATASETS, default=None,
+                   help="mnist | fashion-mnist | synthetic (a tiny in-process smoke test); "
+                        "conll2003 with --task pos (default: mnist, or conll2003 for pos)")
+    p.add_argument("--hidden", type=_positive_int, default=500,
+                   help="--task pos: the LSTM's hidden width (default 500)")
     p.add_argument("--data-dir", default=None, metavar="DIR",
                    help="directory with the data files (mnist: else used as the cache root)")
     p.add_argument("--sizes", type=_sizes, default=[784, 500, 500, 10], metavar="N,H,...,C",
@@ -308,6 +315,11 @@ def _summary_lines(s):
 
 def run_train(args, parser):
     from . import datasets
+    if args.task == "pos" or args.dataset in POS_DATASETS:
+        from .tagger_train import run_pos_train
+        return run_pos_train(args, parser, CliError, _Threads)
+    if args.dataset is None:
+        args.dataset = "mnist"
     from .nn import MLP
     from .train import Trainer, TrainingInterrupted, build_optimizer
 
