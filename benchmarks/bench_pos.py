@@ -222,9 +222,16 @@ def train_torch(args):
     ref = PosTagger(vocab, hidden=args.hidden, k=None, seed=args.seed)
     r = TorchRunner(ref)
     rng = np.random.default_rng(args.seed)   # the same order as PosTrainer
-    best = None
-    with open(args.log_json, "w") as log:
-        for epoch in range(1, args.epochs + 1):
+    best, first = None, 1
+    ckpt = args.log_json + ".ckpt.pt"
+    if args.resume:   # continue a run (one command per epoch keeps each run short)
+        st = torch.load(ckpt, weights_only=False)
+        r.m.load_state_dict(st["model"])
+        for o, so in zip(r.opts, st["opts"]):
+            o.load_state_dict(so)
+        rng.bit_generator.state, best, first = st["rng"], st["best"], st["epoch"] + 1
+    with open(args.log_json, "a" if args.resume else "w") as log:
+        for epoch in range(first, args.epochs + 1):
             perm = rng.permutation(len(data["train"]))
             t0 = time.perf_counter()
             parts = np.zeros(3)
@@ -242,6 +249,12 @@ def train_torch(args):
             log.write(json.dumps(rec) + "\n")
             log.flush()
             print(json.dumps(rec), flush=True)
+            torch.save({"model": r.m.state_dict(), "opts": [o.state_dict() for o in r.opts],
+                        "rng": rng.bit_generator.state, "best": best, "epoch": epoch},
+                       ckpt + ".tmp")
+            os.replace(ckpt + ".tmp", ckpt)
+        if first > args.epochs:
+            return
         s = {"event": "summary", "best_dev": best[0], "test_at_best_dev": best[1],
              "best_epoch": best[2], "command": " ".join(["python"] + sys.argv)}
         log.write(json.dumps(s) + "\n")
@@ -262,6 +275,8 @@ def main():
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--log-json", default="benchmarks/results/pos/torch_train.jsonl")
     p.add_argument("--out", default="benchmarks/results/pos/speed")
+    p.add_argument("--resume", action="store_true",
+                   help="train-torch: continue from the checkpoint beside --log-json")
     args = p.parse_args()
     args.threads = [int(x) for x in args.threads.split(",")]
     args.k = [int(x) for x in args.k.split(",") if x]

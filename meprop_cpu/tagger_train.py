@@ -277,8 +277,6 @@ def run_pos_train(args, parser, CliError, Threads):
         raise CliError(f"--dataset: --task pos trains on conll2003, got {dataset!r}")
     if args.mode not in ("topk", "dense"):
         raise CliError(f"--mode: the POS tagger takes topk or dense, got {args.mode!r}")
-    if args.mesimp:
-        raise CliError("--mesimp is not available for --task pos yet")
     if args.resume is not None and not os.path.isfile(args.resume):
         raise CliError(f"--resume: checkpoint file {args.resume} does not exist")
     dense = args.dense or args.mode == "dense"
@@ -302,19 +300,36 @@ def run_pos_train(args, parser, CliError, Threads):
         data = {name: encode(sents, vocab) for name, sents in raw.items()}
         model = PosTagger(vocab, hidden=args.hidden, k=None if dense else args.k,
                           mode="dense" if dense else "topk", seed=args.seed)
+        if args.resume is not None:   # a meSimp run resumes at its shrunk width
+            shape = dict(read_checkpoint(args.resume)[0]["model"].get("params", [])).get("lstm.U")
+            if shape and shape[1] < args.hidden:
+                from .tagger_simplify import compact_lstm
+                compact_lstm(model, np.arange(shape[1]))
+                print(f"resuming a simplified tagger: hidden {shape[1]}", flush=True)
         opt = build_optimizer(args.optimizer, model.parameters(), lr=args.lr,
                               sparse=not args.dense_update, clip=args.clip)
         ckpt = args.checkpoint if args.checkpoint is not None else args.resume
+        callbacks = []
+        if args.mesimp:
+            from .simplify import CycleSchedule
+            from .tagger_simplify import TaggerSimplifier
+            sch = CycleSchedule(args.cycle_epochs or 1, args.steps_per_epoch or 8,
+                                reset=args.reset or "authors")
+            callbacks.append(TaggerSimplifier(model, opt, prune_rate=args.prune_rate or 0.01,
+                                              min_width=args.min_width or 1, schedule=sch,
+                                              verbose=True))
+            print(f"meSimp: prune rate {callbacks[0].prune_rate:g}, {sch!r}", flush=True)
 
         def on_epoch(trainer, rec):
             print(f"epoch {rec['epoch']:3d}/{trainer.epochs}  loss {rec['train_loss']:.4f}  "
                   f"dev {rec['dev_acc']:.2f}  test@best-dev {rec['test_acc']:.2f}  "
                   f"time {rec['time_epoch']:.1f}s (fwd {rec['time_forward']:.1f} bwd "
                   f"{rec['time_backward']:.1f} upd {rec['time_update']:.1f})  "
-                  f"{rec['tokens_per_s']:,.0f} tokens/s", flush=True)
+                  f"{rec['tokens_per_s']:,.0f} tokens/s  hidden {rec['hidden_sizes']}", flush=True)
 
         trainer = PosTrainer(model, opt, data, epochs=args.epochs, seed=args.seed,
-                             log_json=args.log_json, checkpoint=ckpt, on_epoch=on_epoch)
+                             log_json=args.log_json, checkpoint=ckpt, on_epoch=on_epoch,
+                             callbacks=callbacks)
         print(f"train pos conll2003: {len(data['train'])} sentences ({trainer.n_tokens} tokens) "
               f"/ {len(data['dev'])} dev / {len(data['test'])} test"
               f"{' / %d wsj' % len(data['wsj']) if 'wsj' in data else ''}; vocab "

@@ -236,3 +236,44 @@ def test_real_conll2003_short_run():
     tr = PosTrainer(m, build_optimizer("adam", m.parameters()), data, epochs=2)
     s = tr.fit()
     assert s["best_dev"] > 40.0   # far above the majority tag (~15 %) after 600 steps
+
+
+def test_compact_lstm_keeps_the_function():
+    from meprop_cpu.tagger_simplify import compact_lstm
+    v = Vocab.build(SENTS)
+    m = PosTagger(v, hidden=12, k=2, seed=4)
+    drop = [1, 5, 11]
+    keep = np.setdiff1d(np.arange(12), drop)
+    m.lstm.U.data[:, drop] = 0.0          # the dropped units no longer feed anything
+    m.out.W.data[:, drop] = 0.0
+    wid, fid, _ = encode(SENTS[:1], v)[0]
+    before = m.logits(wid, fid).copy()
+    opt = build_optimizer("adam", m.parameters())
+    m.forward_loss(*encode(SENTS[:1], v)[0])
+    m.backward()
+    opt.step()
+    st = opt.state[id(m.lstm.U)]["arrays"][0].copy()
+    m.lstm.U.data[:, drop] = 0.0
+    m.out.W.data[:, drop] = 0.0
+    before = m.logits(wid, fid).copy()
+    assert compact_lstm(m, keep, opt) == 3
+    assert m.lstm.U.data.shape == (36, 9) and m.out.W.data.shape[1] == 9
+    np.testing.assert_allclose(m.logits(wid, fid), before, rtol=1e-5, atol=1e-6)
+    rows = np.concatenate([q * 12 + keep for q in range(4)])
+    np.testing.assert_array_equal(opt.state[id(m.lstm.U)]["arrays"][0], st[rows][:, keep])
+    with pytest.raises(ValueError, match="ascending"):
+        compact_lstm(m, [3, 2])
+
+
+def test_mesimp_shrinks_and_resumes(tmp_path, capsys):
+    d = _write_conll(tmp_path / "c")
+    args = ["train", "--task", "pos", "--data-dir", str(d), "--hidden", "40", "--k", "2",
+            "--mesimp", "--prune-rate", "0.2", "--cycle-epochs", "1"]
+    rc = main(args + ["--epochs", "1", "--checkpoint", str(tmp_path / "s.npz"),
+                      "--log-json", str(tmp_path / "s.jsonl")])
+    assert rc == 0, capsys.readouterr().err
+    recs = [json.loads(x) for x in open(tmp_path / "s.jsonl")]
+    width = recs[-1]["hidden_sizes"][0]
+    assert width < 40 and any(r["event"] == "simplify" for r in recs)
+    assert main(args + ["--epochs", "2", "--resume", str(tmp_path / "s.npz")]) == 0
+    assert f"hidden {width}" in capsys.readouterr().out

@@ -10,8 +10,8 @@
  *
  * Forward: the caller forms xp = X W^T + b for the whole sequence as one
  * product (mp_linear_forward); mp_lstm_forward runs the recurrence, one
- * matrix-vector product U h_{t-1} per step (added onto xp[t], as the bias of
- * mp_linear_forward) and the elementwise cell.
+ * matrix-vector product U h_{t-1} per step (mp_lstm_gemv, added onto xp[t])
+ * and the elementwise cell.
  *
  * Backward through time (mp_lstm_backward): per step, from the gradient of
  * h_t (from above plus the recurrent one) and the carried cell gradient, the
@@ -28,10 +28,11 @@
  * sum of the full dz over the steps, as the MLP's bias uses the full dy).
  * Dense backward (k <= 0 or k >= h): dh_{t-1} = U^T dz_t.
  *
- * Determinism: the recurrence is sequential; the products inside a step are
- * mp_linear_forward / mp_matmul_nn (bit-identical for any thread count) and
- * the sparse dh sum runs serially in the selection's order, so the results
- * are bit-identical for any thread count. */
+ * Determinism: the recurrence is sequential; the matrix-vector products of a
+ * step split rows (forward) or columns (dense backward) over the threads with
+ * a fixed order of operations per output, and the sparse dh sum runs serially
+ * in the selection's order, so the results are bit-identical for any thread
+ * count. */
 #ifndef MEPROP_LSTM_H
 #define MEPROP_LSTM_H
 
@@ -60,6 +61,104 @@ static void mp_lstm_cell(float *MP_RESTRICT z, const float *MP_RESTRICT c_prev,
     }
 }
 
+/* The per-step products at batch 1 stream U (4h x h: 4 MB at h = 500) once
+ * per token and are bound by the cache bandwidth; dedicated matrix-vector
+ * loops beat the batch-oriented tiles of dense.h there.
+ *
+ * y[r] = b[r] + dot(U[r], x) for r in [r0, r1): each dot product runs in 16
+ * lanes (lane l sums the entries l, l + 16, ...), folded by a fixed tree,
+ * then the tail; four rows share each load of x. A row's arithmetic does not
+ * depend on which group it falls in, so any split of the rows over threads
+ * gives the same bits. */
+static inline float mp_lstm_fold16(const float *a) {
+    float s[8];
+    for (int l = 0; l < 8; l++) s[l] = a[l] + a[l + 8];
+    for (int l = 0; l < 4; l++) s[l] += s[l + 4];
+    return (s[0] + s[2]) + (s[1] + s[3]);
+}
+
+MP_SIMD_CLONES
+static void mp_lstm_gemv_rows(const float *MP_RESTRICT U, const float *MP_RESTRICT x,
+                              const float *MP_RESTRICT b, float *MP_RESTRICT y, int64_t r0,
+                              int64_t r1, int64_t n) {
+    const int64_t n16 = n / 16 * 16;
+    int64_t r = r0;
+    for (; r + 4 <= r1; r += 4) {
+        const float *u0 = U + r * n, *u1 = u0 + n, *u2 = u1 + n, *u3 = u2 + n;
+        float a0[16] = {0}, a1[16] = {0}, a2[16] = {0}, a3[16] = {0};
+        for (int64_t i = 0; i < n16; i += 16)
+            for (int l = 0; l < 16; l++) {
+                const float xv = x[i + l];
+                a0[l] += u0[i + l] * xv;
+                a1[l] += u1[i + l] * xv;
+                a2[l] += u2[i + l] * xv;
+                a3[l] += u3[i + l] * xv;
+            }
+        float s0 = mp_lstm_fold16(a0), s1 = mp_lstm_fold16(a1);
+        float s2 = mp_lstm_fold16(a2), s3 = mp_lstm_fold16(a3);
+        for (int64_t i = n16; i < n; i++) {
+            s0 += u0[i] * x[i];
+            s1 += u1[i] * x[i];
+            s2 += u2[i] * x[i];
+            s3 += u3[i] * x[i];
+        }
+        y[r] = b[r] + s0;
+        y[r + 1] = b[r + 1] + s1;
+        y[r + 2] = b[r + 2] + s2;
+        y[r + 3] = b[r + 3] + s3;
+    }
+    for (; r < r1; r++) {
+        const float *u0 = U + r * n;
+        float a0[16] = {0};
+        for (int64_t i = 0; i < n16; i += 16)
+            for (int l = 0; l < 16; l++) a0[l] += u0[i + l] * x[i + l];
+        float s0 = mp_lstm_fold16(a0);
+        for (int64_t i = n16; i < n; i++) s0 += u0[i] * x[i];
+        y[r] = b[r] + s0;
+    }
+}
+
+/* y (m) = b + U x with U (m, n); rows split over the team in blocks of 4. */
+static void mp_lstm_gemv(const float *U, const float *x, const float *b, float *y, int64_t m,
+                         int64_t n, int nthreads) {
+    int team = mp_team_size(nthreads, m * n, m / 64);
+    #pragma omp parallel num_threads(team) if (team > 1)
+    {
+        int u = mp_omp_thread_num(), parts = team > 1 ? team : 1;
+        int64_t q = (m / 4 + parts - 1) / parts * 4;
+        int64_t r0 = (int64_t)u * q, r1 = r0 + q < m ? r0 + q : m;
+        if (r0 < r1) mp_lstm_gemv_rows(U, x, b, y, r0, r1, n);
+    }
+}
+
+MP_SIMD_CLONES
+static void mp_lstm_gemv_t_cols(const float *MP_RESTRICT U, const float *MP_RESTRICT z,
+                                float *MP_RESTRICT y, int64_t m, int64_t n, int64_t c0,
+                                int64_t c1) {
+    for (int64_t c = c0; c < c1; c++) y[c] = 0.0f;
+    for (int64_t r = 0; r < m; r++) {
+        const float v = z[r];
+        if (v == 0.0f) continue;
+        const float *ur = U + r * n;
+        for (int64_t c = c0; c < c1; c++) y[c] += v * ur[c];
+    }
+}
+
+/* y (n) = U^T z with U (m, n): y[c] sums z[r] U[r, c] over r ascending (rows
+ * with z[r] == 0 skipped), column blocks split over the team, so the bits do
+ * not depend on the thread count. */
+static void mp_lstm_gemv_t(const float *U, const float *z, float *y, int64_t m, int64_t n,
+                           int nthreads) {
+    int team = mp_team_size(nthreads, m * n, n / 64);
+    #pragma omp parallel num_threads(team) if (team > 1)
+    {
+        int u = mp_omp_thread_num(), parts = team > 1 ? team : 1;
+        int64_t q = (n / 16 + parts) / parts * 16;
+        int64_t c0 = (int64_t)u * q, c1 = c0 + q < n ? c0 + q : n;
+        if (c0 < c1) mp_lstm_gemv_t_cols(U, z, y, m, n, c0, c1);
+    }
+}
+
 /* Forward recurrence over T steps.
  * IN  xp (T, 4h) = X W^T + b;  U (4h, h);  H row 0 = h_0;  C row 0 = c_0
  * OUT Z (T, 4h) activated gates;  H (T+1, h) rows 1..T = h_t;
@@ -69,7 +168,7 @@ static void mp_lstm_forward(const float *xp, const float *U, int64_t T, int64_t 
     const int64_t G = 4 * h;
     for (int64_t t = 0; t < T; t++) {
         float *z = Z + t * G;
-        mp_linear_forward(H + t * h, U, xp + t * G, z, 1, h, G, 0, nthreads);
+        mp_lstm_gemv(U, H + t * h, xp + t * G, z, G, h, nthreads);
         mp_lstm_cell(z, C + t * h, C + (t + 1) * h, H + (t + 1) * h, TC + t * h, h);
     }
 }
@@ -125,7 +224,7 @@ static int64_t mp_lstm_backward(const float *Z, const float *C, const float *TC,
         for (int64_t j = 0; j < h; j++) dh[j] += dht[j];
         mp_lstm_cell_backward(Z + t * G, C + t * h, TC + t * h, dh, dc, dz, h);
         if (!sparse) {
-            mp_matmul_nn(dz, U, dh, 1, G, h, nthreads);   /* dh_{t-1} = U^T dz */
+            mp_lstm_gemv_t(U, dz, dh, G, h, nthreads);   /* dh_{t-1} = U^T dz */
             continue;
         }
         int32_t *ii = idx + t * 4 * k;
