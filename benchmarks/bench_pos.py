@@ -261,9 +261,44 @@ def train_torch(args):
         print(json.dumps(s))
 
 
+def tag_speed(args):
+    """Time tagging the CoNLL-2003 test set with saved taggers (--models, files written
+    by `meprop-cpu train --task pos --save-model`), interleaved, median of --rounds."""
+    from meprop_cpu.tagger import load_tagger
+    raw = pos_data.conll2003()
+    models = {os.path.basename(f): load_tagger(f) for f in args.models.split(",")}
+    enc = {n: encode(raw["test"], m.vocab) for n, m in models.items()}
+    tokens = sum(len(w) for w, _ in raw["test"])
+    rows = []
+    for nt in args.threads:
+        mp.set_num_threads(nt)
+        times = {n: [] for n in models}
+        for n, m in models.items():
+            m.accuracy(enc[n][:50])   # warm-up
+        for _ in range(args.rounds):
+            for n, m in models.items():
+                t0 = time.perf_counter()
+                acc = m.accuracy(enc[n])
+                times[n].append(time.perf_counter() - t0)
+        for n, m in models.items():
+            rows.append({"model": n, "hidden": m.lstm.hidden, "threads": nt,
+                         "test_acc": acc if len(models) == 1 else m.accuracy(enc[n]),
+                         "tag_s": float(np.median(times[n])), "tokens": tokens,
+                         "tokens_per_s": tokens / float(np.median(times[n])),
+                         "all_s": times[n]})
+            print(json.dumps(rows[-1]), flush=True)
+    out = {"meta": {"command": " ".join(["python"] + sys.argv),
+                    "date": datetime.datetime.now().isoformat(timespec="seconds"),
+                    "machine": "shared 2-core VM (other jobs running)",
+                    "load_average": os.getloadavg()}, "results": rows}
+    with open(args.out + ".json", "w") as f:
+        json.dump(out, f, indent=1)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("what", choices=("speed", "train-torch"))
+    p.add_argument("what", choices=("speed", "train-torch", "tag-speed"))
+    p.add_argument("--models", default="", help="tag-speed: comma-separated tagger files")
     p.add_argument("--threads", default="1,2")
     p.add_argument("--hidden", type=int, default=500)
     p.add_argument("--k", default="5,10,20")
@@ -280,7 +315,7 @@ def main():
     args = p.parse_args()
     args.threads = [int(x) for x in args.threads.split(",")]
     args.k = [int(x) for x in args.k.split(",") if x]
-    speed(args) if args.what == "speed" else train_torch(args)
+    {"speed": speed, "train-torch": train_torch, "tag-speed": tag_speed}[args.what](args)
 
 
 if __name__ == "__main__":
