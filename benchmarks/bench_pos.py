@@ -270,6 +270,7 @@ def tag_speed(args):
     enc = {n: encode(raw["test"], m.vocab) for n, m in models.items()}
     tokens = sum(len(w) for w, _ in raw["test"])
     rows = []
+    accs = {n: m.accuracy(enc[n]) for n, m in models.items()}
     for nt in args.threads:
         mp.set_num_threads(nt)
         times = {n: [] for n in models}
@@ -278,11 +279,11 @@ def tag_speed(args):
         for _ in range(args.rounds):
             for n, m in models.items():
                 t0 = time.perf_counter()
-                acc = m.accuracy(enc[n])
+                m.accuracy(enc[n])
                 times[n].append(time.perf_counter() - t0)
         for n, m in models.items():
             rows.append({"model": n, "hidden": m.lstm.hidden, "threads": nt,
-                         "test_acc": acc if len(models) == 1 else m.accuracy(enc[n]),
+                         "test_acc": accs[n],
                          "tag_s": float(np.median(times[n])), "tokens": tokens,
                          "tokens_per_s": tokens / float(np.median(times[n])),
                          "all_s": times[n]})
