@@ -175,10 +175,10 @@ class LSTM(Module):
             raise FloatingPointError(f"LSTM.backward: the gradient holds {bad} NaN/Inf value(s)")
         self.b.grad = dZ.sum(axis=0)
         if self.track_hits:
-            units = np.where(val != 0.0, idx % h, -1)
-            for t in range(T):
-                u = np.unique(units[t])
-                self.hits[u[u >= 0]] += 1
+            hit = np.zeros((T, h), dtype=bool)   # unit j selected in some gate at step t
+            sel = val.ravel() != 0.0
+            hit[np.repeat(np.arange(T), 4 * k)[sel], (idx.ravel() % h)[sel]] = True
+            self.hits += hit.sum(axis=0)
             self.seen += T
         dX, self.W.grad = kernels.sparse_backward_into(X, self.W.data, idx, val, self._wsW, nt,
                                                        self.needs_input_grad, factored=True)

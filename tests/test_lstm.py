@@ -201,3 +201,18 @@ def test_errors():
     sparse.forward(np.ones((2, 3), np.float32))
     with pytest.raises(FloatingPointError, match="NaN"):
         sparse.backward(np.full((2, 4), np.nan, np.float32))
+
+
+def test_hits_count_steps_with_a_selected_gate_row():
+    X, dH = _data(6, 5, 10, seed=8)
+    layer = _layer(5, 10, k=2, seed=1)
+    layer.track_hits = True
+    layer.forward(X)
+    layer.backward(dH)
+    idx = layer._ws.get("idx", (6, 8), np.int32)
+    val = layer._ws.get("val", (6, 8), np.float32)
+    want = np.zeros(10, np.int64)
+    for t in range(6):
+        want[np.unique(idx[t][val[t] != 0] % 10)] += 1
+    np.testing.assert_array_equal(layer.hits, want)
+    assert layer.seen == 6
