@@ -182,18 +182,73 @@ def speed(args):
             results.append(rec)
             print(json.dumps({k: (round(x, 4) if isinstance(x, float) else x)
                               for k, x in rec.items() if k != "block_s_all_rounds"}), flush=True)
+    backprop = lstm_backward_times(args, vocab, block, variants)
     meta = {"command": " ".join(["python"] + sys.argv), "date":
             datetime.datetime.now().isoformat(timespec="seconds"),
             "machine": "shared 2-core VM (other jobs running); " + platform.processor(),
             "load_average": os.getloadavg(), "config": mp.show_config(),
             "torch": torch.__version__, "torch_config": torch.__config__.parallel_info()}
-    out = {"meta": meta, "results": results}
+    out = {"meta": meta, "results": results, "lstm_backward": backprop}
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out + ".json", "w") as f:
         json.dump(out, f, indent=1, default=str)
     with open(args.out + ".md", "w") as f:
         f.write(markdown(out))
     print(markdown(out))
+
+
+def lstm_backward_times(args, vocab, block, variants):
+    """The paper's "backprop time of the linear transformations", as close as it can be
+    isolated: the LSTM layer's backward through time alone (given dL/dH), forming the
+    gradients of W, U, b and of the input. PyTorch: H.backward(dH) through nn.LSTM with
+    the input requiring grad; this library: LSTM.backward(dH) and the row values of the
+    W / U gradients formed (which training would otherwise fuse into the update).
+    Median over --rounds of the sum over the block's sentences; forward not timed."""
+    import torch
+    ref = PosTagger(vocab, hidden=args.hidden, k=None, seed=args.seed)
+    xs = [np.ascontiguousarray(ref._inputs(w, f)) for w, f, _ in block]
+    rng = np.random.default_rng(1)
+    dhs = [rng.standard_normal((x.shape[0], args.hidden)).astype(np.float32) * 0.1 for x in xs]
+    out = []
+    for nt in args.threads:
+        mp.set_num_threads(nt)
+        torch.set_num_threads(nt)
+        tl = torch_tagger(ref)[0].lstm
+        layers = {v: PosTagger(vocab, hidden=args.hidden, k=None if v == "dense" else int(v[2:]),
+                               seed=args.seed).lstm for v in variants if v != "pytorch"}
+
+        def run_torch():
+            t = 0.0
+            for x, dh in zip(xs, dhs):
+                xt = torch.from_numpy(x).unsqueeze(1).requires_grad_(True)
+                H, _ = tl(xt)
+                tl.zero_grad(set_to_none=True)
+                a = time.perf_counter()
+                H.backward(torch.from_numpy(dh).unsqueeze(1))
+                t += time.perf_counter() - a
+            return t
+
+        def run_ours(layer):
+            t = 0.0
+            for x, dh in zip(xs, dhs):
+                layer.forward(x)
+                a = time.perf_counter()
+                layer.backward(dh)
+                layer.W.grad.values, layer.U.grad.values
+                t += time.perf_counter() - a
+            return t
+        times = {v: [] for v in variants}
+        for rnd in range(args.rounds + 1):
+            for v in variants:
+                t = run_torch() if v == "pytorch" else run_ours(layers[v])
+                if rnd:   # round 0 is the warm-up
+                    times[v].append(t)
+        for v in variants:
+            rec = {"variant": v, "threads": nt, "lstm_backward_s": float(np.median(times[v])),
+                   "sentences": len(block), "all_s": times[v]}
+            out.append(rec)
+            print(json.dumps(rec), flush=True)
+    return out
 
 
 def markdown(out):
@@ -211,6 +266,17 @@ def markdown(out):
                      f"{r['tokens_per_s']:,.0f} | {r['forward_s']:.3f} | {r['backward_s']:.3f} | "
                      f"{r['update_s']:.3f} | {r['epoch_s_projected']:.0f} | "
                      f"{base[r['threads']] / r['block_s']:.2f}x |")
+    if out.get("lstm_backward"):
+        lines += ["", "The LSTM layer's backward through time alone (the paper's \"backprop of the "
+                  "linear transformations\", with the cell's elementwise part), given dL/dH, on "
+                  "the same sentences; forward not timed:\n",
+                  "| threads | variant | LSTM backward s (block) | speed-up vs PyTorch |",
+                  "|---:|---|---:|---:|"]
+        bb = {r["threads"]: r["lstm_backward_s"] for r in out["lstm_backward"]
+              if r["variant"] == "pytorch"}
+        for r in out["lstm_backward"]:
+            lines.append(f"| {r['threads']} | {r['variant']} | {r['lstm_backward_s']:.3f} | "
+                         f"{bb[r['threads']] / r['lstm_backward_s']:.1f}x |")
     return "\n".join(lines) + "\n"
 
 

@@ -275,11 +275,15 @@ def run_pos_train(args, parser, CliError, Threads):
     dataset = args.dataset or "conll2003"
     if dataset != "conll2003":
         raise CliError(f"--dataset: --task pos trains on conll2003, got {dataset!r}")
-    if args.mode not in ("topk", "dense"):
-        raise CliError(f"--mode: the POS tagger takes topk or dense, got {args.mode!r}")
+    from .lstm import DEFAULT_LSTM_MODE, LSTM_MODES
+    explicit = any(a == "--mode" or a.startswith("--mode=") for a in getattr(args, "argv", []))
+    if explicit and args.mode not in LSTM_MODES:
+        raise CliError(f"--mode: the POS tagger takes {' or '.join(LSTM_MODES)}, got "
+                       f"{args.mode!r}")
+    mode = args.mode if explicit else DEFAULT_LSTM_MODE
     if args.resume is not None and not os.path.isfile(args.resume):
         raise CliError(f"--resume: checkpoint file {args.resume} does not exist")
-    dense = args.dense or args.mode == "dense"
+    dense = args.dense or mode == "dense"
     if not dense and args.k >= args.hidden:
         print(f"note: --k {args.k} >= --hidden {args.hidden}: dense backward", file=sys.stderr)
     threads = Threads(args.threads) if args.threads is not None else None
@@ -299,7 +303,7 @@ def run_pos_train(args, parser, CliError, Threads):
         vocab = Vocab.build(raw["train"])
         data = {name: encode(sents, vocab) for name, sents in raw.items()}
         model = PosTagger(vocab, hidden=args.hidden, k=None if dense else args.k,
-                          mode="dense" if dense else "topk", seed=args.seed)
+                          mode="dense" if dense else mode, seed=args.seed)
         if args.resume is not None:   # a meSimp run resumes at its shrunk width
             shape = dict(read_checkpoint(args.resume)[0]["model"].get("params", [])).get("lstm.U")
             if shape and shape[1] < args.hidden:
