@@ -3,6 +3,7 @@
 # command per epoch (each resumes the previous epoch's checkpoint) so no single command
 # holds the machine for long. Results: benchmarks/results/pos/<variant>_n<N>_s<seed>.jsonl
 #   sh benchmarks/pos_accuracy.sh N EPOCHS SEED "dense k5 k10 torch"
+# START=4 continues runs that completed 3 epochs (their checkpoints are in /tmp).
 set -e
 N=${1:-4000}; E=${2:-3}; SEED=${3:-0}; VARIANTS=${4:-"dense k5 k10 torch"}
 OUT=benchmarks/results/pos
@@ -11,7 +12,7 @@ LOCK="flock -s /tmp/meprop-cpu.lock"
 mkdir -p $OUT
 for v in $VARIANTS; do
   log=$OUT/${v}_n${N}_s${SEED}.jsonl
-  for e in $(seq 1 $E); do
+  for e in $(seq ${START:-1} $E); do
     if [ "$v" = torch ]; then
       r=""; [ $e -gt 1 ] && r="--resume"
       $LOCK $PY benchmarks/bench_pos.py train-torch --threads 1 --max-train $N --epochs $e \
