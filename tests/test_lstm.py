@@ -122,8 +122,9 @@ def test_finite_differences_dense():
 
 @pytest.mark.parametrize("k", [None, 5])
 def test_threads_and_simd_paths_bit_identical(k):
-    # h = 200: the per-step products (800 x 200) are above the parallel threshold
-    X, dH = _data(7, 190, 200, seed=11)
+    # h = 256: the per-step products (1024 x 256) are above the parallel threshold
+    assert 4 * 256 * 256 >= mp.show_config()["parallel_min_work"]
+    X, dH = _data(7, 190, 256, seed=11)
     old = mp.get_num_threads()
     results = {}
     try:
@@ -132,7 +133,7 @@ def test_threads_and_simd_paths_bit_identical(k):
             try:
                 for nt in (1, 2):
                     mp.set_num_threads(nt)
-                    results[level, nt] = _run(_layer(190, 200, k=k, seed=1), X, dH)
+                    results[level, nt] = _run(_layer(190, 256, k=k, seed=1), X, dH)
             finally:
                 _lstm.set_simd_limit(prev)
     finally:
