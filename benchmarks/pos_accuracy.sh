@@ -19,11 +19,11 @@ for v in $VARIANTS; do
         --seed $SEED --log-json $log $r
     else
       case $v in dense) opt="--dense";; k*) opt="--k ${v#k}";;
-        mesimp) opt="--k 5 --mesimp --prune-rate ${PRUNE:-0.02} --save-model /tmp/lstm_model_mesimp.npz";; esac
+        mesimp) opt="--k 5 --mesimp --prune-rate ${PRUNE:-0.02}";; esac
       r=""; [ $e -gt 1 ] && r="--resume /tmp/lstm_ck_${v}_${N}_${SEED}.npz"
       $LOCK .venv/bin/meprop-cpu train --task pos --dataset conll2003 --hidden 500 $opt \
         --optimizer adam --epochs $e --max-train $N --seed $SEED --threads 1 --log-json $log \
-        --checkpoint /tmp/lstm_ck_${v}_${N}_${SEED}.npz $r
+        --checkpoint /tmp/lstm_ck_${v}_${N}_${SEED}.npz --save-model /tmp/lstm_model_${v}.npz $r
     fi
   done
 done
