@@ -10,8 +10,8 @@
  *
  * Forward: the caller forms xp = X W^T + b for the whole sequence as one
  * product (mp_linear_forward); mp_lstm_forward runs the recurrence, one
- * matrix-vector product U h_{t-1} per step (mp_lstm_gemv, added onto xp[t])
- * and the elementwise cell.
+ * matrix-vector product U h_{t-1} per step (mp_linear_forward at batch 1, xp[t]
+ * as its bias) and the elementwise cell.
  *
  * Backward through time (mp_lstm_backward): per step, from the gradient of
  * h_t (from above plus the recurrent one) and the carried cell gradient, the
@@ -29,8 +29,8 @@
  * Dense backward (k <= 0 or k >= h): dh_{t-1} = U^T dz_t.
  *
  * Determinism: the recurrence is sequential; the matrix-vector products of a
- * step split rows (forward) or columns (dense backward) over the threads with
- * a fixed order of operations per output, and the sparse dh sum runs serially
+ * step (mp_linear_forward; mp_lstm_gemv_t) split rows or columns over the
+ * threads with a fixed order of operations per output, the sparse dh sum runs serially
  * in the selection's order, so the results are bit-identical for any thread
  * count. */
 #ifndef MEPROP_LSTM_H
@@ -43,110 +43,96 @@
 #include "dense.h"
 #include "topk.h"
 
-static inline float mp_lstm_sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
+/* e^x, branch-free so the cell's loops vectorise (libm's expf / tanhf do not,
+ * and were a third of a step's forward at h = 500): x = n ln2 + r with n
+ * rounded by the 1.5 * 2^23 trick, a degree-6 polynomial for e^r on
+ * [-ln2/2, ln2/2] (Cephes' coefficients), 2^n put into the exponent bits.
+ * Relative error below 2e-7 on [-87, 88] (clamped outside); NaN stays NaN. */
+static inline float mp_lstm_exp(float x) {
+    x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
+    const float big = 12582912.0f;   /* 1.5 * 2^23: adding it rounds to an integer */
+    float n = (x * 1.44269504088896341f + big) - big;
+    float r = x - n * 0.693359375f;
+    r = r - n * -2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    union { int32_t i; float f; } s;
+    s.i = ((int32_t)n + 127) << 23;
+    return p * s.f;
+}
 
-/* The cell of one step: z (4h) holds the pre-activations on entry and the
- * activated gates on exit; c_prev -> c, h, tc = tanh(c). */
-static void mp_lstm_cell(float *MP_RESTRICT z, const float *MP_RESTRICT c_prev,
-                         float *MP_RESTRICT c, float *MP_RESTRICT hn, float *MP_RESTRICT tc,
-                         int64_t h) {
-    float *zi = z, *zf = z + h, *zg = z + 2 * h, *zo = z + 3 * h;
+static inline float mp_lstm_sigmoid(float x) { return 1.0f / (1.0f + mp_lstm_exp(-x)); }
+
+/* tanh(x) = sign(x) (1 - e^{-2|x|}) / (1 + e^{-2|x|}); absolute error < 2e-7 */
+static inline float mp_lstm_tanh(float x) {
+    float e = mp_lstm_exp(-2.0f * fabsf(x));
+    return copysignf((1.0f - e) / (1.0f + e), x);
+}
+
+MP_SIMD_CLONES
+static void mp_lstm_cell_gates(float *MP_RESTRICT zi, float *MP_RESTRICT zf,
+                               float *MP_RESTRICT zg, float *MP_RESTRICT zo,
+                               const float *MP_RESTRICT c_prev, float *MP_RESTRICT c,
+                               float *MP_RESTRICT hn, float *MP_RESTRICT tc, int64_t h) {
     for (int64_t j = 0; j < h; j++) {
         float i = mp_lstm_sigmoid(zi[j]), f = mp_lstm_sigmoid(zf[j]);
-        float g = tanhf(zg[j]), o = mp_lstm_sigmoid(zo[j]);
+        float g = mp_lstm_tanh(zg[j]), o = mp_lstm_sigmoid(zo[j]);
         float cj = f * c_prev[j] + i * g;
-        float t = tanhf(cj);
+        float t = mp_lstm_tanh(cj);
         zi[j] = i; zf[j] = f; zg[j] = g; zo[j] = o;
         c[j] = cj; tc[j] = t; hn[j] = o * t;
     }
 }
 
-/* The per-step products at batch 1 stream U (4h x h: 4 MB at h = 500) once
- * per token and are bound by the cache bandwidth; dedicated matrix-vector
- * loops beat the batch-oriented tiles of dense.h there.
- *
- * y[r] = b[r] + dot(U[r], x) for r in [r0, r1): each dot product runs in 16
- * lanes (lane l sums the entries l, l + 16, ...), folded by a fixed tree,
- * then the tail; four rows share each load of x. A row's arithmetic does not
- * depend on which group it falls in, so any split of the rows over threads
- * gives the same bits. */
-static inline float mp_lstm_fold16(const float *a) {
-    float s[8];
-    for (int l = 0; l < 8; l++) s[l] = a[l] + a[l + 8];
-    for (int l = 0; l < 4; l++) s[l] += s[l + 4];
-    return (s[0] + s[2]) + (s[1] + s[3]);
+/* The cell of one step: z (4h) holds the pre-activations on entry and the
+ * activated gates on exit; c_prev -> c, h, tc = tanh(c). (The four gate
+ * blocks go in as separate restrict pointers so the loop vectorises.) */
+static void mp_lstm_cell(float *z, const float *c_prev, float *c, float *hn, float *tc,
+                         int64_t h) {
+    mp_lstm_cell_gates(z, z + h, z + 2 * h, z + 3 * h, c_prev, c, hn, tc, h);
 }
 
-MP_SIMD_CLONES
-static void mp_lstm_gemv_rows(const float *MP_RESTRICT U, const float *MP_RESTRICT x,
-                              const float *MP_RESTRICT b, float *MP_RESTRICT y, int64_t r0,
-                              int64_t r1, int64_t n) {
-    const int64_t n16 = n / 16 * 16;
-    int64_t r = r0;
-    for (; r + 4 <= r1; r += 4) {
-        const float *u0 = U + r * n, *u1 = u0 + n, *u2 = u1 + n, *u3 = u2 + n;
-        float a0[16] = {0}, a1[16] = {0}, a2[16] = {0}, a3[16] = {0};
-        for (int64_t i = 0; i < n16; i += 16)
-            for (int l = 0; l < 16; l++) {
-                const float xv = x[i + l];
-                a0[l] += u0[i + l] * xv;
-                a1[l] += u1[i + l] * xv;
-                a2[l] += u2[i + l] * xv;
-                a3[l] += u3[i + l] * xv;
-            }
-        float s0 = mp_lstm_fold16(a0), s1 = mp_lstm_fold16(a1);
-        float s2 = mp_lstm_fold16(a2), s3 = mp_lstm_fold16(a3);
-        for (int64_t i = n16; i < n; i++) {
-            s0 += u0[i] * x[i];
-            s1 += u1[i] * x[i];
-            s2 += u2[i] * x[i];
-            s3 += u3[i] * x[i];
-        }
-        y[r] = b[r] + s0;
-        y[r + 1] = b[r + 1] + s1;
-        y[r + 2] = b[r + 2] + s2;
-        y[r + 3] = b[r + 3] + s3;
-    }
-    for (; r < r1; r++) {
-        const float *u0 = U + r * n;
-        float a0[16] = {0};
-        for (int64_t i = 0; i < n16; i += 16)
-            for (int l = 0; l < 16; l++) a0[l] += u0[i + l] * x[i + l];
-        float s0 = mp_lstm_fold16(a0);
-        for (int64_t i = n16; i < n; i++) s0 += u0[i] * x[i];
-        y[r] = b[r] + s0;
-    }
-}
-
-/* y (m) = b + U x with U (m, n); rows split over the team in blocks of 4. */
-static void mp_lstm_gemv(const float *U, const float *x, const float *b, float *y, int64_t m,
-                         int64_t n, int nthreads) {
-    int team = mp_team_size(nthreads, m * n, m / 64);
-    #pragma omp parallel num_threads(team) if (team > 1)
-    {
-        int u = mp_omp_thread_num(), parts = team > 1 ? team : 1;
-        int64_t q = (m / 4 + parts - 1) / parts * 4;
-        int64_t r0 = (int64_t)u * q, r1 = r0 + q < m ? r0 + q : m;
-        if (r0 < r1) mp_lstm_gemv_rows(U, x, b, y, r0, r1, n);
-    }
-}
-
+/* The dense backward's dh_{t-1} = U^T dz_t at batch 1 streams U (4h x h: 4 MB
+ * at h = 500) once per step. y[c] sums z[r] U[r, c] over r ascending, eight
+ * rows per pass over a block of columns (y[c] stays in a register across the
+ * eight), column blocks split over the team: the order of operations per
+ * output does not depend on the split, so the bits do not depend on the
+ * thread count. */
 MP_SIMD_CLONES
 static void mp_lstm_gemv_t_cols(const float *MP_RESTRICT U, const float *MP_RESTRICT z,
                                 float *MP_RESTRICT y, int64_t m, int64_t n, int64_t c0,
                                 int64_t c1) {
     for (int64_t c = c0; c < c1; c++) y[c] = 0.0f;
-    for (int64_t r = 0; r < m; r++) {
-        const float v = z[r];
-        if (v == 0.0f) continue;
-        const float *ur = U + r * n;
+    int64_t r = 0;
+    for (; r + 8 <= m; r += 8) {
+        const float *u = U + r * n;
+        const float v0 = z[r], v1 = z[r + 1], v2 = z[r + 2], v3 = z[r + 3];
+        const float v4 = z[r + 4], v5 = z[r + 5], v6 = z[r + 6], v7 = z[r + 7];
+        for (int64_t c = c0; c < c1; c++) {
+            float a = y[c];
+            a += v0 * u[c];
+            a += v1 * u[n + c];
+            a += v2 * u[2 * n + c];
+            a += v3 * u[3 * n + c];
+            a += v4 * u[4 * n + c];
+            a += v5 * u[5 * n + c];
+            a += v6 * u[6 * n + c];
+            a += v7 * u[7 * n + c];
+            y[c] = a;
+        }
+    }
+    for (; r < m; r++) {
+        const float v = z[r], *ur = U + r * n;
         for (int64_t c = c0; c < c1; c++) y[c] += v * ur[c];
     }
 }
 
-/* y (n) = U^T z with U (m, n): y[c] sums z[r] U[r, c] over r ascending (rows
- * with z[r] == 0 skipped), column blocks split over the team, so the bits do
- * not depend on the thread count. */
+/* y (n) = U^T z with U (m, n). */
 static void mp_lstm_gemv_t(const float *U, const float *z, float *y, int64_t m, int64_t n,
                            int nthreads) {
     int team = mp_team_size(nthreads, m * n, n / 64);
@@ -168,26 +154,36 @@ static void mp_lstm_forward(const float *xp, const float *U, int64_t T, int64_t 
     const int64_t G = 4 * h;
     for (int64_t t = 0; t < T; t++) {
         float *z = Z + t * G;
-        mp_lstm_gemv(U, H + t * h, xp + t * G, z, G, h, nthreads);
+        mp_linear_forward(H + t * h, U, xp + t * G, z, 1, h, G, 0, nthreads);
         mp_lstm_cell(z, C + t * h, C + (t + 1) * h, H + (t + 1) * h, TC + t * h, h);
     }
 }
 
 /* dz (4h) of one step from dh = dL/dh_t (total) and dc (in: dL/dc_t carried
  * from step t+1; out: dL/dc_{t-1}). */
-static void mp_lstm_cell_backward(const float *MP_RESTRICT z, const float *MP_RESTRICT c_prev,
-                                  const float *MP_RESTRICT tc, const float *MP_RESTRICT dh,
-                                  float *MP_RESTRICT dc, float *MP_RESTRICT dz, int64_t h) {
-    const float *zi = z, *zf = z + h, *zg = z + 2 * h, *zo = z + 3 * h;
+MP_SIMD_CLONES
+static void mp_lstm_cell_backward_gates(const float *MP_RESTRICT zi, const float *MP_RESTRICT zf,
+                                        const float *MP_RESTRICT zg, const float *MP_RESTRICT zo,
+                                        const float *MP_RESTRICT c_prev,
+                                        const float *MP_RESTRICT tc, const float *MP_RESTRICT dh,
+                                        float *MP_RESTRICT dc, float *MP_RESTRICT di,
+                                        float *MP_RESTRICT df, float *MP_RESTRICT dg,
+                                        float *MP_RESTRICT dout, int64_t h) {
     for (int64_t j = 0; j < h; j++) {
         float i = zi[j], f = zf[j], g = zg[j], o = zo[j], t = tc[j], d = dh[j];
         float dcj = dc[j] + d * o * (1.0f - t * t);
-        dz[j] = dcj * g * i * (1.0f - i);
-        dz[h + j] = dcj * c_prev[j] * f * (1.0f - f);
-        dz[2 * h + j] = dcj * i * (1.0f - g * g);
-        dz[3 * h + j] = d * t * o * (1.0f - o);
+        di[j] = dcj * g * i * (1.0f - i);
+        df[j] = dcj * c_prev[j] * f * (1.0f - f);
+        dg[j] = dcj * i * (1.0f - g * g);
+        dout[j] = d * t * o * (1.0f - o);
         dc[j] = dcj * f;
     }
+}
+
+static void mp_lstm_cell_backward(const float *z, const float *c_prev, const float *tc,
+                                  const float *dh, float *dc, float *dz, int64_t h) {
+    mp_lstm_cell_backward_gates(z, z + h, z + 2 * h, z + 3 * h, c_prev, tc, dh, dc, dz,
+                                dz + h, dz + 2 * h, dz + 3 * h, h);
 }
 
 MP_SIMD_CLONES
