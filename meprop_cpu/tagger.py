@@ -28,13 +28,11 @@ atomic checkpoints that resume bit-identically, and per-phase timings.
 """
 import json
 import os
-import time
 from collections import Counter
 
 import numpy as np
 
 from . import kernels
-from ._config import get_num_threads
 from ._io import atomic_savez, read_npz
 from .kernels import RowGrad
 from .lstm import DEFAULT_LSTM_MODE, LSTM

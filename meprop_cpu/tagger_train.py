@@ -258,13 +258,6 @@ class PosTrainer:
         return meta
 
 
-def _isatty(stream):
-    try:
-        return bool(stream.isatty())
-    except (AttributeError, ValueError):
-        return False
-
-
 def run_pos_train(args, parser, CliError, Threads):
     """`meprop-cpu train --task pos`: the CLI front of PosTagger + PosTrainer."""
     from . import pos_data
