@@ -183,12 +183,13 @@ def speed(args):
             print(json.dumps({k: (round(x, 4) if isinstance(x, float) else x)
                               for k, x in rec.items() if k != "block_s_all_rounds"}), flush=True)
     backprop = lstm_backward_times(args, vocab, block, variants)
+    bound = forward_bound(args, vocab, block)
     meta = {"command": " ".join(["python"] + sys.argv), "date":
             datetime.datetime.now().isoformat(timespec="seconds"),
             "machine": "shared 2-core VM (other jobs running); " + platform.processor(),
             "load_average": os.getloadavg(), "config": mp.show_config(),
             "torch": torch.__version__, "torch_config": torch.__config__.parallel_info()}
-    out = {"meta": meta, "results": results, "lstm_backward": backprop}
+    out = {"meta": meta, "results": results, "lstm_backward": backprop, "forward_bound": bound}
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out + ".json", "w") as f:
         json.dump(out, f, indent=1, default=str)
@@ -251,6 +252,36 @@ def lstm_backward_times(args, vocab, block, variants):
     return out
 
 
+def forward_bound(args, vocab, block):
+    """At one sentence per step the recurrence reads U (4h x h floats) once per token.
+    Measures the LSTM forward alone on the block (1 thread) and the time to read a
+    U-sized array (np.sum over a copy of U, a streaming read of the same bytes), so the
+    forward's bandwidth floor per token can be set beside what the kernels reach."""
+    mp.set_num_threads(1)
+    lstm = PosTagger(vocab, hidden=args.hidden, k=None, seed=args.seed).lstm
+    xs = [np.ascontiguousarray(PosTagger(vocab, hidden=8, seed=0)._inputs(w, f)) for w, f, _ in
+          block]
+    tokens = sum(x.shape[0] for x in xs)
+    U = lstm.U.data
+    fw, rd = [], []
+    for _ in range(args.rounds + 1):
+        t0 = time.perf_counter()
+        for x in xs:
+            lstm.forward(x)
+        fw.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        for _ in range(tokens):
+            U.sum(dtype=np.float32)
+        rd.append(time.perf_counter() - t0)
+    f, r = float(np.median(fw[1:])), float(np.median(rd[1:]))
+    rec = {"tokens": tokens, "u_bytes": int(U.nbytes), "forward_us_per_token": 1e6 * f / tokens,
+           "u_read_us_per_token": 1e6 * r / tokens,
+           "forward_gb_per_s": U.nbytes * tokens / f / 1e9,
+           "u_read_gb_per_s": U.nbytes * tokens / r / 1e9}
+    print(json.dumps(rec), flush=True)
+    return rec
+
+
 def markdown(out):
     lines = ["# LSTM POS tagger: training speed, PyTorch vs this library\n",
              f"`{out['meta']['command']}` ({out['meta']['date']}, {out['meta']['machine']}, "
@@ -277,6 +308,13 @@ def markdown(out):
         for r in out["lstm_backward"]:
             lines.append(f"| {r['threads']} | {r['variant']} | {r['lstm_backward_s']:.3f} | "
                          f"{bb[r['threads']] / r['lstm_backward_s']:.1f}x |")
+    b = out.get("forward_bound")
+    if b:
+        lines += ["", f"Forward bound (1 thread, h = {out['results'][0]['hidden']}): one sentence "
+                  f"per step reads U ({b['u_bytes'] / 1e6:.1f} MB) once per token. The LSTM "
+                  f"forward took {b['forward_us_per_token']:.0f} us per token "
+                  f"({b['forward_gb_per_s']:.1f} GB/s of U); reading U once (np.sum) took "
+                  f"{b['u_read_us_per_token']:.0f} us ({b['u_read_gb_per_s']:.1f} GB/s)."]
     return "\n".join(lines) + "\n"
 
 
