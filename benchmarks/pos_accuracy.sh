@@ -19,7 +19,8 @@ for v in $VARIANTS; do
         --seed $SEED --log-json $log $r
     else
       case $v in dense) opt="--dense";; k*) opt="--k ${v#k}";;
-        mesimp) opt="--k 5 --mesimp --prune-rate ${PRUNE:-0.02}";; esac
+        mesimp) opt="--k 5 --mesimp --prune-rate 0.02";;
+        mesimp10) opt="--k 5 --mesimp --prune-rate 0.1";; esac
       r=""; [ $e -gt 1 ] && r="--resume /tmp/lstm_ck_${v}_${N}_${SEED}.npz"
       $LOCK .venv/bin/meprop-cpu train --task pos --dataset conll2003 --hidden 500 $opt \
         --optimizer adam --epochs $e --max-train $N --seed $SEED --threads 1 --log-json $log \
