@@ -53,7 +53,7 @@ PAPER_ROWS = [
 
 def speed_file(d, ext=".json"):
     """speed.json (timed under the exclusive lock), else speed_shared_lock.json."""
-    for name in ("speed", "speed_shared_lock"):
+    for name in ("speed", "speed_1thread", "speed_shared_lock"):
         p = os.path.join(d, name + ext)
         if os.path.exists(p):
             return p
