@@ -1,6 +1,6 @@
 """Build the meprop_cpu C kernels (include/meprop/) into Cython extensions:
-meprop_cpu._kernels (sparse backward, top-k, optimizers) and meprop_cpu._dense
-(dense products).
+meprop_cpu._kernels (sparse backward, top-k, optimizers), meprop_cpu._dense
+(dense products) and meprop_cpu._lstm (the LSTM recurrence).
 
 Environment variables:
   MEPROP_NO_OPENMP=1   build serially even if the compiler supports OpenMP
@@ -112,6 +112,11 @@ def extensions():
                         "dense.h", "step.h"), flags),
         make_extension("meprop_cpu._parse", "meprop_cpu/_parse.pyx",
                        ("parallel.h", "dense.h", "parse.h"), flags),
+        # -fno-trapping-math lets GCC vectorise the LSTM cell's clamped exp (same values;
+        # only the floating-point exception flags may differ)
+        make_extension("meprop_cpu._lstm", "meprop_cpu/_lstm.pyx",
+                       ("parallel.h", "topk.h", "dense.h", "lstm.h"),
+                       (flags[0] + ["-fno-trapping-math"], flags[1], flags[2])),
     ]
 
 

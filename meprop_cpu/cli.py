@@ -32,6 +32,7 @@ __all__ = ["main", "build_parser", "SUBCOMMANDS", "register_subcommand",
 
 DATASETS = ("mnist", "fashion-mnist", "synthetic")
 PARSE_DATASETS = ("turkish-web", "conllu")   # --task parse (meprop_cpu.parsing.cli)
+POS_DATASETS = ("conll2003",)   # --task pos
 N_FEATURES, N_CLASSES = 784, 10
 
 
@@ -153,12 +154,14 @@ def add_train_parser(subparsers):
         "train", help="train an MLP with meProp (or dense backprop)",
         description="Train an MLP classifier with meProp top-k backprop (paper protocol: "
                     "dev evaluated during training, test reported at the best dev).")
-    p.add_argument("--task", choices=("classify", "parse"), default=None,
-                   help="classify (an MLP; the default) or parse (the dependency parser; "
-                        "the default for --dataset turkish-web / conllu)")
-    p.add_argument("--dataset", choices=DATASETS + PARSE_DATASETS, default=None,
+    p.add_argument("--task", choices=("classify", "parse", "pos"), default=None,
+                   help="classify (an MLP; the default), parse (the dependency parser; the "
+                        "default for --dataset turkish-web / conllu) or pos (the LSTM "
+                        "part-of-speech tagger; the default for --dataset conll2003)")
+    p.add_argument("--dataset", choices=DATASETS + PARSE_DATASETS + POS_DATASETS, default=None,
                    help="mnist | fashion-mnist | synthetic (a tiny in-process smoke test); "
-                        "parse: turkish-web | conllu (with --train/--dev/--test)")
+                        "parse: turkish-web | conllu (with --train/--dev/--test); "
+                        "pos: conll2003")
     p.add_argument("--data-dir", default=None, metavar="DIR",
                    help="directory with the data files (mnist: else used as the cache root)")
     p.add_argument("--sizes", type=_sizes, default=[784, 500, 500, 10], metavar="N,H,...,C",
@@ -356,6 +359,17 @@ def _train_mode(args):
 def run_train(args, parser):
     if args.resume is not None and not os.path.isfile(args.resume):
         raise CliError(f"--resume: checkpoint file {args.resume} does not exist")
+    if args.task == "pos" or (args.task is None and args.dataset in POS_DATASETS):
+        if args.hidden is not None and len(args.hidden) != 1:
+            raise CliError(f"--hidden: the POS tagger has one LSTM layer; give one width, "
+                           f"got {','.join(map(str, args.hidden))}")
+        args.hidden = 500 if args.hidden is None else args.hidden[0]
+        if args.dataset is None:
+            args.dataset = "conll2003"
+        from .tagger_train import run_pos_train
+        return run_pos_train(args, parser, CliError, _Threads)
+    if args.dataset in POS_DATASETS:
+        raise CliError(f"--dataset {args.dataset} is a POS corpus: use --task pos")
     if args.task == "parse" or (args.task is None and args.dataset in PARSE_DATASETS):
         from .parsing.cli import run_train_parse
         return run_train_parse(args, parser, CliError)

@@ -34,7 +34,8 @@ if [ "$#" -gt 0 ]; then
     TESTS=("$@")
 else
     TESTS=(tests/test_kernels.py tests/test_dense.py tests/test_dispatch.py
-           tests/test_nn.py tests/test_optim.py tests/test_properties.py tests/test_fused.py)
+           tests/test_nn.py tests/test_optim.py tests/test_properties.py tests/test_fused.py
+           tests/test_lstm.py)
 fi
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/meprop-sanitize.XXXXXX")

@@ -39,7 +39,8 @@ def add_parse_train_options(p):
     g.add_argument("--test", default=None, metavar="FILE",
                    help="test CoNLL-U (--dataset conllu; optional)")
     g.add_argument("--hidden", type=_hidden, default=None, metavar="H,H",
-                   help="hidden widths (default 500,500)")
+                   help="hidden widths (parse: default 500,500; --task pos: the LSTM's "
+                        "one width, default 500)")
     g.add_argument("--activation", choices=("cube", "relu", "tanh"), default=None,
                    help="hidden activation (default cube, as Chen & Manning)")
     g.add_argument("--embed-dim", type=_positive_int, default=None, metavar="D",

@@ -1,0 +1,185 @@
+"""Summarise the POS tagger results in benchmarks/results/pos/ into README.md (+ plots).
+
+Reads the training logs ``<variant>_n<N>_s<seed>.jsonl`` written by
+benchmarks/pos_accuracy.sh (this library: ``meprop-cpu train --task pos``;
+PyTorch: ``bench_pos.py train-torch``), the speed file ``speed.json``
+(``bench_pos.py speed``) and, if present, ``tag_speed.json``
+(``bench_pos.py tag-speed``).
+
+    python benchmarks/pos_report.py [--dir benchmarks/results/pos] [--no-plots]
+"""
+import argparse
+import glob
+import json
+import os
+import re
+
+
+def read_log(path):
+    recs = [json.loads(x) for x in open(path) if x.strip()]
+    epochs = {}
+    for r in recs:
+        if r.get("event") == "epoch":
+            epochs[r["epoch"]] = r   # a resumed epoch replaces an earlier record
+    return [epochs[e] for e in sorted(epochs)], [r for r in recs if r.get("event") == "simplify"]
+
+
+def accuracy_table(d):
+    rows = []
+    for path in sorted(glob.glob(os.path.join(d, "*_n*_s*.jsonl"))):
+        m = re.match(r"(.+)_n(\d+)_s(\d+)\.jsonl", os.path.basename(path))
+        variant, n, seed = m.group(1), int(m.group(2)), int(m.group(3))
+        epochs, simp = read_log(path)
+        if not epochs:
+            continue
+        best = max(epochs, key=lambda r: (r["dev_acc"], -r["epoch"]))
+        rows.append({"variant": variant, "n": n, "seed": seed, "epochs": len(epochs),
+                     "best_epoch": best["epoch"], "dev": best["dev_acc"],
+                     "test": best["test_acc"], "wsj": best.get("wsj_acc"),
+                     "hidden": best["hidden_sizes"], "curve": [r["dev_acc"] for r in epochs],
+                     "widths": [r["hidden_sizes"][0] for r in epochs]})
+    return rows
+
+
+PAPER_ROWS = [
+    ("paper (ICML Table 1, C#, 1 thread), AdaGrad", "baseline h=500", "17,534", "", "96.93"),
+    ("paper (ICML Table 1, C#, 1 thread), AdaGrad", "meProp k=5", "253", "69.2x", "97.25"),
+    ("paper (ICML Table 1, C#, 1 thread), Adam", "baseline h=500", "16,167", "", "97.07"),
+    ("paper (ICML Table 1, C#, 1 thread), Adam", "meProp k=5", "247", "65.4x", "97.12"),
+    ("paper (TKDE), Adam", "meProp k=10", "", "37.1x", ""),
+    ("paper (TKDE), Adam", "meSimp (width ~60)", "", "", "97.25 (baseline 97.22)"),
+]
+
+
+def speed_file(d, ext=".json"):
+    """speed.json (timed under the exclusive lock), else speed_shared_lock.json."""
+    for name in ("speed", "speed_1thread", "speed_shared_lock"):
+        p = os.path.join(d, name + ext)
+        if os.path.exists(p):
+            return p
+    return None
+
+
+def paper_table(d, acc):
+    """The papers' POS rows beside this library's (Penn Treebank WSJ in the papers,
+    CoNLL-2003's automatic tags here: the accuracies are not comparable across sources)."""
+    lines = ["## The papers' POS layout\n",
+             "backprop = the LSTM's backward per epoch (paper: the linear transformations' "
+             "backprop incl. top-k, per epoch of the WSJ training set, single-threaded C#; here: "
+             "the LSTM layer's backward through time on the speed block, scaled to one CoNLL-2003 "
+             "epoch of 203,621 tokens, 1 thread); test = test accuracy at the best dev. The papers "
+             "trained on the Penn Treebank WSJ; here CoNLL-2003 with its automatic tags, so only "
+             "the differences between rows of the same source compare.\n",
+             "| source | run | backprop s / epoch | speed-up | test % |",
+             "|---|---|---:|---:|---:|"]
+    for src, run, bp, spd, test in PAPER_ROWS:
+        lines.append(f"| {src} | {run} | {bp} | {spd} | {test} |")
+    sp = speed_file(d)
+    if sp:
+        s = json.load(open(sp))
+        tok = {r["variant"]: r["tokens"] for r in s["results"]}
+        best = {}
+        for r in acc:
+            if r["seed"] == 0:
+                best.setdefault(r["variant"], r)
+        names = {"pytorch": "torch", "dense": "dense", "k=5": "k5", "k=10": "k10", "k=20": "k20"}
+        base = {r["threads"]: r["lstm_backward_s"] for r in s.get("lstm_backward", [])
+                if r["variant"] == "pytorch"}
+        for r in s.get("lstm_backward", []):
+            if r["threads"] != 1:
+                continue
+            per_epoch = r["lstm_backward_s"] * 203621 / tok[r["variant"]]
+            a = best.get(names.get(r["variant"]))
+            lines.append(f"| this library (1 thread; CoNLL-2003, {a['n'] if a else '-'} train "
+                         f"sentences, {a['epochs'] if a else '-'} epochs) | {r['variant']} | "
+                         f"{per_epoch:.1f} | {base[1] / r['lstm_backward_s']:.1f}x vs PyTorch | "
+                         f"{fmt(a['test']) if a else '-'} |")
+    return lines + [""]
+
+
+def fmt(v, nd=2):
+    return "-" if v is None else f"{v:.{nd}f}"
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--dir", default="benchmarks/results/pos")
+    p.add_argument("--no-plots", action="store_true")
+    args = p.parse_args()
+    d = args.dir
+    lines = ["# LSTM POS tagger on CoNLL-2003: accuracy and speed\n",
+             "Generated by `python benchmarks/pos_report.py` from the files in this folder. "
+             "Machine: a shared 2-core VM; other jobs were running during every run (load "
+             "averages are recorded in the speed files).\n"]
+    acc = accuracy_table(d)
+    if acc:
+        lines += ["## Accuracy (test at the best dev epoch)\n",
+                  "Training logs `<variant>_n<N>_s<seed>.jsonl` (`sh benchmarks/pos_accuracy.sh N "
+                  "EPOCHS SEED VARIANTS`): the first N sentences of CoNLL-2003 train, vocabulary "
+                  "from them, full dev (3,250) and test (3,453) sets, Adam lr 0.001, one sentence "
+                  "per step, h = 500. `wsj` = the gold WSJ sample (out of domain) at the best "
+                  "dev epoch. Timings in these logs were taken under load and are not speed "
+                  "results (see below).\n",
+                  "| variant | train sentences | seed | epochs | best epoch | dev | test | wsj | "
+                  "hidden | dev per epoch |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---|---|"]
+        for r in acc:
+            lines.append(f"| {r['variant']} | {r['n']} | {r['seed']} | {r['epochs']} | "
+                         f"{r['best_epoch']} | {fmt(r['dev'])} | {fmt(r['test'])} | "
+                         f"{fmt(r['wsj'])} | {r['hidden']} | "
+                         f"{', '.join(fmt(x) for x in r['curve'])} |")
+        lines.append("")
+    lines += paper_table(d, acc)
+    sp = speed_file(d, ".md")
+    if sp:
+        lines += [f"## Training speed (`{os.path.basename(sp)}`)\n",
+                  open(sp).read().split("\n", 1)[1]]
+    ts = os.path.join(d, "tag_speed.json")
+    if os.path.exists(ts):
+        t = json.load(open(ts))
+        lines += ["## Tagging the test set (inference)\n",
+                  f"`{t['meta']['command']}` ({t['meta']['date']}, load average "
+                  f"{t['meta']['load_average'][0]:.2f}); median of the rounds.\n",
+                  "| model | hidden | threads | test acc | seconds | tokens/s |",
+                  "|---|---:|---:|---:|---:|---:|"]
+        for r in t["results"]:
+            lines.append(f"| {r['model']} | {r['hidden']} | {r['threads']} | "
+                         f"{fmt(r['test_acc'])} | {r['tag_s']:.2f} | {r['tokens_per_s']:,.0f} |")
+        lines.append("")
+    with open(os.path.join(d, "README.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    if args.no_plots or not acc:
+        return
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib not installed: no plots")
+        return
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for r in acc:
+        ax.plot(range(1, len(r["curve"]) + 1), r["curve"], marker="o",
+                label=f"{r['variant']} (n={r['n']}, seed {r['seed']})")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("dev accuracy (%)")
+    ax.set_title("LSTM POS tagger, CoNLL-2003 dev")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(os.path.join(d, "dev_accuracy.png"), dpi=110)
+    if speed_file(d):
+        s = json.load(open(speed_file(d)))
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for nt in sorted({r["threads"] for r in s["results"]}):
+            rs = [r for r in s["results"] if r["threads"] == nt]
+            ax.bar([f"{r['variant']}\n{nt}t" for r in rs], [r["ms_per_sentence"] for r in rs])
+        ax.set_ylabel("ms per training sentence")
+        ax.set_title("training step time (CoNLL-2003 sentences)")
+        fig.tight_layout()
+        fig.savefig(os.path.join(d, "step_time.png"), dpi=110)
+
+
+if __name__ == "__main__":
+    main()

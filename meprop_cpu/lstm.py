@@ -1,0 +1,195 @@
+"""An LSTM layer with meProp backward through time (C kernels in include/meprop/lstm.h).
+
+One layer over one sequence ``X`` (T, n_in) at a time. Gates are stacked in
+PyTorch's order i, f, g, o: ``W`` (4h, n_in), ``U`` (4h, h), one bias ``b``
+(4h)::
+
+    z_t = W x_t + b + U h_{t-1};  i, f, o = sigmoid(.), g = tanh(.)
+    c_t = f c_{t-1} + i g;  h_t = o tanh(c_t);  h_0 = c_0 = 0
+
+Forward: ``X W^T + b`` for the whole sequence is one product, then the
+recurrence runs in C (one ``U h_{t-1}`` product per step).
+
+meProp (``k`` set, ``1 <= k < h``, mode "topk"): at every time step the
+gradient of the pre-activations ``dz_t`` is sparsified **per gate**: in each
+of the four h-wide gate blocks only the k entries of largest magnitude are
+kept (4k of 4h per step). The same selection feeds both products of the
+step: the recurrent gradient ``dh_{t-1}`` is formed from the k selected rows
+of ``U`` per gate, and the weight gradients ``dW = dZ_S^T X`` and ``dU =
+dZ_S^T H_prev`` have only the selected rows, handed to the optimizer as
+factored :class:`~meprop_cpu.kernels.RowGrad` s (a row-sparse optimizer then
+reads and writes only those rows of ``W``, ``U`` and their state). The input
+gradient ``dX = dZ_S W`` uses the same selection. The cell-state path
+``dc_{t-1} = f dc_t`` is elementwise and stays exact, and the bias gradient
+is the sum of the full ``dz_t`` (as the MLP's bias uses the full ``dy``).
+The paper's text says top-k is applied to the LSTM's matrix products without
+fixing how; per step and per gate, shared by both products, is this
+library's reading. ``k=None`` or ``k >= h`` gives the exact dense backward.
+"""
+import numbers
+
+import numpy as np
+
+from . import _dense, _lstm, kernels
+from ._config import get_num_threads
+from .kernels import RowGrad, Workspace
+from .nn import Module, Parameter
+
+__all__ = ["LSTM", "LSTM_MODES", "DEFAULT_LSTM_MODE"]
+
+LSTM_MODES = ("topk", "dense")
+# the one place the LSTM's default meProp selection is named
+DEFAULT_LSTM_MODE = "topk"
+
+
+def _check_dim(v, name, who):
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Integral):
+        raise TypeError(f"{who}: {name} must be an int, got {type(v).__name__} ({v!r})")
+    if int(v) < 1:
+        raise ValueError(f"{who}: {name} must be >= 1, got {v}")
+    return int(v)
+
+
+class LSTM(Module):
+    """One LSTM layer, one sequence per call, meProp backward through time.
+
+    n_in, hidden: widths. k: per-gate top-k of each step's pre-activation
+    gradient (None: dense). mode: "topk" or "dense". seed: initial weights,
+    uniform in [-1/sqrt(hidden), 1/sqrt(hidden)] (PyTorch's init), bias 0.
+    needs_input_grad: whether backward returns dX.
+
+    forward(X) -> H (T, hidden): X float32 (T, n_in). The returned array and
+    the saved activations live in the layer's workspace (valid until the next
+    forward). backward(dH) -> dX (T, n_in) or None; sets W.grad, U.grad
+    (RowGrads: factored and row-sparse under meProp, dense otherwise) and
+    b.grad. ``hits`` / ``seen``: with ``track_hits`` on, how many steps had
+    each hidden unit in some gate's top-k with a non-zero gradient
+    (activeness for meSimp)."""
+
+    def __init__(self, n_in, hidden, k=None, mode=DEFAULT_LSTM_MODE, seed=0,
+                 needs_input_grad=True):
+        who = "LSTM"
+        n_in = _check_dim(n_in, "n_in", who)
+        hidden = _check_dim(hidden, "hidden", who)
+        if mode not in LSTM_MODES:
+            raise ValueError(f"{who}: mode must be one of {LSTM_MODES}, got {mode!r}")
+        if k is not None:
+            k = _check_dim(k, "k", who)
+        self.k, self.mode = k, mode
+        rng = np.random.default_rng(seed)
+        a = 1.0 / np.sqrt(hidden)
+        self.W = Parameter(rng.uniform(-a, a, (4 * hidden, n_in)), "W")
+        self.U = Parameter(rng.uniform(-a, a, (4 * hidden, hidden)), "U")
+        self.b = Parameter(np.zeros(4 * hidden), "b")
+        self.needs_input_grad = bool(needs_input_grad)
+        self._ws = Workspace()
+        self._wsW = Workspace()
+        self._wsU = Workspace()
+        self._T = None
+        self.track_hits = False
+        self.hits = np.zeros(hidden, dtype=np.int64)
+        self.seen = 0
+
+    @property
+    def n_in(self):
+        return self.W.data.shape[1]
+
+    @property
+    def hidden(self):
+        return self.U.data.shape[1]
+
+    @property
+    def sparse(self):
+        return self.mode != "dense" and self.k is not None and self.k < self.hidden
+
+    def parameters(self):
+        return [self.W, self.U, self.b]
+
+    def _check_x(self, X, name, n, who):
+        if not isinstance(X, np.ndarray) or X.dtype != np.float32:
+            raise TypeError(f"{who}: {name} must be a float32 numpy array, got "
+                            f"{getattr(X, 'dtype', type(X).__name__)}")
+        if X.ndim != 2 or X.shape[0] == 0 or X.shape[1] != n:
+            raise ValueError(f"{who}: {name} must have shape (T >= 1, {n}), got {X.shape}")
+        return np.ascontiguousarray(X)
+
+    def forward(self, X):
+        X = self._check_x(X, "X", self.n_in, "LSTM.forward")
+        T, h = X.shape[0], self.hidden
+        ws = self._ws
+        XP = ws.get("XP", (T, 4 * h), np.float32)
+        Z = ws.get("Z", (T, 4 * h), np.float32)
+        H = ws.get("H", (T + 1, h), np.float32)
+        C = ws.get("C", (T + 1, h), np.float32)
+        TC = ws.get("TC", (T, h), np.float32)
+        H[0] = 0.0
+        C[0] = 0.0
+        _lstm.forward(X, self.W.data, self.b.data, self.U.data, XP, Z, H, C, TC,
+                      get_num_threads())
+        self._X, self._T = X, T
+        return H[1:]
+
+    def backward(self, dH):
+        if self._T is None:
+            raise RuntimeError("LSTM.backward called without a forward pass")
+        T, h = self._T, self.hidden
+        dH = self._check_x(dH, "dH", h, "LSTM.backward")
+        if dH.shape[0] != T:
+            raise ValueError(f"LSTM.backward: dH has {dH.shape[0]} rows, the forward "
+                             f"sequence had {T}")
+        ws, nt = self._ws, get_num_threads()
+        Z, H, C, TC = ws.get("Z", (T, 4 * h), np.float32), ws.get("H", (T + 1, h), np.float32), \
+            ws.get("C", (T + 1, h), np.float32), ws.get("TC", (T, h), np.float32)
+        dZ = ws.get("dZ", (T, 4 * h), np.float32)
+        dh = ws.get("dh", (h,), np.float32)
+        dc = ws.get("dc", (h,), np.float32)
+        dh[...] = 0.0
+        dc[...] = 0.0
+        X, Hprev = self._X, H[:T]
+        if not self.sparse:
+            one_i = ws.get("one_i", (1, 1), np.int32)
+            one_f = ws.get("one_f", (1, 1), np.float32)
+            one_w = ws.get("one_w", (1,), np.int64)
+            _lstm.backward(Z, C, TC, self.U.data, dH, 0, dZ, one_i, one_f, dh, dc, one_w, nt)
+            self.b.grad = dZ.sum(axis=0)
+            gW = self._wsW.get("gW", self.W.data.shape, np.float32)
+            gU = self._wsU.get("gU", self.U.data.shape, np.float32)
+            _dense.matmul_tn(dZ, X, gW, nt)
+            _dense.matmul_tn(dZ, Hprev, gU, nt)
+            self.W.grad, self.U.grad = RowGrad(None, gW), RowGrad(None, gU)
+            dX = None
+            if self.needs_input_grad:
+                dX = ws.get("dX", (T, self.n_in), np.float32)
+                _dense.matmul_nn(dZ, self.W.data, dX, nt)
+            if self.track_hits:
+                g = np.abs(dZ).reshape(T, 4, h).max(axis=1)
+                self.hits += np.count_nonzero(g, axis=0)
+                self.seen += T
+            return dX
+        k = self.k
+        idx = ws.get("idx", (T, 4 * k), np.int32)
+        val = ws.get("val", (T, 4 * k), np.float32)
+        heap = ws.get("heap", (_lstm.topk_ws_entries(k),), np.int64)
+        bad = _lstm.backward(Z, C, TC, self.U.data, dH, k, dZ, idx, val, dh, dc, heap, nt)
+        if bad:
+            raise FloatingPointError(f"LSTM.backward: the gradient holds {bad} NaN/Inf value(s)")
+        self.b.grad = dZ.sum(axis=0)
+        if self.track_hits:
+            hit = np.zeros((T, h), dtype=bool)   # unit j selected in some gate at step t
+            sel = val.ravel() != 0.0
+            hit[np.repeat(np.arange(T), 4 * k)[sel], (idx.ravel() % h)[sel]] = True
+            self.hits += hit.sum(axis=0)
+            self.seen += T
+        dX, self.W.grad = kernels.sparse_backward_into(X, self.W.data, idx, val, self._wsW, nt,
+                                                       self.needs_input_grad, factored=True)
+        # H[:T] (the leading rows of H) is contiguous: the factored dU reads it in place
+        _, self.U.grad = kernels.sparse_backward_into(Hprev, self.U.data, idx, val, self._wsU, nt,
+                                                      False, factored=True)
+        return dX
+
+    def reset_hits(self):
+        self.hits = np.zeros(self.hidden, dtype=np.int64)
+        self.seen = 0
+
+    def __repr__(self):
+        return f"LSTM({self.n_in}, {self.hidden}, k={self.k}, mode={self.mode!r})"

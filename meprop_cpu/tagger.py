@@ -1,0 +1,267 @@
+"""An LSTM part-of-speech tagger trained with meProp (the papers' POS setting).
+
+Each token's input (190 values) is the concatenation of
+
+* a word embedding (50): the word lower-cased with every digit mapped to
+  ``0``; words seen fewer than ``min_count`` (2) times in the training set
+  share the unknown-word entry, so that entry is trained;
+* 7 discrete features, each embedded in 20 dimensions (one shared table with
+  a block of rows per feature): the lower-cased word's prefixes of length 1,
+  2, 3 and suffixes of length 1, 2, 3 (the whole word when it is shorter),
+  and its shape: capitalisation (all lower / Initial capital / ALL CAPS /
+  mixed / no letters) x contains a digit x contains a hyphen (20 classes).
+  Values not seen in training map to their feature's unknown entry.
+
+followed by one LSTM layer (:class:`~meprop_cpu.lstm.LSTM`, h = 500 by
+default, meProp per step and gate) and a dense softmax output layer over the
+tags (the output layer's backward is dense, as in the paper). The loss is the
+mean cross-entropy over the sentence's tokens; one sentence per step.
+
+Embedding tables are updated row-sparsely: a step's gradient holds only the
+rows its tokens used (a RowGrad), so a row-sparse optimizer (``sparse=True``,
+PyTorch's ``SparseAdam`` semantics) reads and writes only those rows.
+
+:class:`PosTrainer` trains it with the papers' protocol (dev accuracy after
+every epoch, test accuracy at the best dev; the gold WSJ sample as an extra,
+out-of-domain test), JSON-lines logs with the MNIST trainer's fields,
+atomic checkpoints that resume bit-identically, and per-phase timings.
+"""
+import json
+import os
+from collections import Counter
+
+import numpy as np
+
+from . import kernels
+from ._io import atomic_savez, read_npz
+from .kernels import RowGrad
+from .lstm import DEFAULT_LSTM_MODE, LSTM
+from .nn import Linear, Parameter, SoftmaxCrossEntropy
+
+__all__ = ["Vocab", "PosTagger", "PosTrainer", "encode", "N_FEATURES", "WORD_DIM",
+           "FEATURE_DIM", "load_tagger"]
+
+N_FEATURES, WORD_DIM, FEATURE_DIM = 7, 50, 20
+UNK = "<unk>"
+
+
+def _norm_word(w):
+    return "".join("0" if c.isdigit() else c for c in w.lower())
+
+
+def _shape(w):
+    letters = [c for c in w if c.isalpha()]
+    if not letters:
+        cap = 0
+    elif all(c.islower() for c in letters):
+        cap = 1
+    elif all(c.isupper() for c in letters):
+        cap = 3 if len(letters) > 1 else 2
+    elif letters[0].isupper() and all(c.islower() for c in letters[1:]):
+        cap = 2
+    else:
+        cap = 4
+    return f"s{cap}{int(any(c.isdigit() for c in w))}{int('-' in w)}"
+
+
+def token_features(w):
+    """The 7 discrete feature values of token ``w`` (strings)."""
+    lw = w.lower()
+    return (["p1" + lw[:1], "p2" + lw[:2], "p3" + lw[:3],
+             "s1" + lw[-1:], "s2" + lw[-2:], "s3" + lw[-3:], _shape(w)])
+
+
+class Vocab:
+    """Word, feature-value and tag vocabularies built from training sentences.
+
+    words[0] and the first entry of every feature block are the unknown
+    entries; ``feat_offsets[j]`` is where feature j's block starts in the
+    shared feature table."""
+
+    def __init__(self, words, feats, tags):
+        self.words = list(words)
+        self.feats = [list(f) for f in feats]
+        self.tags = list(tags)
+        self.word_index = {w: i for i, w in enumerate(self.words)}
+        self.feat_index = [{v: i for i, v in enumerate(f)} for f in self.feats]
+        self.tag_index = {t: i for i, t in enumerate(self.tags)}
+        self.feat_offsets = np.cumsum([0] + [len(f) for f in self.feats[:-1]]).astype(np.int32)
+
+    @classmethod
+    def build(cls, sentences, min_count=2):
+        wc = Counter(_norm_word(w) for ws, _ in sentences for w in ws)
+        words = [UNK] + sorted(w for w, c in wc.items() if c >= min_count)
+        fv = [set() for _ in range(N_FEATURES)]
+        tags = set()
+        for ws, ts in sentences:
+            tags.update(ts)
+            for w in ws:
+                for j, v in enumerate(token_features(w)):
+                    fv[j].add(v)
+        return cls(words, [[UNK] + sorted(s) for s in fv], sorted(tags))
+
+    @property
+    def n_feat_rows(self):
+        return int(sum(len(f) for f in self.feats))
+
+    def to_json(self):
+        return {"words": self.words, "feats": self.feats, "tags": self.tags}
+
+    @classmethod
+    def from_json(cls, d):
+        return cls(d["words"], d["feats"], d["tags"])
+
+
+def encode(sentences, vocab):
+    """Sentences -> list of (word ids int32 (T,), feature rows int32 (T, 7) into the
+    shared feature table, tag ids int64 (T,): -1 for a tag the vocabulary lacks,
+    which then always counts as an error)."""
+    out = []
+    for ws, ts in sentences:
+        wid = np.array([vocab.word_index.get(_norm_word(w), 0) for w in ws], dtype=np.int32)
+        fid = np.array([[vocab.feat_index[j].get(v, 0) for j, v in enumerate(token_features(w))]
+                        for w in ws], dtype=np.int32) + vocab.feat_offsets
+        tid = np.array([vocab.tag_index.get(t, -1) for t in ts], dtype=np.int64)
+        out.append((wid, np.ascontiguousarray(fid, dtype=np.int32), tid))
+    return out
+
+
+def _row_grad(ids, d):
+    """RowGrad of an embedding table from the gradients d (n, dim) of the rows ids (n,)."""
+    rows, inv = np.unique(ids, return_inverse=True)
+    vals = np.zeros((rows.shape[0], d.shape[1]), dtype=np.float32)
+    np.add.at(vals, inv.ravel(), d)
+    return RowGrad(rows.astype(np.int32), vals)
+
+
+class PosTagger:
+    """Embeddings (word 50 + 7 features x 20) -> LSTM(hidden, k) -> dense softmax.
+
+    vocab: a :class:`Vocab`. k: per-gate top-k of the LSTM's backward (None:
+    dense). seed: initial weights."""
+
+    def __init__(self, vocab, hidden=500, k=None, mode=DEFAULT_LSTM_MODE, seed=0):
+        if not isinstance(vocab, Vocab):
+            raise TypeError(f"PosTagger: vocab must be a Vocab, got {type(vocab).__name__}")
+        if seed is not None:
+            seed = kernels._check_int(seed, "seed", 0, 2**63 - 1)
+        self.vocab = vocab
+        ss = np.random.SeedSequence(seed)
+        s = [int(x.generate_state(1, np.uint64)[0] >> 1) for x in ss.spawn(4)]
+        rng = np.random.default_rng(s[0])
+        self.Ew = Parameter(rng.uniform(-0.1, 0.1, (len(vocab.words), WORD_DIM)), "Ew")
+        self.Ef = Parameter(rng.uniform(-0.1, 0.1, (vocab.n_feat_rows, FEATURE_DIM)), "Ef")
+        n_in = WORD_DIM + N_FEATURES * FEATURE_DIM
+        self.lstm = LSTM(n_in, hidden, k=k, mode=mode, seed=s[1])
+        self.out = Linear(hidden, len(vocab.tags), k=None, mode="dense", seed=s[2])
+        self.loss_fn = SoftmaxCrossEntropy()
+        self.config = {"hidden": int(hidden), "k": k, "mode": mode, "seed": seed}
+        self._X = {}
+
+    @property
+    def n_in(self):
+        return self.lstm.n_in
+
+    @property
+    def hidden_sizes(self):
+        return [self.lstm.hidden]
+
+    def parameters(self):
+        return [self.Ew, self.Ef] + self.lstm.parameters() + self.out.parameters()
+
+    def named_parameters(self):
+        return [(p.name if i < 2 else ("lstm." + p.name if i < 5 else "out." + p.name), p)
+                for i, p in enumerate(self.parameters())]
+
+    def state_dict(self):
+        return {n: p.data.copy() for n, p in self.named_parameters()}
+
+    def load_state_dict(self, state):
+        named = dict(self.named_parameters())
+        if set(named) != set(state):
+            raise ValueError(f"PosTagger.load_state_dict: keys {sorted(state)} do not match "
+                             f"{sorted(named)}")
+        for n, p in named.items():
+            if np.shape(state[n]) != p.data.shape:
+                raise ValueError(f"PosTagger.load_state_dict: {n} has shape "
+                                 f"{np.shape(state[n])}, the model {p.data.shape}")
+        for n, p in named.items():
+            p.data = np.ascontiguousarray(state[n], dtype=np.float32).copy()
+            p.grad = None
+
+    def _inputs(self, wid, fid):
+        T = wid.shape[0]
+        X = self._X.get(T)
+        if X is None:
+            X = self._X[T] = np.empty((T, self.n_in), dtype=np.float32)
+        X[:, :WORD_DIM] = self.Ew.data[wid]
+        X[:, WORD_DIM:] = self.Ef.data[fid].reshape(T, N_FEATURES * FEATURE_DIM)
+        return X
+
+    def logits(self, wid, fid):
+        """Tag scores (T, n_tags) of one encoded sentence (no state kept for backward)."""
+        H = self.lstm.forward(self._inputs(wid, fid))
+        self.out.training = False
+        try:
+            return self.out.forward(H)
+        finally:
+            self.out.training = True
+
+    def predict(self, wid, fid):
+        return self.logits(wid, fid).argmax(axis=1)
+
+    def accuracy(self, encoded):
+        """Token accuracy (percent) over encoded sentences."""
+        right = total = 0
+        for wid, fid, tid in encoded:
+            right += int(np.count_nonzero(self.predict(wid, fid) == tid))
+            total += tid.shape[0]
+        return 100.0 * right / max(total, 1)
+
+    # -- training: forward + loss, backward (sets every parameter's grad) -----------
+    def forward_loss(self, wid, fid, tid):
+        X = self._inputs(wid, fid)
+        H = self.lstm.forward(X)
+        logits = self.out.forward(H)
+        self._ids = (wid, fid)
+        return self.loss_fn.forward(logits, tid)
+
+    def backward(self):
+        dH = self.out.backward(self.loss_fn.backward())
+        dX = self.lstm.backward(dH)
+        wid, fid = self._ids
+        T = wid.shape[0]
+        self.Ew.grad = _row_grad(wid, dX[:, :WORD_DIM])
+        self.Ef.grad = _row_grad(fid.ravel(), dX[:, WORD_DIM:].reshape(T * N_FEATURES,
+                                                                        FEATURE_DIM))
+
+    # -- export ------------------------------------------------------------------
+    def save(self, path):
+        """Weights and vocabulary in one .npz (atomic); read back with load_tagger."""
+        arch = {"format": "meprop_cpu.tagger", "version": 1, "config": self.config,
+                "vocab": self.vocab.to_json()}
+        arrays = dict(self.state_dict())
+        arrays["architecture"] = np.frombuffer(json.dumps(arch).encode("utf-8"), dtype=np.uint8)
+        atomic_savez(os.fspath(path), arrays)
+        return path
+
+
+def load_tagger(path):
+    """A PosTagger (dense backward) from a file written by PosTagger.save."""
+    path = os.fspath(path)
+    arrays = read_npz(path, "tagger file")
+    raw = arrays.pop("architecture", None)
+    try:
+        arch = json.loads(raw.tobytes().decode("utf-8"))
+        assert arch.get("format") == "meprop_cpu.tagger"
+        vocab = Vocab.from_json(arch["vocab"])
+        cfg = arch["config"]
+    except Exception as e:
+        raise ValueError(f"tagger file {path} is not a meprop_cpu tagger file ({e})") from e
+    model = PosTagger(vocab, hidden=arrays["lstm.U"].shape[1], k=None, mode="dense",
+                      seed=cfg.get("seed", 0))
+    model.load_state_dict(arrays)
+    return model
+
+
+from .tagger_train import PosTrainer  # noqa: E402  (the trainer lives in its own module)

@@ -1,0 +1,98 @@
+"""meSimp for the LSTM tagger: remove hidden units seldom in the gates' top-k.
+
+Activeness: while counting, the LSTM's backward adds 1 to ``hits[j]`` for
+every time step at which unit j's row was among the selected rows of at
+least one of its four gates (with a non-zero gradient), and ``seen`` counts
+the time steps (dense backward: any non-zero gate gradient counts).
+
+Removing unit j deletes rows j, h+j, 2h+j, 3h+j of ``W``, ``U`` and ``b``,
+column j of ``U`` and column j of the output layer's ``W``, with the matching
+optimizer state, so the compacted tagger computes exactly the function of the
+tagger with that unit's output and cell forced to zero. The rule and the
+schedule are those of the MLP (:mod:`meprop_cpu.simplify`): unit j goes if
+``hits[j] < floor(prune_rate * seen)``, cycles of epochs alternate
+simplifying and normal training, the optimizer is reset at cycle ends.
+With k per gate the selection covers at most 4k of h units per step, so the
+prune rate has to be small (a unit in the top-k of 1 step in 100 is active).
+"""
+import numpy as np
+
+from .simplify import CycleSchedule, Schedule, Simplifier, _check_int, _check_rate, select_keep
+
+__all__ = ["compact_lstm", "TaggerSimplifier"]
+
+
+def compact_lstm(model, keep, optimizer=None):
+    """Keep only the hidden units ``keep`` (sorted indices) of the tagger's LSTM.
+    Returns the number of units removed."""
+    lstm = model.lstm
+    h = lstm.hidden
+    keep = np.asarray(keep, dtype=np.int64)
+    if keep.ndim != 1 or keep.size == 0 or keep.min() < 0 or keep.max() >= h \
+            or (np.diff(keep) <= 0).any():
+        raise ValueError(f"compact_lstm: keep must be ascending unit indices in [0, {h}), "
+                         f"non-empty")
+    rows = np.concatenate([q * h + keep for q in range(4)])
+    for p, kr, kc in ((lstm.W, rows, None), (lstm.U, rows, keep), (lstm.b, rows, None),
+                      (model.out.W, None, keep)):
+        new = p.data if kr is None else p.data[kr]
+        if kc is not None:
+            new = new[:, kc]
+        if optimizer is not None:
+            optimizer.remap_state(p, p, keep_rows=kr, keep_cols=kc)
+        p.data = np.ascontiguousarray(new, dtype=np.float32)
+        p.grad = None
+    lstm.hits = lstm.hits[keep].copy()
+    return int(h - keep.size)
+
+
+class TaggerSimplifier(Simplifier):
+    """meSimp for a :class:`~meprop_cpu.tagger.PosTagger` trained by a
+    :class:`~meprop_cpu.tagger.PosTrainer` (pass it in ``callbacks``). Same
+    arguments as :class:`~meprop_cpu.simplify.Simplifier`; the schedule counts
+    sentences as its minibatches."""
+
+    def __init__(self, model, optimizer=None, prune_rate=0.01, min_width=1, schedule=None,
+                 verbose=False):
+        self.model = model
+        if schedule is None:
+            schedule = CycleSchedule()
+        if not isinstance(schedule, Schedule):
+            raise ValueError("TaggerSimplifier: schedule must be a Schedule")
+        # Simplifier.__init__'s MLP checks do not apply: set what it would
+        self.prune_rate = _check_rate(prune_rate, "TaggerSimplifier")
+        self.min_width = _check_int(min_width, "min_width", "TaggerSimplifier")
+        self.schedule, self.optimizer, self.verbose = schedule, optimizer, bool(verbose)
+        self.log, self.optimizer_resets = [], []
+        self._set_tracking(self.schedule.tracking(1))
+
+    @property
+    def layers(self):
+        return [self.model.lstm]
+
+    @property
+    def hidden_sizes(self):
+        return [self.model.lstm.hidden]
+
+    def simplify(self, global_step=None, epoch=None, step=None):
+        lstm = self.model.lstm
+        keep = select_keep(lstm.hits, lstm.seen, self.prune_rate, self.min_width)
+        removed = compact_lstm(self.model, keep, self.optimizer)
+        lstm.hits = np.zeros(lstm.hidden, dtype=np.int64)
+        lstm.seen = 0
+        rec = {"global_step": global_step, "epoch": epoch, "step": step,
+               "hidden_sizes": self.hidden_sizes, "removed": [removed],
+               "dense_layers": [] if lstm.sparse else [0], "became_dense": []}
+        self.log.append(rec)
+        if self.verbose:
+            print(f"meSimp: step {global_step}: hidden {self.hidden_sizes} (removed {removed})",
+                  flush=True)
+        return rec
+
+    def __call__(self, trainer, epoch, step):
+        rec = self.after_step(epoch, step, trainer.n_train, trainer.global_step)
+        if rec is not None and hasattr(trainer, "_write"):
+            trainer._write(trainer._record("simplify", epoch, None, None, dict.fromkeys(
+                ("time_epoch", "time_forward", "time_backward", "time_update")),
+                removed=rec["removed"]))
+        return rec

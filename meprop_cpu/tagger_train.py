@@ -1,0 +1,355 @@
+"""The training loop of the POS tagger (one sentence per step).
+
+Same protocol, log fields and checkpoint safety as :class:`meprop_cpu.train.Trainer`:
+dev accuracy after every epoch, test (and the out-of-domain WSJ sample, when
+given) measured whenever dev improves, the reported score being test at the
+best dev; JSON-lines records with ``LOG_KEYS`` (accuracies in percent,
+``time_epoch`` = the epoch's training wall time, evaluation excluded, and
+its forward / backward / update parts, plus ``tokens_per_s``); checkpoints
+written atomically after every epoch that resume bit-identically (same seed
+and thread count).
+
+Timings: ``time_forward`` = embedding gather, LSTM forward, output layer and
+loss; ``time_backward`` = the backward passes (output layer, BPTT with the
+per-step top-k, dX, the embedding row gradients); ``time_update`` = the
+optimizer step. Under meProp the rows of dW / dU are formed inside the
+update (factored RowGrads, as for the MLP), so that work counts there.
+"""
+import json
+import math
+import os
+import sys
+import time
+
+import numpy as np
+
+from ._config import get_num_threads
+from ._io import atomic_savez
+from .train import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, LOG_KEYS, _from_json, _to_json, \
+    read_checkpoint
+
+__all__ = ["PosTrainer"]
+
+
+class PosTrainer:
+    """Train a :class:`~meprop_cpu.tagger.PosTagger`.
+
+    data: ``{"train", "dev"[, "test"][, "wsj"]}`` -> encoded sentences
+    (:func:`meprop_cpu.tagger.encode`). epochs: total epochs (also when
+    resuming). seed: the shuffle generator (one permutation of the training
+    sentences per epoch). log_json, checkpoint: paths (see the module
+    docstring). on_epoch: ``f(trainer, record)`` after each epoch. callbacks:
+    ``cb(trainer, epoch, step)`` after every optimizer step."""
+
+    def __init__(self, model, optimizer, data, epochs, seed=0, log_json=None, checkpoint=None,
+                 on_epoch=None, callbacks=()):
+        if not isinstance(data, dict) or not data.get("train") or not data.get("dev"):
+            raise ValueError("PosTrainer: data must be a dict with non-empty 'train' and 'dev' "
+                             "lists of encoded sentences")
+        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+            raise ValueError(f"PosTrainer: epochs must be an int >= 1, got {epochs!r}")
+        n_tags = len(model.vocab.tags)
+        for wid, fid, tid in data["train"]:
+            if tid.shape[0] == 0 or tid.min() < 0 or tid.max() >= n_tags:
+                raise ValueError("PosTrainer: a training sentence is empty or has a tag outside "
+                                 "the model's tag set")
+        self.model, self.optimizer, self.data = model, optimizer, data
+        self.epochs, self.seed = epochs, int(seed)
+        self.log_json = None if log_json is None else os.fspath(log_json)
+        self.checkpoint = None if checkpoint is None else os.fspath(checkpoint)
+        self.on_epoch, self.callbacks = on_epoch, list(callbacks)
+        self.n_train = len(data["train"])
+        self.n_tokens = int(sum(s[2].shape[0] for s in data["train"]))
+        self._rng = np.random.default_rng(self.seed)
+        self.epoch = self.global_step = 0
+        self.best_dev = self.test_at_best_dev = self.wsj_at_best_dev = self.best_epoch = None
+        self.history = []
+        self._log = None
+
+    # -- protocol ---------------------------------------------------------------------
+    def _record(self, event, epoch, loss, dev, times, **extra):
+        lstm = self.model.lstm
+        rec = {"event": event, "epoch": epoch, "step": self.n_train,
+               "global_step": self.global_step, "train_loss": loss, "dev_acc": dev,
+               "test_acc": self.test_at_best_dev, "hidden_sizes": self.model.hidden_sizes,
+               "threads": get_num_threads(), "k": lstm.k if lstm.sparse else None,
+               "mode": lstm.mode if lstm.sparse else "dense", **times}
+        rec.update(extra)
+        assert all(k in rec for k in LOG_KEYS)
+        return rec
+
+    def _write(self, rec):
+        if self._log is not None:
+            self._log.write(json.dumps(rec) + "\n")
+            self._log.flush()
+
+    def fit(self, resume=None):
+        """Train up to ``epochs`` epochs; returns the summary record."""
+        if resume is not None:
+            self.load_checkpoint(resume)
+        if self.log_json is not None:
+            os.makedirs(os.path.dirname(os.path.abspath(self.log_json)), exist_ok=True)
+            fresh = resume is None and self.epoch == 0
+            self._log = open(self.log_json, "w" if fresh else "a", encoding="utf-8")
+        try:
+            for epoch in range(self.epoch + 1, self.epochs + 1):
+                rec = self._run_epoch(epoch)
+                self.epoch = epoch
+                if self.checkpoint is not None:
+                    self.save_checkpoint(self.checkpoint)
+                if self.on_epoch is not None:
+                    self.on_epoch(self, rec)
+            s = self.summary()
+            self._write(s)
+            return s
+        finally:
+            if self._log is not None:
+                self._log.close()
+                self._log = None
+
+    def _run_epoch(self, epoch):
+        model, opt = self.model, self.optimizer
+        train = self.data["train"]
+        perm = self._rng.permutation(self.n_train)
+        pc = time.perf_counter
+        t_f = t_b = t_u = 0.0
+        loss_sum = 0.0
+        t0 = pc()
+        for step, s in enumerate(perm, 1):
+            wid, fid, tid = train[s]
+            a = pc()
+            loss = model.forward_loss(wid, fid, tid)
+            b = pc()
+            if not math.isfinite(loss):
+                raise FloatingPointError(f"training diverged at epoch {epoch}, step {step}: the "
+                                         f"loss is {loss}. Try a smaller learning rate.")
+            model.backward()
+            c = pc()
+            opt.step()
+            opt.zero_grad()
+            d = pc()
+            t_f += b - a
+            t_b += c - b
+            t_u += d - c
+            loss_sum += loss
+            self.global_step += 1
+            for cb in self.callbacks:
+                cb(self, epoch, step)
+        t_epoch = pc() - t0
+        for i, p in enumerate(model.parameters()):
+            if not np.isfinite(p.data).all():
+                raise FloatingPointError(f"training diverged in epoch {epoch}: parameter "
+                                         f"{p.name} holds NaN/Inf")
+        te = pc()
+        dev = model.accuracy(self.data["dev"])
+        extra = {}
+        if self.best_dev is None or dev > self.best_dev:
+            self.best_dev, self.best_epoch = dev, epoch
+            if self.data.get("test"):
+                self.test_at_best_dev = model.accuracy(self.data["test"])
+            if self.data.get("wsj"):
+                self.wsj_at_best_dev = model.accuracy(self.data["wsj"])
+        times = {"time_epoch": t_epoch, "time_forward": t_f, "time_backward": t_b,
+                 "time_update": t_u}
+        rec = self._record("epoch", epoch, loss_sum / self.n_train, dev, times,
+                           time_eval=pc() - te, tokens_per_s=self.n_tokens / t_epoch,
+                           wsj_acc=self.wsj_at_best_dev, **extra)
+        self.history.append(rec)
+        self._write(rec)
+        return rec
+
+    def summary(self):
+        ends = [r for r in self.history if r["event"] == "epoch"]
+        keys = ("time_epoch", "time_forward", "time_backward", "time_update")
+        means = {k: (float(np.mean([r[k] for r in ends])) if ends else None) for k in keys}
+        out = self._record("summary", self.epoch, ends[-1]["train_loss"] if ends else None,
+                           self.best_dev, means)
+        out.update({"best_dev": self.best_dev, "test_at_best_dev": self.test_at_best_dev,
+                    "wsj_at_best_dev": self.wsj_at_best_dev, "best_epoch": self.best_epoch,
+                    "epochs_completed": self.epoch,
+                    "total_time_train": float(sum(r["time_epoch"] for r in ends)),
+                    "mean_time_epoch": means["time_epoch"],
+                    "mean_time_forward": means["time_forward"],
+                    "mean_time_backward": means["time_backward"],
+                    "mean_time_update": means["time_update"],
+                    "batch_size": 1, "steps_per_epoch": self.n_train,
+                    "train_tokens": self.n_tokens})
+        return out
+
+    # -- checkpoints ------------------------------------------------------------------
+    def save_checkpoint(self, path):
+        """Everything needed to resume bit-identically, written atomically."""
+        osd = self.optimizer.state_dict()
+        lstm = self.model.lstm
+        meta = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
+                "saved_at": time.time(),
+                "model": {"class": "PosTagger", "config": _to_json(self.model.config),
+                          "sizes": None,
+                          "params": [(n, list(p.data.shape))
+                                     for n, p in self.model.named_parameters()],
+                          "vocab_sizes": [len(self.model.vocab.words),
+                                          self.model.vocab.n_feat_rows,
+                                          len(self.model.vocab.tags)]},
+                "optimizer": {"kind": osd["kind"], "hyper": _to_json(osd["hyper"]),
+                              "sparse": bool(self.optimizer.sparse), "steps": osd["steps"],
+                              "param_steps": [None if st is None else int(st["step"])
+                                              for st in osd["params"]]},
+                "trainer": {"epoch": self.epoch, "global_step": self.global_step,
+                            "epochs": self.epochs, "seed": self.seed, "n_train": self.n_train,
+                            "best_dev": self.best_dev, "test_at_best_dev": self.test_at_best_dev,
+                            "wsj_at_best_dev": self.wsj_at_best_dev,
+                            "best_epoch": self.best_epoch, "history": self.history},
+                "rng": {"shuffle": _to_json(self._rng.bit_generator.state),
+                        "lstm_seen": int(lstm.seen)}}
+        arrays = {"param:" + n: a for n, a in self.model.state_dict().items()}
+        for i, st in enumerate(osd["params"]):
+            if st is not None:
+                for j, a in enumerate(st["arrays"]):
+                    arrays[f"opt:{i}:{j}"] = a
+        arrays["hits:lstm"] = lstm.hits
+        arrays["meta"] = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
+        atomic_savez(path, arrays)
+        return path
+
+    def load_checkpoint(self, path):
+        """Restore the state saved by save_checkpoint (validated before anything changes)."""
+        path = os.fspath(path)
+        meta, arrays = read_checkpoint(path)
+        mm, om, tm = meta["model"], meta["optimizer"], meta["trainer"]
+        if mm.get("class") != "PosTagger":
+            raise ValueError(f"checkpoint {path} holds a {mm.get('class')}, not a PosTagger")
+        v = self.model.vocab
+        if mm.get("vocab_sizes") != [len(v.words), v.n_feat_rows, len(v.tags)]:
+            raise ValueError(f"checkpoint {path} was trained with vocabulary sizes "
+                             f"{mm.get('vocab_sizes')}, this data gives "
+                             f"{[len(v.words), v.n_feat_rows, len(v.tags)]} (another training "
+                             "set or --max-train?)")
+        if tm.get("n_train") != self.n_train:
+            raise ValueError(f"checkpoint {path} was trained on {tm.get('n_train')} sentences, "
+                             f"this run has {self.n_train}")
+        if om.get("kind") != type(self.optimizer).__name__:
+            raise ValueError(f"checkpoint {path} holds {om.get('kind')} state, the optimizer "
+                             f"is {type(self.optimizer).__name__}")
+        saved = {n[6:]: a for n, a in arrays.items() if n.startswith("param:")}
+        params_sd = []
+        for i, (p, st) in enumerate(zip(self.optimizer.params, om["param_steps"])):
+            if st is None:
+                params_sd.append(None)
+                continue
+            arrs = [arrays.get(f"opt:{i}:{j}") for j in range(self.optimizer._n_state)]
+            if any(a is None or a.shape != p.data.shape for a in arrs):
+                raise ValueError(f"checkpoint {path}: optimizer state {i} is missing or does not "
+                                 f"match its parameter")
+            params_sd.append({"step": st, "arrays": arrs})
+        self.model.load_state_dict(saved)
+        hyper = {k: (tuple(x) if isinstance(x, list) else x)
+                 for k, x in _from_json(om.get("hyper", {})).items()}
+        self.optimizer.load_state_dict({"kind": om["kind"], "hyper": hyper,
+                                        "steps": om.get("steps", 0), "params": params_sd})
+        lstm = self.model.lstm
+        if "hits:lstm" in arrays and arrays["hits:lstm"].shape == lstm.hits.shape:
+            lstm.hits = np.array(arrays["hits:lstm"], dtype=np.int64)
+        lstm.seen = int(meta["rng"].get("lstm_seen", 0))
+        self._rng.bit_generator.state = _from_json(meta["rng"]["shuffle"])
+        self.epoch, self.global_step = int(tm["epoch"]), int(tm["global_step"])
+        self.best_dev, self.test_at_best_dev = tm.get("best_dev"), tm.get("test_at_best_dev")
+        self.wsj_at_best_dev, self.best_epoch = tm.get("wsj_at_best_dev"), tm.get("best_epoch")
+        self.history = list(tm.get("history", []))
+        return meta
+
+
+def run_pos_train(args, parser, CliError, Threads):
+    """`meprop-cpu train --task pos`: the CLI front of PosTagger + PosTrainer."""
+    from . import pos_data
+    from .datasets import DataError
+    from .tagger import PosTagger, Vocab, encode
+    from .train import build_optimizer
+
+    dataset = args.dataset or "conll2003"
+    if dataset != "conll2003":
+        raise CliError(f"--dataset: --task pos trains on conll2003, got {dataset!r}")
+    from .lstm import DEFAULT_LSTM_MODE, LSTM_MODES
+    explicit = any(a == "--mode" or a.startswith("--mode=") for a in getattr(args, "argv", []))
+    if explicit and args.mode not in LSTM_MODES:
+        raise CliError(f"--mode: the POS tagger takes {' or '.join(LSTM_MODES)}, got "
+                       f"{args.mode!r}")
+    mode = args.mode if explicit else DEFAULT_LSTM_MODE
+    if args.resume is not None and not os.path.isfile(args.resume):
+        raise CliError(f"--resume: checkpoint file {args.resume} does not exist")
+    dense = args.dense or mode == "dense"
+    if not dense and args.k >= args.hidden:
+        print(f"note: --k {args.k} >= --hidden {args.hidden}: dense backward", file=sys.stderr)
+    threads = Threads(args.threads) if args.threads is not None else None
+    try:
+        try:
+            raw = pos_data.conll2003(args.data_dir)
+            try:
+                raw["wsj"] = pos_data.wsj_sample()
+            except DataError as e:
+                print(f"note: the WSJ sample is not available ({str(e).splitlines()[0]}); "
+                      "training without the out-of-domain test", file=sys.stderr)
+        except DataError as e:
+            print(f"{parser.prog}: data error: {e}", file=sys.stderr)
+            return 1
+        if args.max_train is not None:
+            raw["train"] = raw["train"][:args.max_train]
+        vocab = Vocab.build(raw["train"])
+        data = {name: encode(sents, vocab) for name, sents in raw.items()}
+        model = PosTagger(vocab, hidden=args.hidden, k=None if dense else args.k,
+                          mode="dense" if dense else mode, seed=args.seed)
+        if args.resume is not None:   # a meSimp run resumes at its shrunk width
+            shape = dict(read_checkpoint(args.resume)[0]["model"].get("params", [])).get("lstm.U")
+            if shape and shape[1] < args.hidden:
+                from .tagger_simplify import compact_lstm
+                compact_lstm(model, np.arange(shape[1]))
+                print(f"resuming a simplified tagger: hidden {shape[1]}", flush=True)
+        opt = build_optimizer(args.optimizer, model.parameters(), lr=args.lr,
+                              sparse=not args.dense_update, clip=args.clip)
+        ckpt = args.checkpoint if args.checkpoint is not None else args.resume
+        callbacks = []
+        if args.mesimp:
+            from .simplify import CycleSchedule
+            from .tagger_simplify import TaggerSimplifier
+            sch = CycleSchedule(args.cycle_epochs or 1, args.steps_per_epoch or 8,
+                                reset=args.reset or "authors")
+            callbacks.append(TaggerSimplifier(model, opt, prune_rate=args.prune_rate or 0.01,
+                                              min_width=args.min_width or 1, schedule=sch,
+                                              verbose=True))
+            print(f"meSimp: prune rate {callbacks[0].prune_rate:g}, {sch!r}", flush=True)
+
+        def on_epoch(trainer, rec):
+            print(f"epoch {rec['epoch']:3d}/{trainer.epochs}  loss {rec['train_loss']:.4f}  "
+                  f"dev {rec['dev_acc']:.2f}  test@best-dev {rec['test_acc']:.2f}  "
+                  f"time {rec['time_epoch']:.1f}s (fwd {rec['time_forward']:.1f} bwd "
+                  f"{rec['time_backward']:.1f} upd {rec['time_update']:.1f})  "
+                  f"{rec['tokens_per_s']:,.0f} tokens/s  hidden {rec['hidden_sizes']}", flush=True)
+
+        trainer = PosTrainer(model, opt, data, epochs=args.epochs, seed=args.seed,
+                             log_json=args.log_json, checkpoint=ckpt, on_epoch=on_epoch,
+                             callbacks=callbacks)
+        print(f"train pos conll2003: {len(data['train'])} sentences ({trainer.n_tokens} tokens) "
+              f"/ {len(data['dev'])} dev / {len(data['test'])} test"
+              f"{' / %d wsj' % len(data['wsj']) if 'wsj' in data else ''}; vocab "
+              f"{len(vocab.words)} words, {vocab.n_feat_rows} feature values, "
+              f"{len(vocab.tags)} tags; LSTM {model.n_in}-{args.hidden}, "
+              f"{'dense backprop' if dense else f'k {args.k} per gate'}, {args.optimizer} "
+              f"lr {opt.lr:g}, threads {get_num_threads()}", flush=True)
+        try:
+            s = trainer.fit(resume=args.resume)
+        except (ValueError, FloatingPointError, OSError) as e:
+            print(f"{parser.prog}: error: {e}", file=sys.stderr)
+            return 1
+        wsj = s["wsj_at_best_dev"]
+        print(f"best dev {s['best_dev']:.2f} (epoch {s['best_epoch']})  test at best dev "
+              f"{s['test_at_best_dev']:.2f}"
+              f"{'' if wsj is None else f'  wsj sample at best dev {wsj:.2f}'}")
+        print(f"mean time per epoch {s['mean_time_epoch']:.2f}s: forward "
+              f"{s['mean_time_forward']:.2f}s, backward {s['mean_time_backward']:.2f}s, update "
+              f"{s['mean_time_update']:.2f}s")
+        if args.save_model is not None:
+            model.save(args.save_model)
+            print(f"model saved to {args.save_model}")
+        return 0
+    finally:
+        if threads is not None:
+            threads.restore()

