@@ -14,7 +14,6 @@ Inference (:class:`PrecomputedNet`, C kernel ``include/meprop/parse.h``):
 greedy parsing of sentence batches with the first layer's products
 pre-computed for the frequent ids of every feature position.
 """
-import inspect
 import json
 import os
 import time
@@ -25,6 +24,7 @@ from .. import _parse
 from .._config import get_num_threads
 from .._io import atomic_savez, read_npz
 from ..kernels import RowGrad, Workspace, _check_int
+from ..nn import DEFAULT_MODE as _NN_DEFAULT_MODE
 from ..nn import MLP, Cube, Dropout, Linear, Module, MODES, Parameter, ReLU, Sequential, Tanh
 from . import transition as tr
 from .conllu import Sentence
@@ -35,7 +35,7 @@ __all__ = ["FeatureEmbedding", "ParserNet", "PrecomputedNet", "Parser", "load_pa
 
 ACTIVATIONS = {"cube": Cube, "relu": ReLU, "tanh": Tanh}
 # meProp's selection when none is given: the MLP's default, read from one place
-DEFAULT_MODE = inspect.signature(MLP.__init__).parameters["mode"].default
+DEFAULT_MODE = _NN_DEFAULT_MODE   # the MLP's default (meprop_cpu.nn.DEFAULT_MODE)
 _ACT_CODE = {"cube": 0, "relu": 1, "tanh": 2}
 PARSER_FORMAT, PARSER_VERSION = "meprop_cpu.parser", 1
 
