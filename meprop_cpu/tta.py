@@ -298,6 +298,13 @@ def _f(v, fmt, none="-"):
     return none if v is None else format(v, fmt)
 
 
+def _torch_version(machine):
+    t = machine.get("torch")
+    if isinstance(t, dict):
+        return t.get("version", "?")
+    return t or "not installed"
+
+
 def render_markdown(doc, plot=None):
     cfg = doc["profile"]
     m = doc["machine"]
@@ -312,7 +319,9 @@ def render_markdown(doc, plot=None):
              "when half or more of the seeds never reach it). Test: test accuracy at the best "
              "dev, median over seeds.", "",
              f"Machine: {m.get('cpu_model')}, {m.get('nproc', '?')} CPUs (a shared VM), "
-             f"numpy {m.get('numpy')}, torch {m.get('torch') or 'not installed'}.", "",
+             f"numpy {m.get('numpy')}, torch {_torch_version(m)}.", ""]
+    lines += [f"Note: {n}" for n in doc.get("notes", [])] + ([""] if doc.get("notes") else [])
+    lines += [
              "| variant | " + "".join(f"to {t:g} % | " for t in cfg.get("lower", ()))
              + f"to {cfg['target']:g} % (seeds) | vs PyTorch | vs own dense | s / epoch | "
              "best dev % | test % (median) | test % per seed |",
@@ -408,8 +417,9 @@ def run_cli(args, log=print):
         f"{cfg['epochs']} epochs, seeds {cfg['seeds']}, {threads} thread(s), target "
         f"{cfg['target']}% dev")
     doc = run(cfg, threads, torch_mod, log=log)
-    doc["command"] = " ".join(["meprop-cpu"] + sys.argv[1:]) \
-        if os.path.basename(sys.argv[0]).startswith("meprop-cpu") else " ".join(sys.argv)
+    doc["command"] = os.environ.get(_bench.ENV_COMMAND) or (
+        " ".join(["meprop-cpu"] + sys.argv[1:])
+        if os.path.basename(sys.argv[0]).startswith("meprop-cpu") else " ".join(sys.argv))
     name = args.name or f"tta_{cfg['name']}"
     paths = write(doc, args.out or _bench._default_out(), name)
     for s in doc["summary"]:
