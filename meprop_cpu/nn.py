@@ -225,34 +225,38 @@ class Linear(Module):
             return dx
         k = self.k
         B = dy.shape[0]
-        if self.exact_dx:
-            return self._backward_exact_dx(x, W, dy, nt, ws)
-        if self.mode == "unified":
+        # mode "topk_dw": the top-k weight gradient of mode "topk" (same kernels,
+        # same bits) and dx = dy W from the whole dy, as the fused step does it
+        sel = "topk" if self.exact_dx else self.mode
+        sparse_dx = self.needs_input_grad and not self.exact_dx
+        if self.needs_input_grad and self.exact_dx:
+            dx = ws.get("dx_exact", x.shape, np.float32)
+            _dense.matmul_nn(dy, W, dx, nt)
+        if sel == "unified":
             idx = ws.get("uidx", (k,), np.int32)
             bad = kernels.topk_unified_into(dy, k, idx, ws, nt)
             if bad:
                 raise FloatingPointError(f"Linear.backward: dy contains {bad} NaN/Inf value(s)")
-            dx, self.W.grad = kernels.unified_backward_into(x, W, idx, dy, ws, nt,
-                                                            self.needs_input_grad)
+            dx, self.W.grad = kernels.unified_backward_into(x, W, idx, dy, ws, nt, sparse_dx)
             if self.track_hits:
                 dyS = ws.get("dyS", (B, k), np.float32)   # the (B, k) block the kernel gathered
                 self.hits[idx] += np.count_nonzero(dyS, axis=0)
                 self.seen += B
             return dx
-        if self.mode == "topk" and _kernels.backward_masked(k, self.n_out):
+        if sel == "topk" and _kernels.backward_masked(k, self.n_out):
             # k > n_out / 4: dense products on the masked dy (see sparse_linear.h)
-            bad, dx, grad, counts = kernels.topk_masked_backward_into(
-                x, W, dy, k, ws, nt, self.needs_input_grad)
+            bad, mdx, grad, counts = kernels.topk_masked_backward_into(
+                x, W, dy, k, ws, nt, sparse_dx)
             if bad:
                 raise FloatingPointError(f"Linear.backward: dy contains {bad} NaN/Inf value(s)")
             self.W.grad = grad
             if self.track_hits:
                 self.hits += counts
                 self.seen += B
-            return dx
+            return mdx if sparse_dx else dx
         idx = ws.get("idx", (B, k), np.int32)
         val = ws.get("val", (B, k), np.float32)
-        if self.mode == "topk":
+        if sel == "topk":
             bad = kernels.topk_rows_into(dy, k, idx, val, ws, nt)
             if bad:
                 raise FloatingPointError(f"Linear.backward: dy contains {bad} NaN/Inf value(s)")
@@ -265,39 +269,9 @@ class Linear(Module):
             _kernels.count_hits(idx, val, self.hits)
             self.seen += B
         # factored: the optimizer forms each gradient row as it applies it
-        dx, self.W.grad = kernels.sparse_backward_into(x, W, idx, val, ws, nt,
-                                                       self.needs_input_grad, factored=True)
-        return dx
-
-    def _backward_exact_dx(self, x, W, dy, nt, ws):
-        """Mode "topk_dw": the per-example top-k weight gradient of mode "topk"
-        (same kernels, same bits) and ``dx = dy W`` from the whole dy, as the
-        fused step computes it (include/meprop/step.h)."""
-        dx = None
-        if self.needs_input_grad:
-            dx = ws.get("dx_exact", x.shape, np.float32)
-            _dense.matmul_nn(dy, W, dx, nt)
-        k, B = self.k, dy.shape[0]
-        if _kernels.backward_masked(k, self.n_out):
-            bad, _, grad, counts = kernels.topk_masked_backward_into(x, W, dy, k, ws, nt, False)
-            if bad:
-                raise FloatingPointError(f"Linear.backward: dy contains {bad} NaN/Inf value(s)")
-            self.W.grad = grad
-            if self.track_hits:
-                self.hits += counts
-                self.seen += B
-            return dx
-        idx = ws.get("idx", (B, k), np.int32)
-        val = ws.get("val", (B, k), np.float32)
-        bad = kernels.topk_rows_into(dy, k, idx, val, ws, nt)
-        if bad:
-            raise FloatingPointError(f"Linear.backward: dy contains {bad} NaN/Inf value(s)")
-        if self.track_hits:
-            _kernels.count_hits(idx, val, self.hits)
-            self.seen += B
-        _, self.W.grad = kernels.sparse_backward_into(x, W, idx, val, ws, nt, False,
-                                                      factored=True)
-        return dx
+        sdx, self.W.grad = kernels.sparse_backward_into(x, W, idx, val, ws, nt, sparse_dx,
+                                                        factored=True)
+        return sdx if sparse_dx else dx
 
     def reset_hits(self):
         self.hits = np.zeros(self.n_out, dtype=np.int64)
