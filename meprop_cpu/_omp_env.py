@@ -7,17 +7,25 @@ kernels. Unless the user set either variable, this module sets
 again right after, so the setting reaches this library's runtime only (not
 PyTorch's own copy of libgomp, not child processes).
 
-Why passive: a training step at batch 10 is a dozen short parallel regions,
-each ending at a barrier that waits for the slowest thread. With libgomp's
-default (spin ~300,000 times, a few milliseconds, before sleeping) the waiting
-threads burn their time slices, and when another process competes for the
-cores, the thread the scheduler took away stalls every region for a
-scheduler quantum: 2-thread training on 2 busy cores ran 3-10x slower than
-1-thread training. Threads that sleep at once (passive) leave the core to
-whichever thread can use it, and a woken thread is scheduled promptly. First
-measurements: benchmarks/results/samples/wait_policy_first/README.md; to
-compare the policies on a machine: ``python benchmarks/wait_policy.py
-contention`` and ``... quiet``, and ``meprop-cpu bench --contention``.
+Why a short spin: a training step at batch 10 is a dozen short parallel
+regions, each ending at a barrier that waits for the slowest thread. With
+libgomp's default (spin ~300,000 times, a few milliseconds, before sleeping)
+the waiting threads burn their time slices, and when another process
+competes for the cores, the thread the scheduler took away stalls every
+region for a scheduler quantum: 2-thread training on 2 busy cores ran 3-10x
+slower than 1-thread training. Sleeping at once (``OMP_WAIT_POLICY=passive``)
+avoids that but pays a wake-up per region on a quiet machine. A spin of
+10,000 iterations (~tens of microseconds) covers the gaps between the
+regions of one step and then sleeps. Measured on the 2-core VM
+(benchmarks/results/wait_policy_quiet.md, wait_policy_contention.md, with
+the Trainer's automatic thread count): quiet, spin 10k was 0.99x / 0.88x /
+0.96x the time of libgomp's default at 2 threads (MNIST epoch at batch 10 /
+batch 100 / one layer's backward) where passive was 1.24x / 1.14x / 1.25x;
+with one busy process, spin 10k took 1.23x the best fixed thread count
+(passive 1.31x, libgomp's default at 2 threads 3.4x). First measurements:
+benchmarks/results/samples/wait_policy_first/README.md; to compare the
+policies on a machine: ``python benchmarks/wait_policy.py contention`` and
+``... quiet``, and ``meprop-cpu bench --contention``.
 
 Override: set ``OMP_WAIT_POLICY`` (``active`` / ``passive``) or
 ``GOMP_SPINCOUNT`` yourself before importing meprop_cpu; then nothing is
@@ -28,7 +36,7 @@ import os
 __all__ = ["POLICY", "USER_KEYS", "apply", "restore", "status"]
 
 #: what the library sets when the user set none of USER_KEYS
-POLICY = {"OMP_WAIT_POLICY": "passive"}
+POLICY = {"GOMP_SPINCOUNT": "10000"}
 #: variables through which the user controls the wait policy (any one set: hands off)
 USER_KEYS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
 
