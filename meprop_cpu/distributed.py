@@ -12,7 +12,7 @@ step. Launch with MPI::
 job; the Trainer also aborts the job itself when a rank fails on its own.)
 
 How gradients are combined (one step)
-    * **per-example top-k layers** (modes ``"topk"`` below the masked
+    * **per-example top-k layers** (modes ``"topk_dw"``, ``"topk"`` below the masked
       threshold and ``"random"``): meProp's weight gradient is
       ``sum over selected (example b, row j) of dy[b, j] * x[b]``. Each rank
       sends its layer input ``x`` (B_r, n_in) and its selection ``(idx, val)``
@@ -139,7 +139,7 @@ def exchange_bytes(kind, size, n_out, n_in, batch=0, k=0, rows=0, with_input=Tru
 def _factored_layer(lin):
     """Whether lin's backward leaves its selection in (idx, val) (per-example top-k /
     random-k below the masked threshold): the gradient travels as factors."""
-    return (lin.sparse and lin.mode in ("topk", "random")
+    return (lin.sparse and lin.mode in ("topk_dw", "topk", "random")
             and not _kernels.backward_masked(lin.k, lin.n_out))
 
 

@@ -56,6 +56,8 @@ def train(cfg, data, dist, epochs=2, batch=16, **kw):
 CONFIGS = {
     # per-example top-k: factors exchange (k << n_out), dropout on
     "topk": {"sizes": [40, 64, 48, 5], "k": 4, "mode": "topk", "dropout": 0.2},
+    # the default mode: the same weight-gradient factors, the exact input gradient
+    "topk_dw": {"sizes": [40, 64, 48, 5], "k": 4, "mode": "topk_dw", "dropout": 0.2},
     # unified top-k: (rows, values) exchange
     "unified": {"sizes": [40, 64, 48, 5], "k": 6, "mode": "unified"},
     # per-example top-k above the masked threshold: rows exchange

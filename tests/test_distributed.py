@@ -120,7 +120,7 @@ def checks(tmp_path_factory):
 
 
 @needs_mpi
-@pytest.mark.parametrize("name", ["topk", "unified", "masked", "dense"])
+@pytest.mark.parametrize("name", ["topk", "topk_dw", "unified", "masked", "dense"])
 def test_ranks_bit_identical_after_training(checks, name):
     run = checks["runs"][name]
     assert checks["size"] == 2
@@ -131,6 +131,7 @@ def test_ranks_bit_identical_after_training(checks, name):
 @needs_mpi
 def test_exchange_methods_chosen(checks):
     assert checks["runs"]["topk"]["methods"].get("factors") == 2      # both hidden layers
+    assert checks["runs"]["topk_dw"]["methods"].get("factors") == 2
     assert checks["runs"]["unified"]["methods"].get("rows", 0) >= 1
     assert checks["runs"]["masked"]["methods"].get("rows", 0) + \
         checks["runs"]["masked"]["methods"].get("dense", 0) == 6
@@ -138,7 +139,7 @@ def test_exchange_methods_chosen(checks):
 
 
 @needs_mpi
-@pytest.mark.parametrize("name", ["topk", "unified", "masked", "dense"])
+@pytest.mark.parametrize("name", ["topk", "topk_dw", "unified", "masked", "dense"])
 def test_equal_to_single_process_up_to_rounding(checks, name):
     run = checks["runs"][name]
     assert run["ref_steps"] == run["steps"]
