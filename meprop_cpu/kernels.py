@@ -326,11 +326,12 @@ def topk_masked_backward_into(x, W, dy, k, ws, nthreads, need_dx=True):
     return 0, dx, grad, counts
 
 
-def sparse_dw_into(x, n_out, idx, val, ws, nthreads, factored=False):
-    """Unchecked weight gradient of the sparse backward as a RowGrad (in ``ws``):
-    the non-zero pairs regrouped by output row, then one sum of x rows per row."""
+def group_pairs_into(n_out, idx, val, ws):
+    """Unchecked: the non-zero (example, value) pairs of a per-example selection
+    regrouped by output row (buffers in ``ws``). Returns (r, rows, offsets,
+    pair_b, pair_v): rows[:r] ascending, row rows[i]'s pairs at
+    offsets[i]:offsets[i+1]."""
     B, k = idx.shape
-    n_in = x.shape[1]
     npairs = B * k
     cursor = ws.get("cursor", (n_out,), np.int32)
     rows = ws.get("rows", (min(n_out, npairs),), np.int32)
@@ -338,6 +339,14 @@ def sparse_dw_into(x, n_out, idx, val, ws, nthreads, factored=False):
     pair_b = ws.get("pair_b", (npairs,), np.int32)
     pair_v = ws.get("pair_v", (npairs,), np.float32)
     r = _kernels.group_pairs(idx, val, n_out, cursor, rows, offsets, pair_b, pair_v)
+    return r, rows, offsets, pair_b, pair_v
+
+
+def sparse_dw_into(x, n_out, idx, val, ws, nthreads, factored=False):
+    """Unchecked weight gradient of the sparse backward as a RowGrad (in ``ws``):
+    the non-zero pairs regrouped by output row, then one sum of x rows per row."""
+    n_in = x.shape[1]
+    r, rows, offsets, pair_b, pair_v = group_pairs_into(n_out, idx, val, ws)
     values = ws.get("values", (r, n_in), np.float32)
     if factored:
         return RowGrad._factored(rows[:r], x, offsets, pair_b, pair_v, values)

@@ -488,6 +488,16 @@ class Sequential(Module):
     def linears(self):
         return [m for m in self.modules if isinstance(m, Linear)]
 
+    @property
+    def sizes(self):
+        """The widths along the Linear layers: [first n_in, each n_out]."""
+        lin = self.linears
+        return [lin[0].n_in] + [m.n_out for m in lin]
+
+    @property
+    def hidden_sizes(self):
+        return self.sizes[1:-1]
+
     def state_dict(self):
         """Name -> array copy for every parameter ("0.W", "0.b", "2.W", ...)."""
         return {name: p.data.copy() for name, p in self.named_parameters()}
@@ -556,15 +566,6 @@ class MLP(Sequential):
         super().__init__(*mods)
         self.config = {"sizes": sizes, "k": k, "mode": mode, "dropout": float(dropout),
                        "activation": activation, "topk_output": bool(topk_output), "seed": seed}
-
-    @property
-    def sizes(self):
-        lin = self.linears
-        return [lin[0].n_in] + [m.n_out for m in lin]
-
-    @property
-    def hidden_sizes(self):
-        return self.sizes[1:-1]
 
     def logits(self, x, batch_size=1024):
         """Forward in eval mode, in batches; restores the previous mode."""

@@ -489,20 +489,7 @@ class Trainer:
         try:
             if self.distributed is not None:
                 return self._fit_distributed(progress)
-            for epoch in range(self.epoch + 1, self.epochs + 1):
-                rec = self._run_epoch(epoch, progress)
-                if rec is None:
-                    self._interrupted(epoch)
-                self.epoch = epoch
-                if self.checkpoint is not None:
-                    self._check_finite(epoch)
-                    if self.is_root:
-                        self.save_checkpoint(self.checkpoint)
-                if self.on_epoch is not None:
-                    self.on_epoch(self, rec)
-            summary = self.summary()
-            self._write_log(summary)
-            return summary
+            return self._epochs(progress)
         finally:
             restore_sigint()
             if self.thread_tuner is not None and _config._auto_threads() is not None:
@@ -519,27 +506,33 @@ class Trainer:
         exception is this rank's alone and aborts the whole job (no rank waits
         for it forever)."""
         try:
-            for epoch in range(self.epoch + 1, self.epochs + 1):
-                rec = self._run_epoch(epoch, progress)
-                if rec is None:
-                    self._interrupted(epoch)
-                self.epoch = epoch
-                if self.checkpoint is not None:
-                    self._check_finite(epoch)
-                    if self.is_root:
-                        self.save_checkpoint(self.checkpoint)
-                    self.distributed.comm.Barrier()   # on disk before any rank reads it
-                if self.on_epoch is not None:
-                    self.on_epoch(self, rec)
-            summary = self.summary()
-            self._write_log(summary)
-            return summary
+            return self._epochs(progress)
         except (FloatingPointError, TrainingInterrupted):
             raise
         except BaseException as e:
             if self.distributed.size > 1:
                 self.distributed.abort(f"{type(e).__name__}: {e}")
             raise
+
+    def _epochs(self, progress):
+        """The epoch loop of fit: train, checkpoint (rank 0; every rank waits until
+        it is on disk), report; returns summary()."""
+        for epoch in range(self.epoch + 1, self.epochs + 1):
+            rec = self._run_epoch(epoch, progress)
+            if rec is None:
+                self._interrupted(epoch)
+            self.epoch = epoch
+            if self.checkpoint is not None:
+                self._check_finite(epoch)
+                if self.is_root:
+                    self.save_checkpoint(self.checkpoint)
+                if self.distributed is not None:
+                    self.distributed.comm.Barrier()   # on disk before any rank reads it
+            if self.on_epoch is not None:
+                self.on_epoch(self, rec)
+        summary = self.summary()
+        self._write_log(summary)
+        return summary
 
     def _run_epoch(self, epoch, progress):
         model, opt, loss_fn = self.model, self.optimizer, self.loss

@@ -174,15 +174,6 @@ class ParserNet(Sequential):
         self.time_backward_linear = 0.0   # seconds in the Linear layers' backward
 
     @property
-    def sizes(self):
-        lin = self.linears
-        return [lin[0].n_in] + [m.n_out for m in lin]
-
-    @property
-    def hidden_sizes(self):
-        return self.sizes[1:-1]
-
-    @property
     def input_width(self):
         return tr.N_FEATURES
 

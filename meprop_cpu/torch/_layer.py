@@ -333,13 +333,7 @@ class MePropLinear(nn.Module):
             _kernels.sparse_dx(wn, idx, val, dxn, sel, coef, nt)
         gw = None
         if need_dw:
-            npairs = B * k
-            cursor = ws.get("cursor", (n_out,), np.int32)
-            rows = ws.get("rows", (min(n_out, npairs),), np.int32)
-            offsets = ws.get("offsets", (min(n_out, npairs) + 1,), np.int32)
-            pair_b = ws.get("pair_b", (npairs,), np.int32)
-            pair_v = ws.get("pair_v", (npairs,), np.float32)
-            r = _kernels.group_pairs(idx, val, n_out, cursor, rows, offsets, pair_b, pair_v)
+            r, rows, offsets, pair_b, pair_v = kernels.group_pairs_into(n_out, idx, val, ws)
             if self.sparse_grad:
                 values = torch.empty(r, n_in, dtype=torch.float32)
                 _kernels.sparse_dw(xn, r, offsets, pair_b, pair_v, _np(values), nt)
