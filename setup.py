@@ -1,6 +1,6 @@
-"""Build the meprop_cpu C kernels (include/meprop/) into Cython extensions:
-meprop_cpu._kernels (sparse backward, top-k, optimizers), meprop_cpu._dense
-(dense products) and meprop_cpu._lstm (the LSTM recurrence).
+"""Build the meprop_cpu C kernels (include/meprop/) into one Cython extension,
+meprop_cpu._core (meprop_cpu/_core.pyx, its declarations in _core.pxd and its
+wrappers in the _*.pxi files it includes).
 
 Environment variables:
   MEPROP_NO_OPENMP=1   build serially even if the compiler supports OpenMP
@@ -93,7 +93,9 @@ def make_extension(name, source, headers, flags):
         name,
         sources=[source],
         include_dirs=[os.path.join(HERE, "include"), np.get_include()],
-        depends=[os.path.join("include", "meprop", f) for f in headers],
+        depends=[os.path.join("include", "meprop", f) for f in headers]
+        + [os.path.join("meprop_cpu", f) for f in sorted(os.listdir(os.path.join(HERE, "meprop_cpu")))
+           if f.endswith((".pxi", ".pxd"))],
         extra_compile_args=list(cflags),
         extra_link_args=list(ldflags),
         define_macros=list(macros),
@@ -101,23 +103,14 @@ def make_extension(name, source, headers, flags):
 
 
 def extensions():
-    flags = build_flags()
-    return [
-        make_extension("meprop_cpu._kernels", "meprop_cpu/_kernels.pyx",
-                       ("parallel.h", "topk.h", "sparse_linear.h", "optim.h", "elementwise.h"), flags),
-        make_extension("meprop_cpu._dense", "meprop_cpu/_dense.pyx",
-                       ("parallel.h", "dense.h"), flags),
-        make_extension("meprop_cpu._step", "meprop_cpu/_step.pyx",
-                       ("parallel.h", "topk.h", "sparse_linear.h", "optim.h", "elementwise.h",
-                        "dense.h", "step.h"), flags),
-        make_extension("meprop_cpu._parse", "meprop_cpu/_parse.pyx",
-                       ("parallel.h", "dense.h", "parse.h"), flags),
-        # -fno-trapping-math lets GCC vectorise the LSTM cell's clamped exp (same values;
-        # only the floating-point exception flags may differ)
-        make_extension("meprop_cpu._lstm", "meprop_cpu/_lstm.pyx",
-                       ("parallel.h", "topk.h", "dense.h", "lstm.h"),
-                       (flags[0] + ["-fno-trapping-math"], flags[1], flags[2])),
-    ]
+    """One extension, meprop_cpu._core, for every kernel: one copy of each
+    header's static state (the SIMD switch) and one set of declarations."""
+    cflags, ldflags, macros = build_flags()
+    # -fno-trapping-math lets GCC vectorise the LSTM cell's clamped exp; it allows no
+    # value-changing transformation (only the floating-point exception flags may differ)
+    return [make_extension("meprop_cpu._core", "meprop_cpu/_core.pyx",
+                           sorted(os.listdir(os.path.join(HERE, "include", "meprop"))),
+                           (cflags + ["-fno-trapping-math"], ldflags, macros))]
 
 
 setup(ext_modules=cythonize(extensions(), language_level=3,

@@ -4,7 +4,7 @@ W: (n_out, n_in)) and, with --backward, the dense backward products
 dx = dy @ W (matmul_nn) and dW = dy^T @ x (matmul_tn).
 
 Variants (same thread count T for all):
-  meprop  ``_dense.linear_forward`` into a preallocated y (nthreads=T)
+  meprop  ``_core.linear_forward`` into a preallocated y (nthreads=T)
   numpy   ``x @ W.T + b``          (threadpoolctl.threadpool_limits(T))
   torch   ``torch.nn.functional.linear(x, W, b)`` (torch.set_num_threads(T))
 
@@ -53,7 +53,7 @@ try:
 except ImportError:
     torch = None
 
-from meprop_cpu import _dense   # noqa: E402
+from meprop_cpu import _core   # noqa: E402
 from meprop_cpu.bench import _nproc as ncpus   # CPUs this process may use  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -159,13 +159,13 @@ def forward_variants(B, n_in, n_out, T, rng):
     W = (rng.standard_normal((n_out, n_in)) / np.sqrt(n_in)).astype(np.float32)
     b = rng.standard_normal(n_out).astype(np.float32)
     y = np.empty((B, n_out), np.float32)
-    v = {"meprop": lambda: _dense.linear_forward(x, W, b, y, False, T),
+    v = {"meprop": lambda: _core.linear_forward(x, W, b, y, False, T),
          "numpy": lambda: x @ W.T + b}
     if torch is not None:
         xt, Wt, bt = torch.from_numpy(x), torch.from_numpy(W), torch.from_numpy(b)
         v["torch"] = lambda: torch.nn.functional.linear(xt, Wt, bt)
     # correctness guard: all variants agree
-    _dense.linear_forward(x, W, b, y, False, T)
+    _core.linear_forward(x, W, b, y, False, T)
     np.testing.assert_allclose(y, x @ W.T + b, rtol=1e-3, atol=1e-3)
     return v
 
@@ -176,19 +176,19 @@ def backward_variants(kind, B, n_in, n_out, T, rng):
     dy = rng.standard_normal((B, n_out)).astype(np.float32)
     if kind == "dx":                               # (B, n_out) @ (n_out, n_in)
         out = np.empty((B, n_in), np.float32)
-        v = {"meprop": lambda: _dense.matmul_nn(dy, W, out, T), "numpy": lambda: dy @ W}
+        v = {"meprop": lambda: _core.matmul_nn(dy, W, out, T), "numpy": lambda: dy @ W}
         if torch is not None:
             dyt, Wt = torch.from_numpy(dy), torch.from_numpy(W)
             v["torch"] = lambda: torch.mm(dyt, Wt)
-        _dense.matmul_nn(dy, W, out, T)
+        _core.matmul_nn(dy, W, out, T)
         np.testing.assert_allclose(out, dy @ W, rtol=1e-3, atol=1e-3)
     else:                                          # (n_out, B) @ (B, n_in)
         out = np.empty((n_out, n_in), np.float32)
-        v = {"meprop": lambda: _dense.matmul_tn(dy, x, out, T), "numpy": lambda: dy.T @ x}
+        v = {"meprop": lambda: _core.matmul_tn(dy, x, out, T), "numpy": lambda: dy.T @ x}
         if torch is not None:
             dyt, xt = torch.from_numpy(dy), torch.from_numpy(x)
             v["torch"] = lambda: torch.mm(dyt.t(), xt)
-        _dense.matmul_tn(dy, x, out, T)
+        _core.matmul_tn(dy, x, out, T)
         np.testing.assert_allclose(out, dy.T @ x, rtol=1e-3, atol=1e-3)
     return v
 
@@ -232,7 +232,7 @@ def main(argv=None):
         "python": sys.version.split()[0], "numpy": np.__version__,
         "torch": torch.__version__ if torch is not None else None,
         "threadpoolctl": threadpoolctl is not None,
-        "simd": "avx512" if _dense.uses_avx512() else "portable",
+        "simd": "avx512" if (_core.dense_level() == 2) else "portable",
         "protocol": "blocked (each variant: warm-up >= 5 calls and 0.1 s, 0.2 s pause, "
                     "repeats back to back); OPENBLAS_THREAD_TIMEOUT="
                     + os.environ.get("OPENBLAS_THREAD_TIMEOUT", "")

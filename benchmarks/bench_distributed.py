@@ -14,7 +14,7 @@ and the step time of 2 ranks x 1 thread against 1 rank x 2 threads.
     python benchmarks/bench_distributed.py report DIR
 
 benchmarks/run_distributed.sh runs them all (under the exclusive CPU lock).
-Real MNIST batches (datasets.mnist()) for the MNIST MLP; Gaussian inputs and
+Real MNIST batches (mpdata.mnist()) for the MNIST MLP; Gaussian inputs and
 output gradients for the wide single layers (the kernel benchmarks' shapes).
 """
 import argparse
@@ -27,7 +27,7 @@ import time
 import numpy as np
 
 import meprop_cpu
-from meprop_cpu import datasets, kernels, nn, set_num_threads
+from meprop_cpu import data as mpdata, kernels, nn, set_num_threads
 from meprop_cpu.train import Trainer, build_optimizer
 
 MACHINE = ("shared 2-core VM (other jobs run beside the measurement unless the project's "
@@ -60,7 +60,7 @@ def cmd_exchange(args):
     comm = MPI.COMM_WORLD
     rank, size = comm.Get_rank(), comm.Get_size()
     set_num_threads(1)
-    mn = datasets.mnist()["train"]
+    mn = mpdata.mnist()["train"]
     rows = []
     for name, sizes, k, b in EXCHANGE_CONFIGS:
         model = _model(sizes, k)
@@ -123,7 +123,7 @@ def cmd_steps(args):
     if args.distributed:
         from meprop_cpu.distributed import Distributed
         dist = Distributed(exchange=args.exchange)
-    data = datasets.mnist()
+    data = mpdata.mnist()
     if args.max_train:
         X, y = data["train"]
         data = dict(data, train=(np.ascontiguousarray(X[:args.max_train]),
@@ -167,7 +167,7 @@ def cmd_apply(args):
     """Seconds to form + apply the global factored gradient of the MNIST MLP
     (group the gathered pairs, Adam on the touched rows), global batch N x 100."""
     set_num_threads(1)
-    X, y = datasets.mnist()["train"]
+    X, y = mpdata.mnist()["train"]
     rows = []
     for N in (1, 2, 4, 8, 16, 32, 64):
         B = 100 * N

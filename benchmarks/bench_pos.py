@@ -37,7 +37,7 @@ import numpy as np
 
 import meprop_cpu as mp
 from meprop_cpu import pos_data
-from meprop_cpu.tagger import FEATURE_DIM, N_FEATURES, PosTagger, Vocab, encode
+from meprop_cpu.tagging.model import FEATURE_DIM, N_FEATURES, PosTagger, Vocab, encode
 from meprop_cpu.train import build_optimizer
 
 CONLL_TRAIN_TOKENS = 203621
@@ -368,7 +368,7 @@ def train_torch(args):
 def tag_speed(args):
     """Time tagging the CoNLL-2003 test set with saved taggers (--models, files written
     by `meprop-cpu train --task pos --save-model`), interleaved, median of --rounds."""
-    from meprop_cpu.tagger import load_tagger
+    from meprop_cpu.tagging import load_tagger
     raw = pos_data.conll2003()
     models = {os.path.basename(f): load_tagger(f) for f in args.models.split(",")}
     enc = {n: encode(raw["test"], m.vocab) for n, m in models.items()}

@@ -29,7 +29,7 @@ os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 import numpy as np  # noqa: E402
 
 import meprop_cpu as mp  # noqa: E402
-from meprop_cpu import bench, datasets, fused, nn, optim  # noqa: E402
+from meprop_cpu import bench, data as mpdata, fused, nn, optim  # noqa: E402
 
 
 def _block(step, n):
@@ -89,7 +89,7 @@ def _torch(torch, X, y, B):
 
 
 def main():
-    X, y = datasets.mnist()["train"]
+    X, y = mpdata.mnist()["train"]
     try:
         import torch
     except ImportError:

@@ -42,7 +42,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 import meprop_cpu  # noqa: E402
-from meprop_cpu import datasets  # noqa: E402
+from meprop_cpu import data as mpdata  # noqa: E402
 from meprop_cpu import nn as mp_nn  # noqa: E402
 from meprop_cpu import optim as mp_optim  # noqa: E402
 from meprop_cpu import train as mp_train  # noqa: E402
@@ -443,7 +443,7 @@ def main(argv=None):
                    "meprop_cpu": meprop_cpu.__version__, "numpy": np.__version__,
                    "simd": meprop_cpu.show_config()["simd"], "load_start": loadavg(),
                    "git": git_rev(), "machine_note": "shared 2-core VM"}}
-    data = datasets.mnist() if parts & {"mnist", "profile"} else None
+    data = mpdata.mnist() if parts & {"mnist", "profile"} else None
     if "wide" in parts:
         print("wide layer ...", flush=True)
         res["wide"] = wide_part(args)

@@ -18,7 +18,7 @@ import time
 import numpy as np
 
 import meprop_cpu
-from meprop_cpu import datasets, fused, nn, optim
+from meprop_cpu import data as mpdata, fused, nn, optim
 from meprop_cpu._config import set_num_threads
 
 WIDTHS = [(500, 500, None), (474, 313, 160), (474, 313, None), (185, 243, 160), (131, 112, 160)]
@@ -27,7 +27,7 @@ WIDTHS = [(500, 500, None), (474, 313, 160), (474, 313, None), (185, 243, 160), 
 def main():
     threads = int(sys.argv[1]) if len(sys.argv) > 1 else 1
     set_num_threads(threads)
-    X, y = datasets.mnist()["train"]
+    X, y = mpdata.mnist()["train"]
     print(f"{meprop_cpu.__file__}, {threads} thread(s); microseconds per step (median)")
     print("| hidden | k | step | forward | backward | update |")
     print("|---|---:|---:|---:|---:|---:|")

@@ -62,7 +62,7 @@ import time          # noqa: E402
 import numpy as np   # noqa: E402
 
 import meprop_cpu as mp                                       # noqa: E402
-from meprop_cpu import datasets, nn                           # noqa: E402
+from meprop_cpu import data as mpdata, nn                           # noqa: E402
 from meprop_cpu.simplify import CycleSchedule, Simplifier     # noqa: E402
 from meprop_cpu.train import Trainer, build_optimizer         # noqa: E402
 
@@ -243,7 +243,7 @@ def main(argv=None):
     limits = threadpool_limits(args.threads) if threadpool_limits is not None else None
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     base = os.path.splitext(os.path.abspath(args.out))[0]
-    data = datasets.mnist()
+    data = mpdata.mnist()
     if args.max_train is not None:
         X, y = data["train"]
         data = dict(data, train=(np.ascontiguousarray(X[:args.max_train]), y[:args.max_train]))

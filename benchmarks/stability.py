@@ -26,7 +26,7 @@ import sys
 import time
 
 import meprop_cpu as mp
-from meprop_cpu import tta
+from meprop_cpu.bench import tta
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 

@@ -22,7 +22,7 @@ line per run on stdout, e.g.
 import sys, json, time, argparse
 import numpy as np
 import meprop_cpu as mp
-from meprop_cpu import nn, optim, datasets, train
+from meprop_cpu import data as mpdata, nn, optim, train
 
 class ProtoLinear(nn.Linear):
     def backward(self, dy):
@@ -99,7 +99,7 @@ if __name__ == "__main__":
                     help="the optimizer updates every row (sparse=False)")
     a = ap.parse_args()
     mp.set_num_threads(1)
-    data = datasets.mnist() if a.dataset == "mnist" else datasets.fashion_mnist()
+    data = mpdata.mnist() if a.dataset == "mnist" else mpdata.fashion_mnist()
     sizes = [784, 500, 500, 10]
     if a.dense:
         model = nn.MLP(sizes, k=None, mode="dense", dropout=a.dropout, seed=a.seed)

@@ -39,13 +39,13 @@ def worker(spec):
     import numpy as np
     import meprop_cpu as mp
     import meprop_cpu.nn
-    from meprop_cpu import datasets
-    from meprop_cpu.bench_contention import _meprop_cell
+    from meprop_cpu import data as mpdata
+    from meprop_cpu.bench.contention import _meprop_cell
     out = {"policy": mp.show_config()["omp_wait_policy"],
            "thread_choice": mp.show_config()["thread_choice"],
            "num_threads": mp.get_num_threads()}
     if spec["what"] == "train":
-        d = datasets.mnist()
+        d = mpdata.mnist()
         X, y = d["train"]
         n = spec["max_train"] or X.shape[0]
         d = dict(d, train=(np.ascontiguousarray(X[:n]), np.ascontiguousarray(y[:n])))
@@ -86,7 +86,7 @@ def run_child(spec, env_extra, threads):
 
 def measure(variants, specs, repeats, load, log):
     """variants: [(label, env, threads)]; specs: [(name, spec)]. Rotated order."""
-    from meprop_cpu.bench_contention import CompetingLoad
+    from meprop_cpu.bench.contention import CompetingLoad
     from meprop_cpu.bench import CpuMonitor
     res = {}
     cells = [(v, s) for s in specs for v in variants]

@@ -6,7 +6,7 @@ meprop_cpu.torch.MePropLinear, updated by meprop_cpu.torch.optim.Adam.
     python examples/torch_mnist.py --epochs 5 --k 40 --threads 2
     python examples/torch_mnist.py --dense            # the same model with nn.Linear + torch Adam
 
-MNIST comes from meprop_cpu.datasets.mnist() (cached after the first fetch).
+MNIST comes from meprop_cpu.data.mnist() (cached after the first fetch).
 Prints per epoch the training time, the training loss and the dev / test
 accuracy; at the end the model is turned back into plain nn.Linear layers
 (meprop_cpu.torch.revert) and its state dict saved with torch.save.
@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 import meprop_cpu
-from meprop_cpu import datasets
+from meprop_cpu import data as mpdata
 from meprop_cpu.torch import convert, optim, revert
 
 
@@ -50,7 +50,7 @@ def main(argv=None):
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    data = datasets.mnist()
+    data = mpdata.mnist()
     Xtr, ytr = (torch.from_numpy(a) for a in data["train"])
     if args.train_subset:
         Xtr, ytr = Xtr[:args.train_subset], ytr[:args.train_subset]

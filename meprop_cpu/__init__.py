@@ -10,8 +10,10 @@ try:
 finally:
     _omp_env.restore(_added)
     del _added
-from . import kernels
+from . import _compat, kernels
 from .kernels import RowGrad
+
+_compat.install()
 
 __all__ = ["__version__", "show_config", "set_num_threads", "get_num_threads",
            "openmp_enabled", "kernels", "RowGrad"]

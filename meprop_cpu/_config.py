@@ -2,7 +2,7 @@
 import os
 import warnings
 
-from . import _kernels, _omp_env
+from . import _core, _omp_env
 
 __all__ = ["show_config", "set_num_threads", "get_num_threads", "openmp_enabled"]
 
@@ -25,10 +25,10 @@ def _default_threads():
 
 # auto: no OMP_NUM_THREADS and no set_num_threads(n); a Trainer then chooses
 # its thread count from measured step times (see _thread_tuner)
-_state = {"threads": _default_threads() if _kernels.openmp_enabled() else 1,
+_state = {"threads": _default_threads() if _core.openmp_enabled() else 1,
           "auto": not os.environ.get("OMP_NUM_THREADS", "").strip()}
 
-if not _kernels.openmp_enabled():
+if not _core.openmp_enabled():
     warnings.warn("meprop_cpu was built without OpenMP: kernels run on one thread. "
                   "Rebuild with a compiler that supports -fopenmp (and without "
                   "MEPROP_NO_OPENMP) to use every core.", RuntimeWarning, stacklevel=2)
@@ -36,7 +36,7 @@ if not _kernels.openmp_enabled():
 
 def openmp_enabled():
     """True when the kernels were compiled with OpenMP."""
-    return _kernels.openmp_enabled()
+    return _core.openmp_enabled()
 
 
 def set_num_threads(n):
@@ -121,9 +121,9 @@ def show_config(print_out=False):
         "version": __version__,
         "openmp": openmp_enabled(),
         "num_threads": get_num_threads(),
-        "simd": _kernels.simd_level(),
+        "simd": _core.simd_name(),
         "blas": _blas_info(),
-        "parallel_min_work": _kernels.parallel_min_work(),
+        "parallel_min_work": _core.parallel_min_work(),
         "thread_choice": ("auto: Trainer picks from measured step times" if _auto_threads()
                           else "fixed (set_num_threads / OMP_NUM_THREADS)"),
         "omp_wait_policy": _omp_env.status(),

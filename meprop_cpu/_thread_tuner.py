@@ -12,7 +12,6 @@ threads cost about 1 % of the time; on a busy one it falls back to the count
 that is fastest there. The timings are means over windows of at least
 ``probe_s`` seconds, so a thread descheduled for a scheduler quantum shows.
 """
-import time
 
 __all__ = ["ThreadTuner", "candidates"]
 

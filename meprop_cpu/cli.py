@@ -19,132 +19,23 @@ with 784 features built in-process (no files, no network): a smoke test for
 the command line, not a benchmark.
 """
 import argparse
+import contextlib
 import os
 import sys
 
 import numpy as np
 
+from ._options import (CliError, _int_in, _nonneg_float, _Parser,
+                       _positive_float, _positive_int, _probability, _sizes)
+from .data.synthetic import DATASETS, N_CLASSES, N_FEATURES, load_dataset, synthetic_dataset
 from .nn import DEFAULT_MODE, MODES
 
 __all__ = ["main", "build_parser", "SUBCOMMANDS", "register_subcommand",
            "add_train_parser", "add_data_parser", "add_info_parser",
            "synthetic_dataset", "load_dataset", "DATASETS"]
 
-DATASETS = ("mnist", "fashion-mnist", "synthetic")
 PARSE_DATASETS = ("turkish-web", "conllu")   # --task parse (meprop_cpu.parsing.cli)
 POS_DATASETS = ("conll2003",)   # --task pos
-N_FEATURES, N_CLASSES = 784, 10
-
-
-class CliError(Exception):
-    """A bad option found after parsing: reported as a usage error (exit 2)."""
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse, but errors are one line on stderr (no usage block) and exit 2."""
-
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-
-
-# ------------------------------------------------------------------ data
-
-def synthetic_dataset(n_train=1000, n_dev=200, n_test=200, n_features=N_FEATURES,
-                      n_classes=N_CLASSES, seed=0):
-    """A seeded, well-separated classification problem shaped like MNIST.
-
-    Each class has a random prototype in [0, 1]^n_features; examples are the
-    prototype plus Gaussian noise. Returns the same dict as datasets.mnist().
-    """
-    rng = np.random.default_rng(seed)
-    protos = rng.random((n_classes, n_features), dtype=np.float32)
-    out = {}
-    for split, n in (("train", n_train), ("dev", n_dev), ("test", n_test)):
-        y = rng.integers(0, n_classes, size=n).astype(np.int64)
-        X = protos[y] + rng.normal(0.0, 0.35, size=(n, n_features)).astype(np.float32)
-        out[split] = (np.ascontiguousarray(X, dtype=np.float32), y)
-    return out
-
-
-def _has_mnist_files(d):
-    from . import datasets
-    return (os.path.isfile(d) or os.path.isfile(os.path.join(d, datasets.MNIST_PKL_NAME))
-            or any(os.path.exists(os.path.join(d, n)) or os.path.exists(os.path.join(d, n + ".gz"))
-                   for n in datasets.IDX_FILES.values()))
-
-
-def load_dataset(name, data_dir=None):
-    """{"train", "dev", "test"} for a data set name of DATASETS.
-
-    mnist: ``data_dir`` holding the IDX files or mnist.pkl.gz is read
-    directly; any other directory is used as the cache root (the file is
-    fetched into ``DIR/mnist/`` if missing). fashion-mnist: ``data_dir`` holds
-    the IDX files. Raises datasets.DataError.
-    """
-    from . import datasets
-    if name == "synthetic":
-        return synthetic_dataset()
-    if name == "mnist":
-        if data_dir is not None and _has_mnist_files(data_dir):
-            return datasets.mnist(data_dir)
-        return datasets.mnist(cache_dir=data_dir)
-    if name == "fashion-mnist":
-        return datasets.fashion_mnist(data_dir)
-    raise ValueError(f"unknown data set {name!r}; expected one of {DATASETS}")
-
-
-# ------------------------------------------------------------------ option types
-
-def _option_type(convert, ok, expected, range_expected=None):
-    """An argparse type: ``convert(text)``, then ``ok(value)``; otherwise the error
-    says what was expected (``range_expected`` for a value out of range)."""
-    range_expected = range_expected or expected
-
-    def parse(text):
-        try:
-            v = convert(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
-        if not ok(v):
-            raise argparse.ArgumentTypeError(f"expected {range_expected}, got {text}")
-        return v
-    return parse
-
-
-_positive_int = _option_type(int, lambda v: v >= 1, "an integer >= 1")
-_nonneg_int = _option_type(int, lambda v: v >= 0, "an integer >= 0")
-_positive_float = _option_type(float, lambda v: bool(np.isfinite(v)) and v > 0,
-                               "a number > 0", "a finite number > 0")
-_nonneg_float = _option_type(float, lambda v: bool(np.isfinite(v)) and v >= 0,
-                             "a number >= 0", "a finite number >= 0")
-_probability = _option_type(float, lambda v: 0.0 <= v < 1.0, "a number in [0, 1)")
-
-
-def _int_in(lo, hi):
-    """An option type: an integer in [lo, hi]."""
-    def parse(text):
-        try:
-            v = int(text)
-        except ValueError:
-            v = None
-        if v is None or not lo <= v <= hi:
-            raise argparse.ArgumentTypeError(f"expected an integer in [{lo}, {hi}], got {text!r}")
-        return v
-    return parse
-
-
-def _sizes(text):
-    parts = [p.strip() for p in text.split(",")]
-    try:
-        sizes = [int(p) for p in parts]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated integers like 784,500,500,10, got {text!r}") from None
-    if len(sizes) < 2:
-        raise argparse.ArgumentTypeError(f"expected at least two layer sizes, got {text!r}")
-    if any(s < 1 for s in sizes):
-        raise argparse.ArgumentTypeError(f"layer sizes must be >= 1, got {text!r}")
-    return sizes
 
 
 # ------------------------------------------------------------------ subcommands
@@ -304,6 +195,36 @@ class _Threads:
             self._blas.restore_original_limits()
 
 
+@contextlib.contextmanager
+def threads_option(n):
+    """``--threads N`` for the length of one command (None: leave the setting)."""
+    threads = _Threads(n) if n is not None else None
+    try:
+        yield
+    finally:
+        if threads is not None:
+            threads.restore()
+
+
+def fit_from_cli(args, parser, trainer, dist=None):
+    """``trainer.fit(resume=args.resume)`` for a ``train`` command of any task.
+    Returns ``(exit code, summary)``: 0 and the summary; 130 after Ctrl-C (the
+    command that resumes is printed); 1 for a bad run (NaN, unreadable file)."""
+    from .train import TrainingInterrupted
+    try:
+        return 0, trainer.fit(resume=args.resume)
+    except TrainingInterrupted as e:   # Ctrl-C: saved at a step boundary
+        if e.checkpoint is None:
+            print(f"{parser.prog}: {e}", file=sys.stderr)
+        else:
+            print(f"interrupted: checkpoint saved to {e.checkpoint}; resume with: "
+                  f"{_resume_command(args, e.checkpoint, dist)}", file=sys.stderr)
+        return 130, None
+    except (ValueError, FloatingPointError, OSError) as e:
+        print(f"{parser.prog}: error: {e}", file=sys.stderr)
+        return 1, None
+
+
 def _fmt_acc(v):
     return "  -  " if v is None else f"{v:5.2f}"
 
@@ -366,8 +287,8 @@ def run_train(args, parser):
         args.hidden = 500 if args.hidden is None else args.hidden[0]
         if args.dataset is None:
             args.dataset = "conll2003"
-        from .tagger_train import run_pos_train
-        return run_pos_train(args, parser, CliError, _Threads)
+        from .tagging.train import run_pos_train
+        return run_pos_train(args, parser, CliError)
     if args.dataset in POS_DATASETS:
         raise CliError(f"--dataset {args.dataset} is a POS corpus: use --task pos")
     if args.task == "parse" or (args.task is None and args.dataset in PARSE_DATASETS):
@@ -409,12 +330,11 @@ def _distributed(args, parser):
 
 
 def _run_train(args, parser, dist):
-    from . import datasets
+    from . import data as datasets
     from .nn import MLP
-    from .train import Trainer, TrainingInterrupted, build_optimizer
+    from .train import Trainer, build_optimizer
 
-    threads = _Threads(args.threads) if args.threads is not None else None
-    try:
+    with threads_option(args.threads):
         try:
             data = load_dataset(args.dataset, args.data_dir)
         except datasets.DataError as e:
@@ -451,26 +371,14 @@ def _run_train(args, parser, dist):
               f"{args.optimizer} lr {opt.lr:g}{' dense update' if args.dense_update else ''}, "
               f"batch {args.batch_size}, threads {get_num_threads()}"
               f"{f', {dist.size} ranks' if dist is not None else ''}", flush=True)
-        try:
-            summary = trainer.fit(resume=args.resume)
-        except TrainingInterrupted as e:   # Ctrl-C: saved at a step boundary
-            if e.checkpoint is None:
-                print(f"{parser.prog}: {e}", file=sys.stderr)
-            else:
-                print(f"interrupted: checkpoint saved to {e.checkpoint}; resume with: "
-                      f"{_resume_command(args, e.checkpoint, dist)}", file=sys.stderr)
-            return 130
-        except (ValueError, FloatingPointError, OSError) as e:
-            print(f"{parser.prog}: error: {e}", file=sys.stderr)
-            return 1
+        rc, summary = fit_from_cli(args, parser, trainer, dist)
+        if rc:
+            return rc
         for line in _summary_lines(summary):
             print(line)
         if dist is None or dist.rank == 0:   # every rank holds the same weights
             _save_model(args, model)
         return 0
-    finally:
-        if threads is not None:
-            threads.restore()
 
 
 INTERRUPT_CHECKPOINT = "meprop-cpu-interrupted.npz"   # Ctrl-C without --checkpoint
@@ -496,7 +404,7 @@ def _resume_command(args, path, dist=None):
 # ------------------------------------------------------------------ data / info
 
 def run_data(args, parser):
-    from . import datasets
+    from . import data as datasets
     try:
         data = load_dataset(args.name, args.data_dir)
     except datasets.DataError as e:
@@ -613,7 +521,7 @@ def add_simplify_parser(subparsers):
 
 
 def run_simplify(args, parser):
-    from . import datasets, nn
+    from . import data as datasets, nn
     from .train import model_from_checkpoint
     if not os.path.isfile(args.model):
         print(f"{parser.prog}: error: model file {args.model} does not exist", file=sys.stderr)

@@ -14,7 +14,7 @@ import argparse
 import sys
 import time
 
-from . import _config, datasets, nn, train
+from . import _config, data as datasets, nn, train
 
 __all__ = ["main", "equal_accuracy"]
 
@@ -68,7 +68,7 @@ def _plot(path, curves):
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        print(f"(no plot: matplotlib is not installed; pip install matplotlib)")
+        print("(no plot: matplotlib is not installed; pip install matplotlib)")
         return
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for name, c in curves:

@@ -60,13 +60,12 @@ pass, and elastic membership (resume needs the same number of ranks to be
 bit-identical).
 """
 import hashlib
-import os
 import sys
 import time
 
 import numpy as np
 
-from . import _kernels, kernels
+from . import _core, kernels
 from ._config import get_num_threads
 from .kernels import RowGrad, Workspace
 from .nn import Dropout, Linear
@@ -140,7 +139,7 @@ def _factored_layer(lin):
     """Whether lin's backward leaves its selection in (idx, val) (per-example top-k /
     random-k below the masked threshold): the gradient travels as factors."""
     return (lin.sparse and lin.mode in ("topk_dw", "topk", "random")
-            and not _kernels.backward_masked(lin.k, lin.n_out))
+            and not _core.backward_masked(lin.k, lin.n_out))
 
 
 class Distributed:

@@ -38,7 +38,7 @@ forward inputs (``Linear._x``, ``ReLU._y``), which only a following
 """
 import numpy as np
 
-from . import _step, nn, optim
+from . import _core, nn, optim
 from ._config import get_num_threads
 
 __all__ = ["FusedStep", "unsupported"]
@@ -176,7 +176,7 @@ class FusedStep:
                 layers[-1].update(drop_u=u, drop_p=drop.p)
                 self._draws.append((drop, u))
         threads = max(nthreads, self._plan.threads if self._plan is not None else 1)
-        self._plan = _step.MLPStep(layers, self.max_batch, threads)
+        self._plan = _core.MLPStep(layers, self.max_batch, threads)
         self._tracked = [lin for lin in lins if lin.track_hits]
         self._lins = lins
         self._drops = [d for _, d in groups if d is not None]
@@ -207,7 +207,7 @@ class FusedStep:
     def _finish(self, out, B, y, idx=None):
         st, loss, bad, layer, tf, tb, tu, th = out
         if st == 1:
-            raise nn._label_range_error(y if idx is None else y[idx], self._plan.n_classes)
+            raise nn.layers._label_range_error(y if idx is None else y[idx], self._plan.n_classes)
         if st == 3:
             raise FloatingPointError(f"Linear.backward: dy contains {bad} NaN/Inf value(s) "
                                      f"(layer {layer})")
@@ -221,9 +221,9 @@ class FusedStep:
         return loss, tf, tb, tu
 
     def step(self, x, y):
-        x = nn._check_input(x, self.model.modules[0].n_in, "FusedStep", "x")
+        x = nn.layers._check_input(x, self.model.modules[0].n_in, "FusedStep", "x")
         B = x.shape[0]
-        y = nn._check_labels(y, B)
+        y = nn.layers._check_labels(y, B)
         args = self._ready(B)
         if args is None:
             return None

@@ -14,7 +14,7 @@ import numbers
 
 import numpy as np
 
-from . import _dense, _kernels
+from . import _core
 from ._config import get_num_threads
 
 __all__ = ["RowGrad", "Workspace", "topk_rows", "topk_unified", "randk_rows",
@@ -69,7 +69,7 @@ class RowGrad:
     def values(self):
         if self._values is None:
             x, offsets, pair_b, pair_v, out = self._factors
-            _kernels.sparse_dw(x, self.rows.shape[0], offsets, pair_b, pair_v, out,
+            _core.sparse_dw(x, self.rows.shape[0], offsets, pair_b, pair_v, out,
                                get_num_threads())
             self._values, self._factors = out, None
         return self._values
@@ -188,9 +188,9 @@ def _check_finite(a, name):
 
 def topk_rows_into(g, k, idx, val, ws, nthreads):
     """Unchecked: per-row top-k of g into idx/val. Returns the non-finite count."""
-    heap = ws.get("heap", (nthreads * _kernels.thread_stride(_kernels.topk_ws_entries(k)),),
+    topk_ws = ws.get("topk_ws", (nthreads * _core.thread_stride(_core.topk_ws_entries(k)),),
                   np.int64)
-    return _kernels.topk_rows(g, k, idx, val, heap, nthreads)
+    return _core.topk_rows(g, k, idx, val, topk_ws, nthreads)
 
 
 def topk_rows(g, k, *, hits=None, threads=None):
@@ -219,15 +219,15 @@ def topk_rows(g, k, *, hits=None, threads=None):
         raise ValueError(f"g contains {bad} non-finite value(s) (NaN or Inf); "
                          "top-k selection needs finite gradients")
     if hits is not None:
-        _kernels.count_hits(idx, val, hits)
+        _core.count_hits(idx, val, hits)
     return idx, val
 
 
 def topk_unified_into(g, k, idx, ws, nthreads):
     """Unchecked: unified top-k of g into idx (k,). Returns the non-finite count."""
     colsum = ws.get("colsum", (g.shape[1],), np.float32)
-    heap = ws.get("heap", (_kernels.topk_ws_entries(k),), np.int64)
-    return _kernels.topk_unified(g, k, idx, colsum, heap, nthreads)
+    topk_ws = ws.get("topk_ws", (_core.topk_ws_entries(k),), np.int64)
+    return _core.topk_unified(g, k, idx, colsum, topk_ws, nthreads)
 
 
 def topk_unified(g, k, *, threads=None):
@@ -252,7 +252,7 @@ def randk_rows(B, n, k, seed, *, threads=None):
     k = _check_int(k, "k", 1, n)
     seed = _check_int(seed, "seed", 0, 2**64 - 1)
     idx = np.empty((B, k), dtype=np.int32)
-    _kernels.randk_rows(B, n, k, seed, idx, _threads(threads))
+    _core.randk_rows(B, n, k, seed, idx, _threads(threads))
     return idx
 
 
@@ -268,15 +268,15 @@ def sparse_backward_into(x, W, idx, val, ws, nthreads, need_dx=True, factored=Fa
     B, k = idx.shape
     n_out = W.shape[0]
     if method is None:
-        method = "masked" if _kernels.backward_masked(k, n_out) else "gather"
+        method = "masked" if _core.backward_masked(k, n_out) else "gather"
     if method == "masked":
         return _masked_backward_into(x, W, idx, val, ws, nthreads, need_dx)
     dx = None
     if need_dx:
         dx = ws.get("dx", (B, W.shape[1]), np.float32)
-        sel = ws.get("sel", (nthreads * _kernels.thread_stride(k),), np.int32)
-        coef = ws.get("coef", (nthreads * _kernels.thread_stride(k),), np.float32)
-        _kernels.sparse_dx(W, idx, val, dx, sel, coef, nthreads)
+        sel = ws.get("sel", (nthreads * _core.thread_stride(k),), np.int32)
+        coef = ws.get("coef", (nthreads * _core.thread_stride(k),), np.float32)
+        _core.sparse_dx(W, idx, val, dx, sel, coef, nthreads)
     return dx, sparse_dw_into(x, W.shape[0], idx, val, ws, nthreads, factored)
 
 
@@ -287,7 +287,7 @@ def _masked_backward_into(x, W, idx, val, ws, nthreads, need_dx):
     dyS = ws.get("dyS_masked", (B, n_out), np.float32)
     flag = ws.get("cursor", (n_out,), np.int32)
     rows = ws.get("rows", (min(n_out, B * k),), np.int32)
-    r = _kernels.scatter_pairs(idx, val, dyS, flag, rows)
+    r = _core.scatter_pairs(idx, val, dyS, flag, rows)
     return _masked_products_into(x, W, dyS, rows[:r], ws, nthreads, need_dx)
 
 
@@ -297,9 +297,9 @@ def _masked_products_into(x, W, dyS, rows, ws, nthreads, need_dx):
     dx = None
     if need_dx:
         dx = ws.get("dx", (B, n_in), np.float32)
-        _dense.matmul_nn(dyS, W, dx, nthreads)
+        _core.matmul_nn(dyS, W, dx, nthreads)
     full = ws.get("values_full", W.shape, np.float32)
-    _dense.matmul_tn(dyS, x, full, nthreads)
+    _core.matmul_tn(dyS, x, full, nthreads)
     values = ws.get("values", (rows.shape[0], n_in), np.float32)
     np.take(full, rows, axis=0, out=values)
     return dx, RowGrad(rows, values)
@@ -307,21 +307,21 @@ def _masked_products_into(x, W, dyS, rows, ws, nthreads, need_dx):
 
 def topk_masked_backward_into(x, W, dy, k, ws, nthreads, need_dx=True):
     """Unchecked per-example top-k backward in the masked form (for k > n_out / 4,
-    ``_kernels.backward_masked``): dy keeps each row's top-k entries, the rest
+    ``_core.backward_masked``): dy keeps each row's top-k entries, the rest
     is zeroed, and the two products run dense; no index list is made.
     Returns (bad, dx, RowGrad, counts): bad = the non-finite count of dy (the
     rest None when it is not 0); counts int32 (n_out,) = the examples whose
     selection holds neuron j with a non-zero value (what count_hits adds)."""
     B, n_out = dy.shape
     dyS = ws.get("dyS_masked", (B, n_out), np.float32)
-    mws = ws.get("mask_ws", (nthreads * _kernels.thread_stride(
-        _kernels.topk_mask_ws_floats(n_out)),), np.float32)
-    bad = _kernels.topk_mask_rows(dy, k, dyS, mws, nthreads)
+    mws = ws.get("mask_ws", (nthreads * _core.thread_stride(
+        _core.topk_mask_ws_floats(n_out)),), np.float32)
+    bad = _core.topk_mask_rows(dy, k, dyS, mws, nthreads)
     if bad:
         return bad, None, None, None
     counts = ws.get("mask_counts", (n_out,), np.int32)
     rows = ws.get("mask_rows", (n_out,), np.int32)
-    r = _kernels.mask_columns(dyS, counts, rows)
+    r = _core.mask_columns(dyS, counts, rows)
     dx, grad = _masked_products_into(x, W, dyS, rows[:r], ws, nthreads, need_dx)
     return 0, dx, grad, counts
 
@@ -338,7 +338,7 @@ def group_pairs_into(n_out, idx, val, ws):
     offsets = ws.get("offsets", (min(n_out, npairs) + 1,), np.int32)
     pair_b = ws.get("pair_b", (npairs,), np.int32)
     pair_v = ws.get("pair_v", (npairs,), np.float32)
-    r = _kernels.group_pairs(idx, val, n_out, cursor, rows, offsets, pair_b, pair_v)
+    r = _core.group_pairs(idx, val, n_out, cursor, rows, offsets, pair_b, pair_v)
     return r, rows, offsets, pair_b, pair_v
 
 
@@ -350,7 +350,7 @@ def sparse_dw_into(x, n_out, idx, val, ws, nthreads, factored=False):
     values = ws.get("values", (r, n_in), np.float32)
     if factored:
         return RowGrad._factored(rows[:r], x, offsets, pair_b, pair_v, values)
-    _kernels.sparse_dw(x, r, offsets, pair_b, pair_v, values, nthreads)
+    _core.sparse_dw(x, r, offsets, pair_b, pair_v, values, nthreads)
     return RowGrad(rows[:r], values)
 
 
@@ -419,9 +419,9 @@ def unified_backward_into(x, W, idx, dy, ws, nthreads, need_dx=True):
         Wk = ws.get("Wk", (k, n_in), np.float32)
         np.take(W, idx, axis=0, out=Wk)               # the k selected rows of W
         dx = ws.get("dx", (B, n_in), np.float32)
-        _dense.matmul_nn(dyS, Wk, dx, nthreads)
+        _core.matmul_nn(dyS, Wk, dx, nthreads)
     values = ws.get("values", (k, n_in), np.float32)
-    _dense.matmul_tn(dyS, x, values, nthreads)
+    _core.matmul_tn(dyS, x, values, nthreads)
     return dx, RowGrad(idx, values)
 
 
@@ -436,6 +436,6 @@ def dense_backward(x, W, dy, *, threads=None):
     nt = _threads(threads)
     dx = np.empty_like(x)
     gw = np.empty_like(W)
-    _dense.matmul_nn(dy, W, dx, nt)
-    _dense.matmul_tn(dy, x, gw, nt)
+    _core.matmul_nn(dy, W, dx, nt)
+    _core.matmul_tn(dy, x, gw, nt)
     return dx, RowGrad(None, gw)

@@ -21,7 +21,7 @@ import numbers
 
 import numpy as np
 
-from . import _kernels
+from . import _core
 from ._config import get_num_threads
 from .kernels import RowGrad, Workspace
 
@@ -171,13 +171,13 @@ class Optimizer:
             s1, s2 = self._state_views(st)
             if isinstance(v2, RowGrad):   # factored: gradient rows formed in the kernel
                 x, offsets, pair_b, pair_v, _ = v2._factors
-                gbuf = self._scratch.get("gbuf", (nt * _kernels.thread_stride(w2.shape[1]),),
+                gbuf = self._scratch.get("gbuf", (nt * _core.thread_stride(w2.shape[1]),),
                                          np.float32)
-                _kernels.optim_rows_factored(self._kind, w2, s1, s2, rows, r, x, offsets,
+                _core.optim_rows_factored(self._kind, w2, s1, s2, rows, r, x, offsets,
                                              pair_b, pair_v, gbuf, self.lr, mom, eps, b1, b2,
                                              self.weight_decay, self.clip, step_size, isb, nt)
                 continue
-            _kernels.optim_rows(self._kind, w2, s1, s2, rows, v2, r, self.lr, mom, eps, b1, b2,
+            _core.optim_rows(self._kind, w2, s1, s2, rows, v2, r, self.lr, mom, eps, b1, b2,
                                 self.weight_decay, self.clip, step_size, isb, nt)
 
     def _prepare(self, p):
@@ -201,7 +201,7 @@ class Optimizer:
             if g.factored and self.sparse and g._n_in == w2.shape[1]:
                 # a meProp backward's gradient: applied without forming its values
                 n = w2.shape[0]
-                if _kernels.check_rows(g.rows, n):
+                if _core.check_rows(g.rows, n):
                     raise ValueError(f"{who}.step: RowGrad rows of {name} must be strictly "
                                      f"ascending row indices in [0, {n})")
                 return w2, g.rows, g, g.rows.shape[0]
@@ -212,7 +212,7 @@ class Optimizer:
                     raise TypeError(f"{who}.step: RowGrad rows of {name} must be integers, "
                                     f"got {rows.dtype}")
                 if rows.dtype == np.int32 and rows.ndim == 1 and rows.flags.c_contiguous:
-                    bad = _kernels.check_rows(rows, n)   # one C pass (the common case)
+                    bad = _core.check_rows(rows, n)   # one C pass (the common case)
                 else:   # checked before any narrowing to int32 could wrap a value
                     bad = r and (rows[0] < 0 or rows[-1] >= n
                                  or (r > 1 and not (rows[1:] > rows[:-1]).all()))

@@ -73,7 +73,9 @@ import numbers
 
 import numpy as np
 
+from . import kernels
 from .nn import Linear
+from .nn.models import linears
 
 __all__ = ["Simplifier", "Schedule", "CycleSchedule", "EveryN", "select_keep", "compact",
            "hidden_layers"]
@@ -84,11 +86,7 @@ _logger = logging.getLogger("meprop_cpu.simplify")
 # ------------------------------------------------------------------ validation
 
 def _check_int(v, name, who, lo=1):
-    if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Integral):
-        raise TypeError(f"{who}: {name} must be an int, got {type(v).__name__} ({v!r})")
-    if int(v) < lo:
-        raise ValueError(f"{who}: {name} must be an int >= {lo}, got {v}")
-    return int(v)
+    return kernels._check_int(v, f"{who}: {name}", lo)
 
 
 def _check_rate(v, who):
@@ -138,10 +136,6 @@ def hidden_layers(model):
     return lin[:-1]
 
 
-def _linears(model):
-    return [m for m in getattr(model, "modules", []) if isinstance(m, Linear)]
-
-
 def compact(model, layer, keep, optimizer=None):
     """Physically keep only neurons ``keep`` of hidden Linear number ``layer``.
 
@@ -154,7 +148,7 @@ def compact(model, layer, keep, optimizer=None):
     Only valid for a model whose Linear layers are chained directly (through
     element-wise activations and dropout), as in :class:`~meprop_cpu.nn.MLP`.
     """
-    lins = _linears(model)
+    lins = linears(model)
     if not 0 <= layer < len(lins) - 1:
         raise ValueError(f"compact: layer must index a hidden Linear layer in "
                          f"[0, {len(lins) - 1}), got {layer}")
@@ -348,7 +342,7 @@ class Simplifier:
             raise ValueError(f"{who}: schedule must be a Schedule (CycleSchedule(...) or "
                              f"EveryN(n)), got {type(schedule).__name__}")
         self.schedule = schedule
-        lins = _linears(model)
+        lins = linears(model)
         if len(lins) < 2:
             raise ValueError(f"{who}: model must have at least one hidden Linear layer "
                              f"(found {len(lins)} Linear layers)")

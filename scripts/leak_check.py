@@ -55,8 +55,8 @@ def synthetic(n_train=1000, n_dev=200, n_features=784, n_classes=10, seed=0):
 
 
 def mnist_subset(n_train=1000):
-    from meprop_cpu import datasets
-    d = datasets.mnist(fetch=False)
+    from meprop_cpu import data as mpdata
+    d = mpdata.mnist(fetch=False)
     X, y = d["train"]
     Xd, yd = d["dev"]
     return {"train": (np.ascontiguousarray(X[:n_train]), y[:n_train].copy()),

@@ -53,9 +53,9 @@ fi
 cat > "$WORK/check_build.py" <<'PYEOF'
 import os, subprocess
 import meprop_cpu
-from meprop_cpu import _dense, _kernels, _step
+from meprop_cpu import _core
 here = os.path.realpath(os.getcwd())
-for mod in (_kernels, _dense, _step):
+for mod in (_core,):
     path = os.path.realpath(mod.__file__)
     assert path.startswith(here), f"{mod.__name__} comes from {path}, not the sanitizer build"
     syms = subprocess.run(["nm", "-D", path], capture_output=True, text=True).stdout
@@ -63,17 +63,17 @@ for mod in (_kernels, _dense, _step):
         assert needle in syms, f"{path} is not instrumented ({needle} missing)"
 simd = meprop_cpu.show_config()["simd"]
 if os.environ["MEPROP_EXPECT"] == "simd":
-    assert _kernels.avx512_paths() and _dense.simd_level() == 2, f"no AVX-512 paths ({simd})"
+    assert _core.avx512_paths() and _core.dense_level() == 2, f"no AVX-512 paths ({simd})"
 print(f"  instrumented build in {os.path.dirname(meprop_cpu.__file__)}: simd {simd}, "
-      f"AVX-512 kernels {_kernels.avx512_paths()}, dense level {_dense.simd_level()}")
+      f"AVX-512 kernels {_core.avx512_paths()}, dense level {_core.dense_level()}")
 PYEOF
 
 # optim_rows is an unchecked wrapper: row 4 of a 4-row array lies past its end
 cat > "$WORK/canary.py" <<'PYEOF'
 import numpy as np
-from meprop_cpu import _kernels
+from meprop_cpu import _core
 w = np.zeros((4, 3), np.float32)
-_kernels.optim_rows(0, w, None, None, np.array([4], np.int32), np.ones((1, 3), np.float32), 1,
+_core.optim_rows(0, w, None, None, np.array([4], np.int32), np.ones((1, 3), np.float32), 1,
                     0.1, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1)
 print("canary: the out-of-bounds write was NOT reported")
 PYEOF

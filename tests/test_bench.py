@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from meprop_cpu import bench, cli
+from meprop_cpu.bench import driver, end_to_end, environment, layers, plots, report
 from meprop_cpu.nn import MLP
 
 
@@ -41,7 +42,7 @@ class FakePools:
                 if n not in broken:
                     self.state[n] = k
                 return lambda: self.state.__setitem__(n, old)
-            out.append(bench._Control(n, lambda n=n: self.state[n], set_))
+            out.append(environment._Control(n, lambda n=n: self.state[n], set_))
         return out
 
 
@@ -71,7 +72,7 @@ def fake_e2e(label, impl, mode, k, batch, epoch_s, hidden_s, fwd_s=1.0, bwd_s=2.
             "label": label, "threads": threads, "epochs": 1, "n_train": 55000,
             "threads_applied": {"meprop_cpu": threads}, "repeats": [],
             "best_dev": test + 0.5, "test_at_best_dev": test, "final_hidden_sizes": [500, 500],
-            "optimizer": "x", "summary": bench._e2e_summary(per)}
+            "optimizer": "x", "summary": end_to_end._e2e_summary(per)}
 
 
 def fake_doc(name="bench_test"):
@@ -160,9 +161,9 @@ def test_every_variant_runs_with_the_same_thread_count():
             seen.setdefault(name, []).append(dict(pools.state))
             clock.advance(1.0)
         return f
-    fns = {bench._key("torch", None, "backward"): variant("torch"),
-           bench._key("dense", None, "backward"): variant("dense"),
-           bench._key("topk", 20, "backward"): variant("topk")}
+    fns = {layers._key("torch", None, "backward"): variant("torch"),
+           layers._key("dense", None, "backward"): variant("dense"),
+           layers._key("topk", 20, "backward"): variant("topk")}
     g = bench.run_layer_group(fns, 3, pools.controls(), repeats=5, warmup=2, clock=clock)
     assert set(seen) == {"torch", "dense", "topk"}
     for states in seen.values():
@@ -332,7 +333,7 @@ def test_argv_round_trip_for_the_relaunch():
                  ["--tta", "quick", "--seeds", "1,2", "--epochs", "3"],
                  []):
         a = p.parse_args(argv)
-        b = p.parse_args(bench._argv_from_args(p, a))
+        b = p.parse_args(driver._argv_from_args(p, a))
         assert vars(a) == vars(b)
 
 
@@ -352,7 +353,7 @@ def test_profiles():
     runs = m["e2e_runs"]
     assert {r["batch"] for r in runs} == {100} and any(r["impl"] == "torch" for r in runs)
     assert [r.get("prune_rate") for r in runs if r["mode"] == "mesimp"] == [None, 0.03]
-    assert [bench._label(r) for r in runs if r["mode"] == "mesimp"] == [
+    assert [end_to_end._label(r) for r in runs if r["mode"] == "mesimp"] == [
         "meSimp k=160", "meSimp k=160 prune 0.03"]
 
 
@@ -489,12 +490,12 @@ def test_plots_are_skipped_without_matplotlib(tmp_path, monkeypatch):
 
 def test_other_mesimp_logs_are_read_in_both_layouts():
     log = [[10, [400, 300]], [20, [350, 280]]]
-    assert bench._other_mesimp_logs({"runs": {"mesimp": {"sizes_log": log}}}) == [
+    assert plots._other_mesimp_logs({"runs": {"mesimp": {"sizes_log": log}}}) == [
         ("mesimp_mnist.json", log)]
-    got = bench._other_mesimp_logs({"runs": [{"seed": 0, "mesimp": {"sizes_log": log}},
+    got = plots._other_mesimp_logs({"runs": [{"seed": 0, "mesimp": {"sizes_log": log}},
                                              {"seed": 1, "mesimp": {}}]})
     assert got == [("mesimp_mnist.json, seed 0", log)]
-    assert bench._other_mesimp_logs({"runs": "x"}) == [] and bench._other_mesimp_logs(None) == []
+    assert plots._other_mesimp_logs({"runs": "x"}) == [] and plots._other_mesimp_logs(None) == []
 
 
 def test_plots_with_matplotlib(tmp_path):
@@ -531,7 +532,7 @@ def test_hidden_backward_timer_wraps_hidden_layers_only():
 
 
 def test_layer_variants_run_and_agree_with_numpy():
-    torch = bench._import_torch()
+    torch = environment._import_torch()
     ks = [3, 20]                           # 20 >= n_out: skipped
     fns = bench.layer_variants(4, 16, 12, ks, torch)
     keys = set(fns)
@@ -543,8 +544,8 @@ def test_layer_variants_run_and_agree_with_numpy():
     for f in fns.values():
         f()
     assert bench.check_layer_variants(4, 16, 12, ks, torch) == []
-    assert bench._parse_key("topk/k=3/step") == ("topk", 3, "step")
-    assert bench._parse_key("numpy/forward") == ("numpy", None, "forward")
+    assert layers._parse_key("topk/k=3/step") == ("topk", 3, "step")
+    assert layers._parse_key("numpy/forward") == ("numpy", None, "forward")
 
 
 def test_end_to_end_runs_on_a_tiny_problem():
@@ -560,7 +561,7 @@ def test_end_to_end_runs_on_a_tiny_problem():
     topk = bench.train_meprop(dict(run, mode="topk", k=4), data, 1, seed=0, warmup_steps=0,
                               sizes=sizes)
     assert topk["final_hidden_sizes"] == [16, 12]
-    torch = bench._import_torch()
+    torch = environment._import_torch()
     if torch is None:
         return
     theirs = bench.train_torch(torch, dict(run, impl="torch"), data, 2, seed=0, warmup_steps=2,
@@ -583,7 +584,7 @@ def test_repeated_end_to_end_runs_report_the_median_total():
     for t, r in zip(totals, rec["repeats"]):
         assert t == pytest.approx(sum(p["time_epoch"] for p in r["per_epoch"]))
     assert rec["total_time_train"] == sorted(totals)[1]
-    cell = bench._total_cell(rec)
-    assert cell.startswith(bench._fmt_t(sorted(totals)[1])) and "[" in cell
-    assert bench._total_cell({"total_time_train": 2.5}) == "2.50 s"
+    cell = report._total_cell(rec)
+    assert cell.startswith(report._fmt_t(sorted(totals)[1])) and "[" in cell
+    assert report._total_cell({"total_time_train": 2.5}) == "2.50 s"
     assert bench.profile("mesimp", nproc=2)["e2e_repeats"] == 3

@@ -11,7 +11,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from meprop_cpu import datasets as ds
+from meprop_cpu.data import images as ds
 
 N_TRAIN, N_VALID, N_TEST, DEV = 40, 12, 15, 10
 

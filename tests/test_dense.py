@@ -1,23 +1,23 @@
-"""Dense products (include/meprop/dense.h via meprop_cpu._dense) against float64
+"""Dense products (include/meprop/dense.h via meprop_cpu._core) against float64
 numpy references on every code path the CPU can run (AVX-512, AVX2+FMA,
 portable C), plus bit-identical results for any thread count and input
 alignment."""
 import numpy as np
 import pytest
 
-from meprop_cpu import _dense
+from meprop_cpu import _core
 
-MIN_WORK = _dense.dense_min_work()
+MIN_WORK = _core.dense_min_work()
 
 
 @pytest.fixture(params=[2, 1, 0], ids=["avx512", "avx2", "portable"])
 def simd_path(request):
     """Run on one code path (the level is capped; a CPU without AVX-512 or AVX2
     runs the next lower path, which is then tested twice)."""
-    old = _dense.set_simd_limit(request.param)
-    assert _dense.simd_level() <= request.param
+    old = _core.set_simd_limit(request.param)
+    assert _core.dense_level() <= request.param
     yield request.param
-    _dense.set_simd_limit(old)
+    _core.set_simd_limit(old)
 
 
 def _rand(rng, *shape):
@@ -61,19 +61,19 @@ def ref_tn(A, Bm):
 
 def linear(x, W, b, relu=False, nthreads=1):
     y = np.full((x.shape[0], W.shape[0]), np.nan, np.float32)
-    _dense.linear_forward(x, W, b, y, relu, nthreads)
+    _core.linear_forward(x, W, b, y, relu, nthreads)
     return y
 
 
 def nn(A, Bm, nthreads=1):
     C = np.full((A.shape[0], Bm.shape[1]), np.nan, np.float32)
-    _dense.matmul_nn(A, Bm, C, nthreads)
+    _core.matmul_nn(A, Bm, C, nthreads)
     return C
 
 
 def tn(A, Bm, nthreads=1):
     C = np.full((A.shape[1], Bm.shape[1]), np.nan, np.float32)
-    _dense.matmul_tn(A, Bm, C, nthreads)
+    _core.matmul_tn(A, Bm, C, nthreads)
     return C
 
 
@@ -324,19 +324,25 @@ def test_paths_agree_closely():
     A, Bm = _rand(rng, 33, 300), _rand(rng, 300, 70)
     outs = []
     for level in (2, 1, 0):
-        old = _dense.set_simd_limit(level)
+        old = _core.set_simd_limit(level)
         try:
             outs.append((linear(x, W, b), nn(A, Bm), tn(np.ascontiguousarray(A.T), Bm)))
         finally:
-            _dense.set_simd_limit(old)
+            _core.set_simd_limit(old)
     for other in outs[1:]:
         for got, ref in zip(other, outs[0]):
             np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
 
 
-def test_avx512_switch_caps_the_path():
-    old = _dense.set_avx512_disabled(True)
+def test_one_switch_caps_every_kernel():
+    """set_simd_limit is the extension's only switch: it caps the dense products
+    and the AVX-512 selection kernels alike, and refuses other levels."""
+    old = _core.set_simd_limit(1)
     try:
-        assert _dense.simd_level() <= 1
+        assert _core.dense_level() <= 1 and not _core.avx512_paths()
+        _core.set_simd_limit(0)
+        assert _core.dense_level() == 0 and not _core.avx512_paths()
+        with pytest.raises(ValueError, match="level"):
+            _core.set_simd_limit(3)
     finally:
-        _dense.set_avx512_disabled(old)
+        _core.set_simd_limit(old)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import meprop_cpu as mp
-from meprop_cpu import _dense
+from meprop_cpu import _core
 from meprop_cpu.nn import MLP
 from meprop_cpu.train import Trainer, build_optimizer
 
@@ -57,7 +57,7 @@ def test_the_work_is_large_enough_to_run_in_parallel():
     assert BATCH * 2048 * 2 >= min_work                 # top-k rows of the 2048-wide layer
     assert BATCH * 40 * 2048 >= min_work                # sparse dx of the 256-wide layer
     assert BATCH * 24 * N_IN >= min_work                # sparse dW of the first layer
-    assert BATCH * N_IN * 384 >= _dense.dense_min_work()   # forward products
+    assert BATCH * N_IN * 384 >= _core.dense_min_work()   # forward products
 
 
 @pytest.mark.parametrize("mode, opt_name, sparse, hidden, k", CASES)

@@ -3,14 +3,14 @@
 import numpy as np
 import pytest
 
-from meprop_cpu import _kernels, kernels
+from meprop_cpu import _core, kernels
 
 
 @pytest.fixture(params=[False, True], ids=["native", "portable"])
 def portable(request):
-    old = _kernels.set_avx512_disabled(request.param)
+    old = _core.set_simd_limit(0 if request.param else 2)
     yield request.param
-    _kernels.set_avx512_disabled(old)
+    _core.set_simd_limit(old)
 
 
 def _naive_topk(g, k):
@@ -43,13 +43,13 @@ def test_paths_agree_closely():
     g = rng.standard_normal((33, 190)).astype(np.float32)
     out = []
     for disabled in (False, True):
-        old = _kernels.set_avx512_disabled(disabled)
+        old = _core.set_simd_limit(0 if disabled else 2)
         try:
             idx, val = kernels.topk_rows(g, 17)
             dx, grad = kernels.sparse_backward(x, W, idx, val)
             out.append((idx, dx, grad.to_dense(190)))
         finally:
-            _kernels.set_avx512_disabled(old)
+            _core.set_simd_limit(old)
     assert np.array_equal(out[0][0], out[1][0])
     np.testing.assert_allclose(out[0][1], out[1][1], rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(out[0][2], out[1][2], rtol=1e-5, atol=1e-5)

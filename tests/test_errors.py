@@ -21,7 +21,8 @@ import numpy as np
 import pytest
 
 import meprop_cpu as mp
-from meprop_cpu import cli, datasets as ds, kernels as K, nn, optim, train
+from meprop_cpu import cli, kernels as K, nn, optim, train
+from meprop_cpu.data import images as ds
 from meprop_cpu.kernels import RowGrad
 from meprop_cpu.nn import MLP, Linear, Parameter
 from meprop_cpu.train import Trainer, build_optimizer, read_checkpoint

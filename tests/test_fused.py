@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import meprop_cpu as mp
-from meprop_cpu import _dense, _kernels, _step, fused, nn, optim
+from meprop_cpu import _core, fused, nn, optim
 from meprop_cpu.simplify import CycleSchedule, Simplifier
 from meprop_cpu.train import Trainer
 
@@ -92,14 +92,12 @@ def test_fused_unified_topk_with_hits_and_mesimp():
 
 
 def test_fused_step_is_bit_identical_on_the_portable_kernels():
-    mods = (_kernels, _dense, _step)
-    old = [m.set_avx512_disabled(True) for m in mods]
+    old = _core.set_simd_limit(0)
     try:
         a = _train(True, k=5)
         b = _train(False, k=5)
     finally:
-        for m, o in zip(mods, old):
-            m.set_avx512_disabled(o)
+        _core.set_simd_limit(old)
     _assert_same(a, b)
 
 
@@ -317,18 +315,18 @@ def test_mlpstep_checks_its_arguments():
     b = np.zeros(4, np.float32)
     layer = dict(W=W, b=b, sW=[], sb=[], hits=None, k=0, relu=False, need_dx=False)
     with pytest.raises(ValueError, match="layers is empty"):
-        _step.MLPStep([], 4, 1)
+        _core.MLPStep([], 4, 1)
     with pytest.raises(ValueError, match="k must be in"):
-        _step.MLPStep([dict(layer, k=4)], 4, 1)
+        _core.MLPStep([dict(layer, k=4)], 4, 1)
     with pytest.raises(ValueError, match="last layer"):
-        _step.MLPStep([dict(layer, relu=True)], 4, 1)
+        _core.MLPStep([dict(layer, relu=True)], 4, 1)
     with pytest.raises(ValueError, match="float32"):
-        _step.MLPStep([dict(layer, W=W.astype(np.float64))], 4, 1)
+        _core.MLPStep([dict(layer, W=W.astype(np.float64))], 4, 1)
     with pytest.raises(ValueError, match="sW"):
-        _step.MLPStep([dict(layer, sW=[np.zeros(3, np.float32)], sb=[b])], 4, 1)
+        _core.MLPStep([dict(layer, sW=[np.zeros(3, np.float32)], sb=[b])], 4, 1)
     with pytest.raises(TypeError, match="ndarray"):
-        _step.MLPStep([dict(layer, b=[0.0] * 4)], 4, 1)
-    s = _step.MLPStep([layer], 4, 1)
+        _core.MLPStep([dict(layer, b=[0.0] * 4)], 4, 1)
+    s = _core.MLPStep([layer], 4, 1)
     x, y = np.zeros((2, 3), np.float32), np.zeros(2, np.int64)
     args = (0, 0.1, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
     assert s.run(x, y, [0, 0], 1, *args)[0] == 0

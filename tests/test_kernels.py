@@ -25,18 +25,12 @@ MIN_WORK = mp.show_config()["parallel_min_work"]
 def simd_path(request):
     """Run every test twice: on the kernels this CPU dispatches to (AVX-512
     where available) and with the portable kernels forced."""
-    from meprop_cpu import _kernels
-    switch = getattr(_kernels, "set_avx512_disabled", None)
-    if request.param == "portable" and switch is None:
-        pytest.skip("this build has no switch to force the portable kernels")
-    if switch is None:
-        yield request.param
-        return
-    old = switch(request.param == "portable")
+    from meprop_cpu import _core
+    old = _core.set_simd_limit(0 if request.param == "portable" else 2)
     try:
         yield request.param
     finally:
-        switch(old)
+        _core.set_simd_limit(old)
 
 
 # ------------------------------------------------------------------ helpers
@@ -470,7 +464,7 @@ def test_sparse_backward_both_methods_match_the_reference(method, shape):
     # the rule picks by shape only
     dx0, g0 = K.sparse_backward(x, W, idx, val, threads=1)
     auto = "masked" if 4 * k > n_out else "gather"
-    assert K._kernels.backward_masked(k, n_out) == (auto == "masked")
+    assert K._core.backward_masked(k, n_out) == (auto == "masked")
     dx1, g1 = K.sparse_backward_into(x, W, idx, val, K.Workspace(), 2, method=auto)
     assert_bit_equal(dx0, dx1, "auto and explicit method")
     assert_bit_equal(g0.values, g1.values, "auto and explicit method")
@@ -806,7 +800,7 @@ def ref_topk_mask(g, k):
 
 
 def mask_ws(n, threads):
-    return np.zeros(threads * K._kernels.thread_stride(K._kernels.topk_mask_ws_floats(n)),
+    return np.zeros(threads * K._core.thread_stride(K._core.topk_mask_ws_floats(n)),
                     np.float32)
 
 
@@ -814,13 +808,13 @@ def check_topk_mask_rows(g, k, threads):
     B, n = g.shape
     g_before = g.copy()
     out = np.full((B, n), np.nan, dtype=np.float32)
-    assert K._kernels.topk_mask_rows(g, k, out, mask_ws(n, threads), threads) == 0
+    assert K._core.topk_mask_rows(g, k, out, mask_ws(n, threads), threads) == 0
     want = ref_topk_mask(g, k)
     assert_bit_equal(out, want, "masked top-k")
     assert_bit_equal(g, g_before, "g must not be modified")
     cnt = np.full(n, -1, np.int32)
     rows = np.full(n, -1, np.int32)
-    r = K._kernels.mask_columns(out, cnt, rows)
+    r = K._core.mask_columns(out, cnt, rows)
     np.testing.assert_array_equal(cnt, np.count_nonzero(want, axis=0))
     np.testing.assert_array_equal(rows[:r], np.flatnonzero(np.any(want != 0, axis=0)))
     ridx, rval = ref_topk_rows(g, k)
@@ -882,23 +876,23 @@ def test_topk_mask_rows_counts_non_finite_like_topk_rows(threads):
     val = np.empty((40, 200), np.float32)
     assert K.topk_rows_into(g, 200, idx, val, K.Workspace(), threads) == 3
     out = np.empty_like(g)
-    assert K._kernels.topk_mask_rows(g, 200, out, mask_ws(300, threads), threads) == 3
+    assert K._core.topk_mask_rows(g, 200, out, mask_ws(300, threads), threads) == 3
 
 
 def test_topk_mask_rows_checks_its_buffers():
     g = np.ones((4, 50), np.float32)
     out = np.empty((4, 50), np.float32)
     with pytest.raises(ValueError, match="ws"):
-        K._kernels.topk_mask_rows(g, 20, out, mask_ws(50, 1)[:100 - 1], 1)
+        K._core.topk_mask_rows(g, 20, out, mask_ws(50, 1)[:100 - 1], 1)
     with pytest.raises(ValueError, match="out"):
-        K._kernels.topk_mask_rows(g, 20, np.empty((4, 49), np.float32), mask_ws(50, 1), 1)
+        K._core.topk_mask_rows(g, 20, np.empty((4, 49), np.float32), mask_ws(50, 1), 1)
     with pytest.raises(ValueError, match="cnt"):
-        K._kernels.mask_columns(out, np.empty(49, np.int32), np.empty(50, np.int32))
+        K._core.mask_columns(out, np.empty(49, np.int32), np.empty(50, np.int32))
     for k in (0, 51):
         with pytest.raises(ValueError, match="k"):
-            K._kernels.topk_mask_rows(g, k, out, mask_ws(50, 1), 1)
+            K._core.topk_mask_rows(g, k, out, mask_ws(50, 1), 1)
     with pytest.raises(ValueError, match="shape"):
-        K._kernels.topk_mask_rows(np.ones((0, 50), np.float32), 20,
+        K._core.topk_mask_rows(np.ones((0, 50), np.float32), 20,
                                   np.empty((0, 50), np.float32), mask_ws(50, 1), 1)
 
 
@@ -1129,9 +1123,9 @@ def test_per_thread_scratch_is_padded_and_checked():
     """Each thread's slice of a scratch buffer starts >= 64 bytes past the end
     of the previous one (no false sharing); the raw wrappers refuse a buffer
     sized without the padding instead of writing past its end."""
-    from meprop_cpu import _kernels
+    from meprop_cpu import _core
     for n in (1, 15, 16, 17, 20, 784):
-        s = _kernels.thread_stride(n)
+        s = _core.thread_stride(n)
         assert s % 16 == 0 and s >= n + 16
     rng = np.random.default_rng(0)
     W = make_values(rng, (50, 30), "normal")
@@ -1140,20 +1134,20 @@ def test_per_thread_scratch_is_padded_and_checked():
     dx = np.empty((8, 30), np.float32)
     short = np.empty(2 * 5, np.int32)
     with pytest.raises(ValueError, match="sel_ws has 10 entries"):
-        _kernels.sparse_dx(W, idx, val, dx, short, np.empty(2 * 5, np.float32), 2)
-    st = _kernels.thread_stride(5)
+        _core.sparse_dx(W, idx, val, dx, short, np.empty(2 * 5, np.float32), 2)
+    st = _core.thread_stride(5)
     with pytest.raises(ValueError, match="coef_ws"):
-        _kernels.sparse_dx(W, idx, val, dx, np.empty(2 * st, np.int32),
+        _core.sparse_dx(W, idx, val, dx, np.empty(2 * st, np.int32),
                            np.empty(2 * 5, np.float32), 2)
-    _kernels.sparse_dx(W, idx, val, dx, np.empty(2 * st, np.int32),
+    _core.sparse_dx(W, idx, val, dx, np.empty(2 * st, np.int32),
                        np.empty(2 * st, np.float32), 2)
-    with pytest.raises(ValueError, match="heap_ws"):
-        _kernels.topk_rows(g, 5, idx, val, np.empty(_kernels.topk_ws_entries(5), np.int64), 2)
+    with pytest.raises(ValueError, match="topk_ws"):
+        _core.topk_rows(g, 5, idx, val, np.empty(_core.topk_ws_entries(5), np.int64), 2)
     w = np.zeros((50, 30), np.float32)
     rows = np.array([1, 4], np.int32)
     offsets = np.array([0, 1, 2], np.int32)
     with pytest.raises(ValueError, match="gbuf"):
-        _kernels.optim_rows_factored(0, w, None, None, rows, 2, dx, offsets,
+        _core.optim_rows_factored(0, w, None, None, rows, 2, dx, offsets,
                                      np.array([0, 1], np.int32), np.ones(2, np.float32),
                                      np.empty(2 * 30, np.float32), 0.1, 0.0, 0.0, 0.0, 0.0,
                                      0.0, 0.0, 0.0, 0.0, 2)

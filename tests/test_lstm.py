@@ -1,4 +1,4 @@
-"""The LSTM layer (meprop_cpu.lstm, include/meprop/lstm.h) against the naive
+"""The LSTM layer (meprop_cpu.nn.lstm, include/meprop/lstm.h) against the naive
 float64 reference in tests/reference_lstm.py: forward, dense and meProp
 backward through time, a finite-difference check of the dense gradients,
 k >= h equal to dense, bit-identical results for 1 and 2 threads and for the
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 import meprop_cpu as mp
-from meprop_cpu import _lstm
-from meprop_cpu.lstm import LSTM
+from meprop_cpu import _core
+from meprop_cpu.nn import LSTM
 from meprop_cpu.optim import Adam
 
 from reference_lstm import lstm_backward, lstm_forward
@@ -129,13 +129,13 @@ def test_threads_and_simd_paths_bit_identical(k):
     results = {}
     try:
         for level in (2, 0):
-            prev = _lstm.set_simd_limit(level)
+            prev = _core.set_simd_limit(level)
             try:
                 for nt in (1, 2):
                     mp.set_num_threads(nt)
                     results[level, nt] = _run(_layer(190, 256, k=k, seed=1), X, dH)
             finally:
-                _lstm.set_simd_limit(prev)
+                _core.set_simd_limit(prev)
     finally:
         mp.set_num_threads(old)
     for level in (2, 0):

@@ -199,14 +199,14 @@ def _splitmix_at(key, i):
 
 
 def test_dropout_uniforms_match_the_reference_generator():
-    from meprop_cpu import _kernels
+    from meprop_cpu import _core
     for key, counter in ((0, 0), (12345, 7), (2 ** 64 - 1, 2 ** 40 + 3)):
         out = np.empty(37, np.float32)
-        _kernels.uniform_f32(key, counter, out)
+        _core.uniform_f32(key, counter, out)
         want = [(_splitmix_at(key, (counter + e) % 2 ** 64) >> 40) / 2 ** 24 for e in range(37)]
         assert out.tolist() == want
     big = np.empty(200_000, np.float32)
-    _kernels.uniform_f32(99, 0, big)
+    _core.uniform_f32(99, 0, big)
     assert big.min() >= 0.0 and big.max() < 1.0
     assert np.all(big * 2 ** 24 == np.floor(big * 2 ** 24))
     assert abs(big.mean() - 0.5) < 0.005 and abs((big < 0.2).mean() - 0.2) < 0.005
@@ -214,7 +214,7 @@ def test_dropout_uniforms_match_the_reference_generator():
     parts = [np.empty(n, np.float32) for n in (5, 1000, 3)]
     c = 0
     for part in parts:
-        _kernels.uniform_f32(99, c, part)
+        _core.uniform_f32(99, c, part)
         c += part.size
     assert np.array_equal(np.concatenate(parts), big[:1008])
 

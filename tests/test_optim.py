@@ -252,10 +252,10 @@ def test_optimizer_applies_factored_gradient_like_the_eager_one(opt_cls, kw, thr
     to forming the gradient first, over several steps, on both SIMD paths
     (big: enough work for the parallel loop)."""
     shape = dict(B=100, n_in=300, n_out=200, k=20) if big else {}
-    from meprop_cpu import _kernels
+    from meprop_cpu import _core
     old_threads = mp.get_num_threads()
     for portable in (False, True):
-        old = _kernels.set_avx512_disabled(portable)
+        old = _core.set_simd_limit(0 if portable else 2)
         mp.set_num_threads(threads)
         try:
             results = []
@@ -275,7 +275,7 @@ def test_optimizer_applies_factored_gradient_like_the_eager_one(opt_cls, kw, thr
             for a, b in zip(results[0][1], results[1][1]):
                 assert a.tobytes() == b.tobytes()
         finally:
-            _kernels.set_avx512_disabled(old)
+            _core.set_simd_limit(old)
             mp.set_num_threads(old_threads)
 
 

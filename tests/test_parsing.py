@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import meprop_cpu as mp
-from meprop_cpu import cli as mpcli, datasets
+from meprop_cpu import cli as mpcli, data as datasets
 from meprop_cpu.parsing import conllu, data, transition as tr
 from meprop_cpu.parsing.model import Parser, ParserNet, PrecomputedNet, load_parser
 from meprop_cpu.parsing.train import ParserTrainer

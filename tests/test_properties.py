@@ -6,7 +6,7 @@ magnitudes):
 * the optimizer row kernels (SGD, momentum, AdaGrad, Adam; clip, weight decay;
   row-sparse and dense updates) against float32 numpy in the kernel's order:
   bit for bit, rows outside the gradient untouched, 1 and 2 threads equal;
-* the dense products of meprop_cpu._dense (forward with bias / ReLU, A @ B,
+* the dense products of meprop_cpu._core (forward with bias / ReLU, A @ B,
   A.T @ B) against float64 numpy within the float32 summation bound, on every
   SIMD path, 1 and 2 threads bit-identical;
 * unified and dense backward against the float64 references of reference.py;
@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import meprop_cpu as mp
-from meprop_cpu import _dense, kernels as K, nn, optim
+from meprop_cpu import _core, kernels as K, nn, optim
 from meprop_cpu.kernels import RowGrad
 
 from reference import assert_close_sum, ref_dense_backward, ref_topk_rows
@@ -184,28 +184,28 @@ def dense_case(draw):
 
 
 def _on_path(level, f, *args):
-    old = _dense.set_simd_limit(level)
+    old = _core.set_simd_limit(level)
     try:
         return f(*args)
     finally:
-        _dense.set_simd_limit(old)
+        _core.set_simd_limit(old)
 
 
 def _forward(x, W, b, relu, nt):
     y = np.full((x.shape[0], W.shape[0]), np.nan, np.float32)
-    _dense.linear_forward(x, W, b, y, relu, nt)
+    _core.linear_forward(x, W, b, y, relu, nt)
     return y
 
 
 def _nn(A, Bm, nt):
     C = np.full((A.shape[0], Bm.shape[1]), np.nan, np.float32)
-    _dense.matmul_nn(A, Bm, C, nt)
+    _core.matmul_nn(A, Bm, C, nt)
     return C
 
 
 def _tn(A, Bm, nt):
     C = np.full((A.shape[1], Bm.shape[1]), np.nan, np.float32)
-    _dense.matmul_tn(A, Bm, C, nt)
+    _core.matmul_tn(A, Bm, C, nt)
     return C
 
 

@@ -94,7 +94,7 @@ def main():
             print("W", flush=True)          # tells the parent a write starts now
             return savez(SlowFile(f), **arrays)
 
-        train.np.savez = slow_savez
+        np.savez = slow_savez
     t = build(ckpt, epochs)
     t.fit(resume=ckpt if os.path.exists(ckpt) else None)
     print("DONE", flush=True)

@@ -17,16 +17,12 @@ from toydata import blobs
 
 @pytest.fixture(autouse=True, scope="module", params=["native", "portable"])
 def simd_path(request):
-    from meprop_cpu import _dense, _kernels, _step
-    mods = [m for m in (_kernels, _dense, _step) if hasattr(m, "set_avx512_disabled")]
-    if request.param == "portable" and not mods:
-        pytest.skip("this build has no switch to force the portable kernels")
-    old = [m.set_avx512_disabled(request.param == "portable") for m in mods]
+    from meprop_cpu import _core
+    old = _core.set_simd_limit(0 if request.param == "portable" else 2)
     try:
         yield request.param
     finally:
-        for m, o in zip(mods, old):
-            m.set_avx512_disabled(o)
+        _core.set_simd_limit(old)
 
 
 def _layer_pair(n_in, n_out, k, seed=1):

@@ -7,10 +7,10 @@ import os
 import numpy as np
 import pytest
 
-from meprop_cpu import pos_data
+from meprop_cpu.data import pos as pos_data
 from meprop_cpu.cli import main
 from meprop_cpu.datasets import ChecksumError, DataError, DataFormatError
-from meprop_cpu.tagger import PosTagger, PosTrainer, Vocab, encode, load_tagger, token_features
+from meprop_cpu.tagging import PosTagger, PosTrainer, Vocab, encode, load_tagger, token_features
 from meprop_cpu.train import build_optimizer
 
 CONLL = """-DOCSTART- -X- -X- O
@@ -239,7 +239,7 @@ def test_real_conll2003_short_run():
 
 
 def test_compact_lstm_keeps_the_function():
-    from meprop_cpu.tagger_simplify import compact_lstm
+    from meprop_cpu.tagging.simplify import compact_lstm
     v = Vocab.build(SENTS)
     m = PosTagger(v, hidden=12, k=2, seed=4)
     drop = [1, 5, 11]

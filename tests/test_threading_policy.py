@@ -14,7 +14,7 @@ import pytest
 import meprop_cpu as mp
 from meprop_cpu import _config, _omp_env
 from meprop_cpu._thread_tuner import ThreadTuner, candidates
-from meprop_cpu.bench_contention import CompetingLoad
+from meprop_cpu.bench.contention import CompetingLoad
 
 
 def _child(env_extra, code):
@@ -216,9 +216,11 @@ def test_competing_load_is_bounded_and_stopped():
 
 
 def test_contention_summary_and_report():
+    import argparse
+
     from meprop_cpu import bench
-    from meprop_cpu.bench_contention import render_markdown, summary
-    p = bench.argparse.ArgumentParser()
+    from meprop_cpu.bench.contention import render_markdown, summary
+    p = argparse.ArgumentParser()
     bench.add_arguments(p)
     a = p.parse_args(["--contention", "--load-procs", "2", "--max-train", "500"])
     assert a.profile == "contention" and a.load_procs == 2 and a.torch_cap == 20.0

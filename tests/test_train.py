@@ -303,7 +303,7 @@ def test_failing_save_leaves_previous_checkpoint_intact(tmp_path, monkeypatch):
     t.fit()
     good = ckpt.read_bytes()
     t.epochs = 2
-    monkeypatch.setattr(train.np, "savez", _fail_halfway)
+    monkeypatch.setattr(np, "savez", _fail_halfway)
     with pytest.raises(OSError, match="disk full"):
         t.fit()
     monkeypatch.undo()
@@ -324,7 +324,7 @@ def test_interrupted_save_keeps_checkpoint(tmp_path, monkeypatch):
         f.write(b"x" * 100)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(train.np, "savez", interrupted)
+    monkeypatch.setattr(np, "savez", interrupted)
     with pytest.raises(KeyboardInterrupt):
         t.save_checkpoint()
     assert ckpt.read_bytes() == good and os.listdir(tmp_path) == ["c.npz"]

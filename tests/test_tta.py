@@ -1,11 +1,12 @@
-"""Time to accuracy (meprop_cpu.tta, bench --tta) and the demo's equal-accuracy
+"""Time to accuracy (meprop_cpu.bench.tta, bench --tta) and the demo's equal-accuracy
 comparison: curve bookkeeping, medians over seeds, the report, on toy data."""
 import json
 
 import numpy as np
 import pytest
 
-from meprop_cpu import bench, demo, tta
+from meprop_cpu import bench, demo
+from meprop_cpu.bench import tta
 
 from toydata import blobs
 

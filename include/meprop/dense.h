@@ -127,9 +127,8 @@ static void *mp_fwd_xbuf(const float *x, int64_t K, int64_t rows, int64_t wrows,
 
 /* ------------------------------------------------------------------------ */
 /* Run-time choice of the code path: 2 AVX-512 intrinsics, 1 AVX2+FMA
- * intrinsics, 0 portable C (its SIMD clones). mp_dense_simd_limit caps it
- * (tests use it to cover every path on one machine); mp_avx512_disabled
- * (parallel.h) also rules out level 2. */
+ * intrinsics, 0 portable C (its SIMD clones). parallel.h's mp_simd_limit
+ * caps it (tests use it to cover every path on one machine). */
 #if MP_HAVE_AVX512_INTRIN
 #define MP_DENSE_HAVE_AVX2 1
 #ifndef MP_TARGET_AVX2
@@ -144,11 +143,9 @@ static inline int mp_dense_cpu_avx2(void) {
 static inline int mp_dense_cpu_avx2(void) { return 0; }
 #endif
 
-static int mp_dense_simd_limit = 2;
-
 static inline int mp_dense_level(void) {
-    if (mp_dense_simd_limit >= 2 && mp_cpu_avx512()) return 2;
-    if (mp_dense_simd_limit >= 1 && mp_dense_cpu_avx2()) return 1;
+    if (mp_cpu_avx512()) return 2;
+    if (mp_simd_limit >= 1 && mp_dense_cpu_avx2()) return 1;
     return 0;
 }
 

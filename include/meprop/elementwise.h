@@ -11,6 +11,7 @@
 #include <math.h>
 #include <stdint.h>
 #include "parallel.h"
+#include "rng.h"
 
 /* Uniform floats for dropout from a counter-based generator: out[e] is draw
  * number counter + e of the splitmix64 sequence keyed by key (the 64-bit
@@ -19,13 +20,6 @@
  * whole state is (key, counter), any stretch of draws can be made
  * independently (the loop vectorises) and results cannot depend on how many
  * threads drew them. splitmix64 passes BigCrush; dropout needs far less. */
-static inline uint64_t mp_splitmix_at(uint64_t key, uint64_t i) {
-    uint64_t z = key + (i + 1) * 0x9E3779B97F4A7C15ULL;
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
-    return z ^ (z >> 31);
-}
-
 MP_SIMD_CLONES
 static void mp_uniform_f32(uint64_t key, uint64_t counter, int64_t n, float *MP_RESTRICT out) {
     for (int64_t e = 0; e < n; e++)

@@ -60,23 +60,26 @@ static inline int mp_team_size(int nthreads, int64_t work, int64_t units) {
 #define MP_UNLIKELY(x) (x)
 #endif
 
+/* The one SIMD switch of the whole extension: the highest code path the
+ * kernels may take (2 AVX-512, 1 AVX2+FMA, 0 portable C). Production leaves it
+ * at 2 (each kernel then takes the best path this CPU has); tests lower it to
+ * cover the other paths (meprop_cpu._core.set_simd_limit). */
+static int mp_simd_limit = 2;
+
 /* Hand-written AVX-512 paths (intrinsics in functions compiled for AVX-512
  * only), chosen at run time when the CPU has AVX-512 F/VL/BW/DQ. */
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(MEPROP_NO_DISPATCH)
 #include <immintrin.h>
 #define MP_HAVE_AVX512_INTRIN 1
 #define MP_TARGET_AVX512 __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,popcnt")))
-/* set to 1 to force the portable paths (tests use it to cover both) */
-static int mp_avx512_disabled = 0;
 static inline int mp_cpu_avx512(void) {
-    if (mp_avx512_disabled) return 0;
+    if (mp_simd_limit < 2) return 0;
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl")
         && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq");
 }
 #else
 #define MP_HAVE_AVX512_INTRIN 0
-static int mp_avx512_disabled = 0;
 static inline int mp_cpu_avx512(void) { return 0; }
 #endif
 

@@ -17,6 +17,7 @@
 #include <time.h>
 #include "parallel.h"
 #include "topk.h"
+#include "hits.h"
 #include "sparse_linear.h"
 #include "optim.h"
 #include "elementwise.h"
@@ -54,7 +55,7 @@ typedef struct {
     float *colsum;          /* (n_out,) unified: sum_b |dy| */
     float *wk;              /* (k, n_in) unified: the selected rows of W */
     int32_t *idx; float *val;                 /* (B, k) top-k pairs */
-    mp_entry *heap;   /* nthreads * mp_thread_stride(mp_topk_ws_entries(k)) */
+    mp_entry *topk_ws;   /* nthreads * mp_thread_stride(mp_topk_ws_entries(k)) */
     float *mws;       /* masked: nthreads * mp_thread_stride(mp_topk_mask_ws_floats(n_out)) */
     int32_t *sel; float *coef;                /* nthreads * mp_thread_stride(k) */
     int32_t *cursor, *rows, *offsets;         /* n_out, min(n_out, B k) (masked, or dense
@@ -202,7 +203,7 @@ static int mp_mlp_step(mp_step_layer *L, int nl, const float *x, const int64_t *
             }
         } else if (l->unified) {   /* as kernels.unified_backward_into */
             const int64_t k = l->k, n = l->n_out;
-            int64_t bad = mp_topk_unified(l->dy, B, n, k, l->idx, l->colsum, l->heap, nthreads);
+            int64_t bad = mp_topk_unified(l->dy, B, n, k, l->idx, l->colsum, l->topk_ws, nthreads);
             if (bad) { res->bad = bad; res->layer = i; return 3; }
             for (int64_t b = 0; b < B; b++)
                 for (int64_t t = 0; t < k; t++) l->dys[b * k + t] = l->dy[b * n + l->idx[t]];
@@ -231,7 +232,7 @@ static int mp_mlp_step(mp_step_layer *L, int nl, const float *x, const int64_t *
                              nthreads);
             mp_matmul_tn(l->dys, l->x, l->gw, n, B, l->n_in, nthreads);
         } else {
-            int64_t bad = mp_topk_rows(l->dy, B, l->n_out, l->k, l->idx, l->val, l->heap,
+            int64_t bad = mp_topk_rows(l->dy, B, l->n_out, l->k, l->idx, l->val, l->topk_ws,
                                        nthreads);
             if (bad) { res->bad = bad; res->layer = i; return 3; }
             if (l->hits) mp_count_hits(l->idx, l->val, B * l->k, l->hits);

@@ -454,18 +454,18 @@ static inline int mp_topk_use_avx512(void) {
 }
 
 /* Per-example top-k of g (B, n) by |g|.
- * IN  g (B, n), k in [1, n], heap_ws: nthreads * mp_thread_stride(mp_topk_ws_entries(k))
+ * IN  g (B, n), k in [1, n], topk_ws: nthreads * mp_thread_stride(mp_topk_ws_entries(k))
  *     entries
  * OUT idx (B, k) ascending per row, val (B, k) = g at idx
  * Returns the number of non-finite entries found (outputs then meaningless). */
 static int64_t mp_topk_rows(const float *g, int64_t B, int64_t n, int64_t k,
-                            int32_t *idx, float *val, mp_entry *heap_ws, int nthreads) {
+                            int32_t *idx, float *val, mp_entry *topk_ws, int nthreads) {
     int64_t bad = 0;
     int team = mp_team_size(nthreads, B * n * 8, B);   /* ~8 multiply-adds' worth per entry */
     const int avx512 = mp_topk_use_avx512();
     #pragma omp parallel num_threads(team) if (team > 1) reduction(+:bad)
     {
-        mp_entry *heap = heap_ws
+        mp_entry *ws = topk_ws
             + (int64_t)mp_omp_thread_num() * mp_thread_stride(mp_topk_ws_entries(k));
         #pragma omp for schedule(static)
         for (int64_t b = 0; b < B; b++) {
@@ -475,7 +475,7 @@ static int64_t mp_topk_rows(const float *g, int64_t B, int64_t n, int64_t k,
             /* the next row this thread takes (static schedule: b + 1 unless
              * b ends this thread's chunk, when the prefetch is merely wasted) */
             const float *next = b + 1 < B && n >= 1024 ? row + n : NULL;
-            int64_t rb = mp_topk_row(row, n, k, heap, oi, avx512, next);
+            int64_t rb = mp_topk_row(row, n, k, ws, oi, avx512, next);
             if (rb) {
                 /* NaN is never admitted, so fewer than k candidates may exist:
                  * keep the indices valid; the caller reports the error */
@@ -509,10 +509,10 @@ static int64_t mp_abs_colsum_block(const float *MP_RESTRICT g, int64_t B, int64_
 }
 
 /* Unified top-k: one index set for the batch, ranked by sum_b |g[b, j]|.
- * IN  g (B, n), k in [1, n]; colsum_ws n floats; heap_ws mp_topk_ws_entries(k) entries
+ * IN  g (B, n), k in [1, n]; colsum_ws n floats; topk_ws mp_topk_ws_entries(k) entries
  * OUT idx (k,) ascending. Returns the number of non-finite entries. */
 static int64_t mp_topk_unified(const float *g, int64_t B, int64_t n, int64_t k, int32_t *idx,
-                               float *colsum_ws, mp_entry *heap_ws, int nthreads) {
+                               float *colsum_ws, mp_entry *topk_ws, int nthreads) {
     int64_t bad = 0;
     const int64_t chunk = 512;
     int64_t nchunks = (n + chunk - 1) / chunk;
@@ -529,33 +529,8 @@ static int64_t mp_topk_unified(const float *g, int64_t B, int64_t n, int64_t k, 
     /* huge finite inputs can overflow a column sum to Inf; the selector counts
      * that as non-finite, but Inf still ranks above every finite sum, so the
      * result is meaningful and the count is ignored here */
-    (void)mp_topk_row(colsum_ws, n, k, heap_ws, idx, mp_topk_use_avx512(), NULL);
+    (void)mp_topk_row(colsum_ws, n, k, topk_ws, idx, mp_topk_use_avx512(), NULL);
     return 0;
-}
-
-/* Per-row random k-subset of range(n), ascending, by selection sampling
- * (Knuth's algorithm S). Row b's stream depends only on (seed, b), so the
- * result is the same for any thread count. */
-static inline uint64_t mp_splitmix64(uint64_t *s) {
-    uint64_t z = (*s += 0x9E3779B97F4A7C15ULL);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
-    return z ^ (z >> 31);
-}
-
-static void mp_randk_rows(int64_t B, int64_t n, int64_t k, uint64_t seed, int32_t *idx, int nthreads) {
-    int team = mp_team_size(nthreads, B * n * 8, B);
-    #pragma omp parallel for num_threads(team) if (team > 1) schedule(static)
-    for (int64_t b = 0; b < B; b++) {
-        uint64_t s = seed ^ (0xD1B54A32D192ED03ULL * (uint64_t)(b + 1));
-        (void)mp_splitmix64(&s);
-        int32_t *out = idx + b * k;
-        int64_t chosen = 0;
-        for (int64_t j = 0; j < n && chosen < k; j++) {
-            double u = (double)(mp_splitmix64(&s) >> 11) * (1.0 / 9007199254740992.0);
-            if ((double)(n - j) * u < (double)(k - chosen)) out[chosen++] = (int32_t)j;
-        }
-    }
 }
 
 /* out[0:n] = g where |g| > T and at the first `ties` entries with |g| == T,
@@ -692,32 +667,6 @@ static int64_t mp_topk_mask_rows(const float *g, int64_t B, int64_t n, int64_t k
     }
     (void)avx512;
     return bad;
-}
-
-/* For a masked gradient m (B, n): cnt[j] = the rows b with m[b, j] != 0, and
- * rows[0:r] = the columns j with cnt[j] > 0, ascending (the rows of W a
- * row-sparse update touches: those mp_scatter_pairs finds). Returns r. */
-MP_SIMD_CLONES
-static int64_t mp_mask_columns(const float *MP_RESTRICT m, int64_t B, int64_t n,
-                               int32_t *MP_RESTRICT cnt, int32_t *MP_RESTRICT rows) {
-    for (int64_t j = 0; j < n; j++) cnt[j] = 0;
-    for (int64_t b = 0; b < B; b++) {
-        const float *row = m + b * n;
-        for (int64_t j = 0; j < n; j++) cnt[j] += (row[j] != 0.0f);
-    }
-    int64_t r = 0;
-    for (int64_t j = 0; j < n; j++) {
-        rows[r] = (int32_t)j;
-        r += (cnt[j] > 0);
-    }
-    return r;
-}
-
-/* hits[j] += 1 for every selected (b, j) whose value is non-zero (serial:
- * B*k increments, and a shared counter array must not be raced on). */
-static void mp_count_hits(const int32_t *idx, const float *val, int64_t npairs, int64_t *hits) {
-    for (int64_t p = 0; p < npairs; p++)
-        if (val[p] != 0.0f) hits[idx[p]] += 1;
 }
 
 #endif

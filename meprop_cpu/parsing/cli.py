@@ -66,7 +66,7 @@ def _opt(args, key):
 
 
 def _load_treebank(args, CliError):
-    from ..datasets import DataError
+    from ..data import DataError
     from . import data
     if args.dataset == "conllu":
         if args.train is None or args.dev is None:
@@ -107,8 +107,8 @@ def _fmt(v):
 def run_train_parse(args, parser, CliError):
     from .. import cli
     from .._config import get_num_threads
-    from ..datasets import DataError
-    from ..train import TrainingInterrupted, build_optimizer
+    from ..data import DataError
+    from ..train import build_optimizer
     from .conllu import CoNLLUError
     from .model import Parser
     from .train import DEFAULT_BATCH_SIZE, ParserTrainer
@@ -122,8 +122,7 @@ def run_train_parse(args, parser, CliError):
         raise CliError("--sizes is for the MLP; the parser's hidden widths are --hidden")
     if args.batch_size is None:
         args.batch_size = DEFAULT_BATCH_SIZE
-    threads = cli._Threads(args.threads) if args.threads is not None else None
-    try:
+    with cli.threads_option(args.threads):
         try:
             tb = _load_treebank(args, CliError)
         except (DataError, CoNLLUError) as e:
@@ -171,19 +170,9 @@ def run_train_parse(args, parser, CliError):
               f"{'dense backprop' if dense else f'k {args.k} ({args.mode})'}, "
               f"{args.optimizer} lr {opt.lr:g}, batch {args.batch_size}, "
               f"threads {get_num_threads()}", flush=True)
-        try:
-            summary = trainer.fit(resume=args.resume)
-        except TrainingInterrupted as e:
-            if e.checkpoint is None:
-                print(f"{parser.prog}: {e}", file=sys.stderr)
-            else:
-                print(f"interrupted: checkpoint saved to {e.checkpoint}; resume with: "
-                      f"{cli._resume_command(args, e.checkpoint)}", file=sys.stderr)
-            return 130
-        except (ValueError, FloatingPointError, OSError) as e:
-            print(f"{parser.prog}: error: {e}", file=sys.stderr)
-            return 1
-        s = summary
+        rc, s = cli.fit_from_cli(args, parser, trainer)
+        if rc:
+            return rc
         print(f"best dev UAS {_fmt(s['best_dev'])} LAS {_fmt(s['dev_las_at_best_dev'])} (epoch "
               f"{s['best_epoch']})  test at best dev UAS {_fmt(s['test_at_best_dev'])} LAS "
               f"{_fmt(s['test_las_at_best_dev'])}")
@@ -198,9 +187,6 @@ def run_train_parse(args, parser, CliError):
             p.save(args.save_model)
             print(f"parser saved to {args.save_model} (hidden {p.net.hidden_sizes})")
         return 0
-    finally:
-        if threads is not None:
-            threads.restore()
 
 
 def add_parse_parser(subparsers):

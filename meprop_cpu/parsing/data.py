@@ -13,7 +13,7 @@
     Any treebank given as CoNLL-U files.
 
 Both return ``{"train": [Sentence], "dev": [...], "test": [...] or None}``.
-Errors: :class:`~meprop_cpu.datasets.DataError` (not found / not fetched,
+Errors: :class:`~meprop_cpu.data.DataError` (not found / not fetched,
 with how to provide the files by hand), ``ChecksumError``, and
 :class:`~meprop_cpu.parsing.conllu.CoNLLUError` (a ValueError) for malformed
 files.
@@ -27,7 +27,7 @@ import zipfile
 from pathlib import Path
 
 from .._io import atomic_write
-from ..datasets import ChecksumError, DataError, DataFormatError, cache_root
+from ..data import ChecksumError, DataError, DataFormatError, cache_root
 from .conllu import read_conllu
 
 __all__ = ["turkish_web", "conllu_files", "fetch_turkish", "turkish_cache_dir", "split_by_index",

@@ -20,12 +20,12 @@ import time
 
 import numpy as np
 
-from .. import _parse
+from .. import _core
 from .._config import get_num_threads
 from .._io import atomic_savez, read_npz
 from ..kernels import RowGrad, Workspace, _check_int
 from ..nn import DEFAULT_MODE as _NN_DEFAULT_MODE
-from ..nn import MLP, Cube, Dropout, Linear, Module, MODES, Parameter, ReLU, Sequential, Tanh
+from ..nn import Cube, Dropout, Linear, Module, MODES, Parameter, ReLU, Sequential, Tanh
 from . import transition as tr
 from .conllu import Sentence
 from .evaluate import attachment_scores
@@ -209,7 +209,7 @@ class PrecomputedNet:
         if net.config["activation"] not in _ACT_CODE:
             raise ValueError(f"PrecomputedNet: activation {net.config['activation']!r}")
         lins = net.linears
-        if len(lins) - 1 > _parse.MAX_LAYERS:
+        if len(lins) - 1 > _core.MAX_LAYERS:
             raise ValueError("PrecomputedNet: at most 8 layers after the first")
         emb = net.embedding
         d = emb.dim
@@ -247,7 +247,7 @@ class PrecomputedNet:
         self.emb = [tabs[t] for t in feat_table]
         Ws = [m.W.data for m in lins[1:]]
         bs = [m.b.data for m in lins[1:]]
-        self.view = _parse.NetView(self.emb, table, base, limits, self.W0T, self.b0,
+        self.view = _core.NetView(self.emb, table, base, limits, self.W0T, self.b0,
                                    _ACT_CODE[net.config["activation"]], Ws, bs, fold)
         self.n_labels = net.config["n_labels"]
         self.vocab_sizes = [t.shape[0] for t in tabs]

@@ -8,15 +8,13 @@ one, e.g. the expanded gradient of ``y.sum()``). The gradients are written
 into freshly allocated tensors, so they stay valid however autograd or the
 optimizer keeps them.
 """
-import math
-import numbers
 
 import numpy as np
 import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from .. import _dense, _kernels, kernels
+from .. import _core, kernels
 from .. import nn as _mp_nn
 
 __all__ = ["MePropLinear", "DEFAULT_MODE", "MODES", "FORWARDS"]
@@ -131,8 +129,8 @@ class MePropLinear(nn.Module):
                  sparse_grad=True, forward_impl="meprop", device=None, dtype=None):
         super().__init__()
         who = "MePropLinear"
-        self.in_features = _mp_nn._check_size(in_features, "in_features", who)
-        self.out_features = _mp_nn._check_size(out_features, "out_features", who)
+        self.in_features = _mp_nn.layers._check_size(in_features, "in_features", who)
+        self.out_features = _mp_nn.layers._check_size(out_features, "out_features", who)
         if device is not None and torch.device(device).type != "cpu":
             raise ValueError(f"{who}: device must be the CPU, got {device!r}")
         if dtype is not None and dtype != torch.float32:
@@ -161,7 +159,7 @@ class MePropLinear(nn.Module):
     def __setattr__(self, name, value):
         who = "MePropLinear"
         if name == "k":
-            value = _mp_nn._check_k(value, None, who)
+            value = _mp_nn.layers._check_k(value, None, who)
         elif name == "mode":
             value = DEFAULT_MODE if value is None else value
             if value not in MODES:
@@ -231,7 +229,7 @@ class MePropLinear(nn.Module):
             return nn.functional.linear(x.detach(), w.detach(),
                                         None if b is None else b.detach())
         y = torch.empty(x.shape[0], self.out_features, dtype=torch.float32)
-        _dense.linear_forward(_np(x), _np(w), None if b is None else _np(b), _np(y), False,
+        _core.linear_forward(_np(x), _np(w), None if b is None else _np(b), _np(y), False,
                               torch.get_num_threads())
         return y
 
@@ -251,11 +249,11 @@ class MePropLinear(nn.Module):
         dxn = _np(dx) if need_dx else None
         if not self.sparse:
             if need_dx:
-                _dense.matmul_nn(dyn, wn, dxn, nt)
+                _core.matmul_nn(dyn, wn, dxn, nt)
             gw = None
             if need_dw:
                 full = torch.empty(n_out, n_in, dtype=torch.float32)
-                _dense.matmul_tn(dyn, xn, _np(full), nt)
+                _core.matmul_tn(dyn, xn, _np(full), nt)
                 gw = self._weight_grad(None, full)
             if self.track_hits:
                 self.hits += np.count_nonzero(dyn, axis=0)
@@ -265,7 +263,7 @@ class MePropLinear(nn.Module):
             # the weight gradient of mode "topk", the exact input gradient (as
             # nn.Linear's mode "topk_dw": docs/stability.md)
             if need_dx:
-                _dense.matmul_nn(dyn, wn, dxn, nt)
+                _core.matmul_nn(dyn, wn, dxn, nt)
             object.__setattr__(self, "mode", "topk")
             try:
                 _, gw, db = self._backward(x, w, dy, False, need_dw, need_db)
@@ -283,26 +281,26 @@ class MePropLinear(nn.Module):
             if need_dx:
                 Wk = ws.get("Wk", (k, n_in), np.float32)
                 np.take(wn, idx, axis=0, out=Wk)
-                _dense.matmul_nn(dyS, Wk, dxn, nt)
+                _core.matmul_nn(dyS, Wk, dxn, nt)
             gw = None
             if need_dw:
                 values = torch.empty(k, n_in, dtype=torch.float32)
-                _dense.matmul_tn(dyS, xn, _np(values), nt)
+                _core.matmul_tn(dyS, xn, _np(values), nt)
                 gw = self._weight_grad(idx, values)
             if self.track_hits:
                 self.hits[idx] += np.count_nonzero(dyS, axis=0)
                 self.seen += B
             return dx, gw, db
-        masked = _kernels.backward_masked(k, n_out)
+        masked = _core.backward_masked(k, n_out)
         if self.mode == "topk" and masked:
             # k > n_out / 4: dense products on dy with the unselected entries zeroed
             dyS = ws.get("dyS_masked", (B, n_out), np.float32)
-            mws = ws.get("mask_ws", (nt * _kernels.thread_stride(
-                _kernels.topk_mask_ws_floats(n_out)),), np.float32)
-            _raise_nonfinite(_kernels.topk_mask_rows(dyn, k, dyS, mws, nt))
+            mws = ws.get("mask_ws", (nt * _core.thread_stride(
+                _core.topk_mask_ws_floats(n_out)),), np.float32)
+            _raise_nonfinite(_core.topk_mask_rows(dyn, k, dyS, mws, nt))
             counts = ws.get("mask_counts", (n_out,), np.int32)
             rows = ws.get("mask_rows", (n_out,), np.int32)
-            r = _kernels.mask_columns(dyS, counts, rows)
+            r = _core.mask_columns(dyS, counts, rows)
             if self.track_hits:
                 self.hits += counts
                 self.seen += B
@@ -316,32 +314,32 @@ class MePropLinear(nn.Module):
                 self._rand_seed = int(torch.randint(0, 2**62, (1,), device="cpu").item())
             seed = (self._rand_seed + self._rand_calls) % 2**64
             self._rand_calls += 1
-            _kernels.randk_rows(B, n_out, k, seed, idx, nt)
+            _core.randk_rows(B, n_out, k, seed, idx, nt)
             val[...] = np.take_along_axis(dyn, idx, axis=1)
         if self.track_hits:
-            _kernels.count_hits(idx, val, self.hits)
+            _core.count_hits(idx, val, self.hits)
             self.seen += B
         if masked:   # random mode, large k: scatter the pairs, then dense products
             dyS = ws.get("dyS_masked", (B, n_out), np.float32)
             flag = ws.get("cursor", (n_out,), np.int32)
             rows = ws.get("rows", (min(n_out, B * k),), np.int32)
-            r = _kernels.scatter_pairs(idx, val, dyS, flag, rows)
+            r = _core.scatter_pairs(idx, val, dyS, flag, rows)
             return self._masked_products(xn, wn, dyS, rows[:r], dx, need_dw, nt) + (db,)
         if need_dx:
-            sel = ws.get("sel", (nt * _kernels.thread_stride(k),), np.int32)
-            coef = ws.get("coef", (nt * _kernels.thread_stride(k),), np.float32)
-            _kernels.sparse_dx(wn, idx, val, dxn, sel, coef, nt)
+            sel = ws.get("sel", (nt * _core.thread_stride(k),), np.int32)
+            coef = ws.get("coef", (nt * _core.thread_stride(k),), np.float32)
+            _core.sparse_dx(wn, idx, val, dxn, sel, coef, nt)
         gw = None
         if need_dw:
             r, rows, offsets, pair_b, pair_v = kernels.group_pairs_into(n_out, idx, val, ws)
             if self.sparse_grad:
                 values = torch.empty(r, n_in, dtype=torch.float32)
-                _kernels.sparse_dw(xn, r, offsets, pair_b, pair_v, _np(values), nt)
+                _core.sparse_dw(xn, r, offsets, pair_b, pair_v, _np(values), nt)
                 gw = self._weight_grad(rows[:r], values)
             else:
                 full = torch.zeros(n_out, n_in, dtype=torch.float32)
                 values = ws.get("values", (r, n_in), np.float32)
-                _kernels.sparse_dw(xn, r, offsets, pair_b, pair_v, values, nt)
+                _core.sparse_dw(xn, r, offsets, pair_b, pair_v, values, nt)
                 _np(full)[rows[:r]] = values
                 gw = full
         return dx, gw, db
@@ -349,11 +347,11 @@ class MePropLinear(nn.Module):
     def _masked_products(self, xn, wn, dyS, rows, dx, need_dw, nt):
         """dx = dyS W into ``dx`` (when given) and the weight gradient of dyS^T x on ``rows``."""
         if dx is not None:
-            _dense.matmul_nn(dyS, wn, _np(dx), nt)
+            _core.matmul_nn(dyS, wn, _np(dx), nt)
         if not need_dw:
             return dx, None
         full = torch.empty(self.out_features, self.in_features, dtype=torch.float32)
-        _dense.matmul_tn(dyS, xn, _np(full), nt)
+        _core.matmul_tn(dyS, xn, _np(full), nt)
         if not self.sparse_grad:
             return dx, full          # rows outside ``rows`` are exact zeros
         values = torch.from_numpy(np.take(_np(full), rows, axis=0))

@@ -27,7 +27,7 @@ import math
 import numpy as np
 import torch
 
-from .. import _kernels
+from .. import _core
 from ..optim import _ADAGRAD, _ADAM, _SGD, _check_float
 
 __all__ = ["Adam", "AdaGrad", "SGD"]
@@ -89,7 +89,7 @@ class _RowOptimizer(torch.optim.Optimizer):
                 raise ValueError(f"{who}.step: sparse gradient rows of {name} must lie in "
                                  f"[0, {n})")
             rows = rows64.astype(np.int32)
-            if _kernels.check_rows(rows, n):   # not strictly ascending: sum duplicates, sort
+            if _core.check_rows(rows, n):   # not strictly ascending: sum duplicates, sort
                 g = g.coalesce()
                 rows = _np(g._indices()[0]).astype(np.int32)
             values = g._values().contiguous()
@@ -198,7 +198,7 @@ class _RowOptimizer(torch.optim.Optimizer):
                 continue
             s1, s2 = self._views(p, st, group)
             lr, mom, eps, b1, b2, step_size, isb = self._args(group, step)
-            _kernels.optim_rows(self._kind, pv, s1, s2, rows, values, r, lr,
+            _core.optim_rows(self._kind, pv, s1, s2, rows, values, r, lr,
                                 mom, eps, b1, b2, group["weight_decay"], 0.0, step_size, isb, nt)
             if _increment_version is not None:   # autograd sees the in-place change
                 _increment_version(p)

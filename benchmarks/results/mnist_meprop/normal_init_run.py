@@ -13,11 +13,11 @@ import os, sys, json
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 import numpy as np
 import meprop_cpu as mp
-from meprop_cpu import nn, datasets
+from meprop_cpu import nn, data as mpdata
 from meprop_cpu.train import Trainer, build_optimizer
 mp.set_num_threads(1)
 seed = int(sys.argv[1]); tag = sys.argv[2]; k = None if sys.argv[3] == "dense" else int(sys.argv[3])
-d = datasets.mnist()
+d = mpdata.mnist()
 m = nn.MLP([784,500,500,10], k=k, mode="topk" if k else "dense", seed=seed)
 rng = np.random.default_rng(seed + 99)
 for L in m.linears:

@@ -6,11 +6,11 @@ over steps 7000-8000 of a run on the module path (seed 1, as the table's runs).
 """
 import numpy as np
 
-from meprop_cpu import datasets
+from meprop_cpu import data as mpdata
 from meprop_cpu.nn import MLP, SoftmaxCrossEntropy
 from meprop_cpu.train import build_optimizer
 
-X, y = datasets.mnist()["train"]
+X, y = mpdata.mnist()["train"]
 for dropout in (0.0, 0.2):
     m = MLP([784, 500, 500, 10], k=20, mode="topk", dropout=dropout, seed=1)
     opt = build_optimizer("adam", m.parameters(), lr=1e-3, sparse=True)

@@ -38,7 +38,11 @@ import time
 
 import numpy as np
 
-from . import bench as _bench
+from .end_to_end import _torch_accuracy, _torch_adam, _torch_adam_impl, _torch_mlp_like_ours
+from .environment import (ENV_COMMAND, ThreadSetting, _import_torch, default_thread_controls,
+                          machine_info)
+from .profiles import _nproc
+from .report import _atomic_write, _default_out
 
 __all__ = ["SCHEMA", "TTA_PROFILES", "tta_profile", "time_to_target", "run_variant",
            "run", "render_markdown", "make_plot", "run_cli"]
@@ -58,7 +62,7 @@ def _v(name, impl, mode=None, k=None, dropout=0.0, mesimp=False, prune_rate=0.1)
 
 
 def _variants(batch, k, mesimp_k):
-    from .nn import DEFAULT_MODE
+    from ..nn import DEFAULT_MODE
     out = [_v("PyTorch dense", "torch", "dense"),
            _v("meprop_cpu dense", "meprop_cpu", "dense"),
            _v(f"meProp k={k} (default: {DEFAULT_MODE})", "meprop_cpu", None, k),
@@ -74,22 +78,19 @@ def _variants(batch, k, mesimp_k):
 
 def tta_profile(name):
     """The settings of a time-to-accuracy profile ("quick" | "full" | "fashion")."""
+    def p(dataset, batch, epochs, evals_per_epoch, mesimp_k=None):
+        return {"name": name, "dataset": dataset, "batch": batch, "epochs": epochs,
+                "evals_per_epoch": evals_per_epoch, "seeds": [1, 2, 3],
+                "target": TARGETS[dataset], "lower": LOWER[dataset],
+                "variants": _variants(batch, 20, mesimp_k)}
     if name == "quick":
-        return {"name": "quick", "dataset": "mnist", "batch": 10, "epochs": 8,
-                "evals_per_epoch": 10, "seeds": [1, 2, 3], "target": TARGETS["mnist"], "lower": LOWER["mnist"],
-                "variants": _variants(10, 20, None)}
+        return p("mnist", 10, 8, 10)
     if name == "full":
-        return {"name": "full", "dataset": "mnist", "batch": 10, "epochs": 20,
-                "evals_per_epoch": 10, "seeds": [1, 2, 3], "target": TARGETS["mnist"], "lower": LOWER["mnist"],
-                "variants": _variants(10, 20, None)}
+        return p("mnist", 10, 20, 10)
     if name == "batch100":
-        return {"name": "batch100", "dataset": "mnist", "batch": 100, "epochs": 20,
-                "evals_per_epoch": 4, "seeds": [1, 2, 3], "target": TARGETS["mnist"], "lower": LOWER["mnist"],
-                "variants": _variants(100, 20, 160)}
+        return p("mnist", 100, 20, 4, mesimp_k=160)
     if name == "fashion":
-        return {"name": "fashion", "dataset": "fashion", "batch": 10, "epochs": 20,
-                "evals_per_epoch": 5, "seeds": [1, 2, 3], "target": TARGETS["fashion"], "lower": LOWER["fashion"],
-                "variants": _variants(10, 20, None)}
+        return p("fashion", 10, 20, 5)
     raise ValueError(f"unknown time-to-accuracy profile {name!r}; expected one of "
                      f"{TTA_PROFILES}")
 
@@ -109,15 +110,15 @@ def time_to_target(curve, target):
 # ------------------------------------------------------------------ one run
 
 def _run_meprop(v, data, batch, epochs, seed, evals, optimizer="adam", lr=None):
-    from .nn import MLP
-    from .train import Trainer, build_optimizer
+    from ..nn import MLP
+    from ..train import Trainer, build_optimizer
     dense = v["mode"] == "dense"
     model = MLP(SIZES, k=None if dense else v["k"], mode="dense" if dense else v["mode"],
                 dropout=v["dropout"], seed=seed)
     opt = build_optimizer(optimizer, model.parameters(), lr=lr, sparse=True)
     callbacks = []
     if v["mesimp"]:
-        from .simplify import CycleSchedule, Simplifier
+        from ..simplify import CycleSchedule, Simplifier
         callbacks.append(Simplifier(model, opt, prune_rate=v["prune_rate"],
                                     schedule=CycleSchedule(cycle_epochs=5, steps_per_epoch=8)))
     tr = Trainer(model, opt, data, batch_size=batch, epochs=epochs, evals_per_epoch=evals,
@@ -138,15 +139,8 @@ def _run_meprop(v, data, batch, epochs, seed, evals, optimizer="adam", lr=None):
 
 def _run_torch(torch, v, data, batch, epochs, seed, evals):
     """The MLP in PyTorch with the Trainer's data order and evaluation steps."""
-    from .nn import MLP
-    ref = MLP(SIZES, k=None, mode="dense", seed=seed)
-    torch.manual_seed(seed)
-    model = _bench._torch_mlp(torch, SIZES, v["dropout"])
-    with torch.no_grad():
-        for t, m in zip([m for m in model if isinstance(m, torch.nn.Linear)], ref.linears):
-            t.weight.copy_(torch.from_numpy(m.W.data))
-            t.bias.copy_(torch.from_numpy(m.b.data))
-    opt = _bench._torch_adam(torch, model.parameters())
+    model = _torch_mlp_like_ours(torch, SIZES, v["dropout"], seed)
+    opt = _torch_adam(torch, model.parameters())
     loss_fn = torch.nn.CrossEntropyLoss()
     X, y = data["train"]
     ytr = torch.from_numpy(np.ascontiguousarray(y, dtype=np.int64))
@@ -172,11 +166,11 @@ def _run_torch(torch, v, data, batch, epochs, seed, evals):
             seen += idx.shape[0]
             if step in eval_steps:
                 t_train += _PC() - t0
-                dev = _bench._torch_accuracy(torch, model, *data["dev"])
+                dev = _torch_accuracy(torch, model, *data["dev"])
                 if best_dev is None or dev > best_dev:
                     best_dev = dev
                     if data.get("test") is not None:
-                        test_at_best = _bench._torch_accuracy(torch, model, *data["test"])
+                        test_at_best = _torch_accuracy(torch, model, *data["test"])
                 curve.append([done + t_train, dev, epoch - 1 + step / spe, loss_sum / seen])
                 t0 = _PC()
         done += t_train
@@ -184,7 +178,7 @@ def _run_torch(torch, v, data, batch, epochs, seed, evals):
     return {"curve": curve, "best_dev": best_dev, "test_at_best_dev": test_at_best,
             "epoch_times": epoch_times, "hidden_sizes": SIZES[1:-1], "step_path": "torch",
             "mode": "dense",
-            "optimizer": f"torch.optim.Adam(lr=1e-3, {_bench._torch_adam_impl(opt)})"}
+            "optimizer": f"torch.optim.Adam(lr=1e-3, {_torch_adam_impl(opt)})"}
 
 
 def run_variant(v, data, batch, epochs, seed, evals_per_epoch, torch_mod=None,
@@ -228,7 +222,7 @@ def _summarize(v, runs, target, cfg_lower=()):
 
 
 def _load(dataset, max_train):
-    from . import datasets
+    from .. import data as datasets
     data = datasets.mnist() if dataset == "mnist" else datasets.fashion_mnist()
     if max_train is not None:
         X, y = data["train"]
@@ -242,13 +236,13 @@ def run(cfg, threads, torch_mod=None, data=None, log=print):
     for every variant; seeds in the outer loop, so a slow drift of the machine
     hits every variant alike. Returns the result document."""
     data = _load(cfg["dataset"], cfg.get("max_train")) if data is None else data
-    controls = _bench.default_thread_controls(torch_mod)
+    controls = default_thread_controls(torch_mod)
     variants = [v for v in cfg["variants"] if v["impl"] != "torch" or torch_mod is not None]
     skipped = [v["name"] for v in cfg["variants"] if v not in variants]
     runs = {v["name"]: [] for v in variants}
     t_all = _PC()
     load_start = [round(x, 2) for x in os.getloadavg()]
-    with _bench.ThreadSetting(threads, controls) as ts:
+    with ThreadSetting(threads, controls) as ts:
         applied = ts.check()
         for seed in cfg["seeds"]:
             for v in variants:
@@ -270,7 +264,7 @@ def run(cfg, threads, torch_mod=None, data=None, log=print):
            "n_train": int(data["train"][0].shape[0]), "summary": summary, "runs": runs,
            "skipped": skipped, "wall_s": _PC() - t_all,
            "load": {"start": load_start, "end": [round(x, 2) for x in os.getloadavg()]},
-           "machine": _bench.machine_info(torch_mod)}
+           "machine": machine_info(torch_mod)}
     _add_ratios(doc)
     return doc
 
@@ -392,9 +386,9 @@ def write(doc, outdir, name):
     os.makedirs(outdir, exist_ok=True)
     jpath = os.path.join(outdir, name + ".json")
     png = make_plot(doc, os.path.join(outdir, name + ".png"))
-    _bench._atomic_write(jpath, json.dumps(doc, indent=1))
+    _atomic_write(jpath, json.dumps(doc, indent=1))
     mpath = os.path.join(outdir, name + ".md")
-    _bench._atomic_write(mpath, render_markdown(doc, os.path.basename(png) if png else None))
+    _atomic_write(mpath, render_markdown(doc, os.path.basename(png) if png else None))
     return [p for p in (jpath, mpath, png) if p]
 
 
@@ -411,17 +405,17 @@ def run_cli(args, log=print):
         cfg["max_train"] = args.max_train
     if getattr(args, "seeds", None):
         cfg["seeds"] = args.seeds
-    threads = max(args.threads) if args.threads else _bench._nproc()
-    torch_mod = _bench._import_torch(not args.no_torch)
+    threads = max(args.threads) if args.threads else _nproc()
+    torch_mod = _import_torch(not args.no_torch)
     log(f"time to accuracy ({cfg['name']}): {cfg['dataset']} batch {cfg['batch']}, "
         f"{cfg['epochs']} epochs, seeds {cfg['seeds']}, {threads} thread(s), target "
         f"{cfg['target']}% dev")
     doc = run(cfg, threads, torch_mod, log=log)
-    doc["command"] = os.environ.get(_bench.ENV_COMMAND) or (
+    doc["command"] = os.environ.get(ENV_COMMAND) or (
         " ".join(["meprop-cpu"] + sys.argv[1:])
         if os.path.basename(sys.argv[0]).startswith("meprop-cpu") else " ".join(sys.argv))
     name = args.name or f"tta_{cfg['name']}"
-    paths = write(doc, args.out or _bench._default_out(), name)
+    paths = write(doc, args.out or _default_out(), name)
     for s in doc["summary"]:
         log(f"{s['name']:42s} {s['reached']} to {cfg['target']}%: "
             f"{_f(s['time_to_target'], '.1f')} s ({_f(s['speedup_vs_torch'], '.1f')}x PyTorch, "

@@ -1,31 +1,6 @@
-# cython: language_level=3, boundscheck=False, wraparound=False, initializedcheck=False, cdivision=True
-"""Thin wrapper around include/meprop/parse.h: greedy batch parsing and the
-pre-computed first layer. Arguments are checked by meprop_cpu.parsing.model
-(PrecomputedNet); the C calls run with the GIL released."""
-from libc.stdint cimport int32_t, int64_t
-
-cdef extern from "meprop/parse.h":
-    ctypedef struct mp_parser_net:
-        int64_t dim
-        int64_t H
-        const float *emb[48]
-        const float *table
-        int64_t base[48]
-        int64_t limit[48]
-        const float *W0T
-        const float *b0
-        int null_folded
-        int act
-        int n_layers
-        const float *W[8]
-        const float *b[8]
-        int64_t n_in[8]
-        int64_t n_out[8]
-    void mp_parse_forward(const mp_parser_net *net, const int32_t *F, int64_t B, float *buf,
-                          int64_t maxw, float *scores, int nthreads) nogil
-    int mp_parse_batch(const mp_parser_net *net, int64_t n_sent, const int64_t *off,
-                       const int32_t *w, const int32_t *p, int64_t n_labels, int32_t *heads,
-                       int32_t *labels, int nthreads) nogil
+# Thin wrapper around include/meprop/parse.h: greedy batch parsing and the
+# pre-computed first layer. Arguments are checked by meprop_cpu.parsing.model
+# (PrecomputedNet); the C calls run with the GIL released.
 
 
 MAX_LAYERS = 8

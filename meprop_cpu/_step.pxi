@@ -1,92 +1,10 @@
-# cython: language_level=3, boundscheck=False, wraparound=False, initializedcheck=False, cdivision=True
-"""The fused MLP training step of include/meprop/step.h.
-
-meprop_cpu/fused.py builds a :class:`MLPStep` from a model and an optimizer
-(after checking that they qualify) and calls :meth:`MLPStep.run` once per
-batch. The object keeps references to every array whose address it holds,
-so nothing it points to can be freed while it lives.
-"""
-import numpy as np
-cimport numpy as cnp
-from libc.stdint cimport int32_t, int64_t
-from libc.stdlib cimport calloc, free
-from libc.string cimport memcpy
-
-cnp.import_array()
-
-cdef extern from "meprop/parallel.h":
-    int mp_avx512_disabled
-    int64_t mp_thread_stride(int64_t n) nogil
-
-cdef extern from "meprop/topk.h":
-    ctypedef struct mp_entry:
-        float m
-        int32_t i
-    int64_t mp_topk_ws_entries(int64_t k) nogil
-    int64_t mp_topk_mask_ws_floats(int64_t n) nogil
-
-cdef extern from "meprop/sparse_linear.h":
-    int mp_backward_masked(int64_t k, int64_t n_out) nogil
-
-cdef extern from "meprop/step.h":
-    void mp_gather_batch(const float *X, const int64_t *Y, int64_t n, const int64_t *idx,
-                         int64_t B, float *x, int64_t *y, int nthreads) nogil
-    ctypedef struct mp_step_layer:
-        int64_t n_in, n_out, k
-        int unified, masked, exact_dx
-        int relu, need_dx
-        int64_t *hits
-        const float *drop_u
-        float drop_p, drop_s
-        float *drop_scale
-        float *hd
-        float *W
-        float *b
-        float *sW1
-        float *sW2
-        float *sb1
-        float *sb2
-        int64_t tW, tb
-        float *y
-        float *h
-        float *dy
-        float *dx
-        float *gb
-        float *gw
-        float *dys
-        float *colsum
-        float *wk
-        int32_t *idx
-        float *val
-        mp_entry *heap
-        float *mws
-        int32_t *sel
-        float *coef
-        int32_t *cursor
-        int32_t *rows
-        int32_t *offsets
-        int32_t *pair_b
-        float *pair_v
-        const float *x
-        int64_t r
-    ctypedef struct mp_step_optim:
-        int kind
-        double lr, momentum, eps, beta1, beta2, weight_decay, clip
-    ctypedef struct mp_step_result:
-        double loss
-        int64_t bad, layer
-        double t_forward, t_backward, t_update, t_hidden_backward
-    int mp_mlp_step(mp_step_layer *L, int nl, const float *x, const int64_t *labels, int64_t B,
-                    const mp_step_optim *opt, float *gbuf, int nthreads,
-                    mp_step_result *res) nogil
-
-
-def set_avx512_disabled(bint disabled):
-    """Force the portable kernels in this extension (tests); returns the previous setting."""
-    global mp_avx512_disabled
-    old = bool(mp_avx512_disabled)
-    mp_avx512_disabled = 1 if disabled else 0
-    return old
+# The fused MLP training step of include/meprop/step.h.
+#
+# meprop_cpu/fused.py builds a :class:`MLPStep` from a model and an optimizer
+# (after checking that they qualify) and calls :meth:`MLPStep.run` once per
+# batch. The object keeps references to every array whose address it holds,
+# so nothing it points to can be freed while it lives.
+#
 
 
 cdef void *_ptr(object a, str name, int typenum, int64_t size) except NULL:
@@ -212,7 +130,7 @@ cdef class MLPStep:
             if l.unified:   # the selected columns of dy and rows of W, the k gradient rows
                 l.idx = <int32_t *>self._buf(k, np.int32)
                 l.colsum = self._buf(n_out, np.float32)
-                l.heap = <mp_entry *>self._buf(mp_topk_ws_entries(k), np.int64)
+                l.topk_ws = <mp_entry *>self._buf(mp_topk_ws_entries(k), np.int64)
                 l.dys = self._buf(B * k, np.float32)
                 l.wk = self._buf(k * n_in, np.float32)
                 l.gw = self._buf(k * n_in, np.float32)
@@ -231,7 +149,7 @@ cdef class MLPStep:
                 npairs = B * k
                 l.idx = <int32_t *>self._buf(npairs, np.int32)
                 l.val = self._buf(npairs, np.float32)
-                l.heap = <mp_entry *>self._buf(
+                l.topk_ws = <mp_entry *>self._buf(
                     threads * mp_thread_stride(mp_topk_ws_entries(k)), np.int64)
                 l.sel = <int32_t *>self._buf(threads * mp_thread_stride(k), np.int32)
                 l.coef = self._buf(threads * mp_thread_stride(k), np.float32)

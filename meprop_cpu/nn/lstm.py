@@ -30,10 +30,10 @@ import numbers
 
 import numpy as np
 
-from . import _dense, _lstm, kernels
-from ._config import get_num_threads
-from .kernels import RowGrad, Workspace
-from .nn import Module, Parameter
+from .. import _core, kernels
+from .._config import get_num_threads
+from ..kernels import RowGrad, Workspace
+from .layers import Module, Parameter
 
 __all__ = ["LSTM", "LSTM_MODES", "DEFAULT_LSTM_MODE"]
 
@@ -124,7 +124,7 @@ class LSTM(Module):
         TC = ws.get("TC", (T, h), np.float32)
         H[0] = 0.0
         C[0] = 0.0
-        _lstm.forward(X, self.W.data, self.b.data, self.U.data, XP, Z, H, C, TC,
+        _core.lstm_forward(X, self.W.data, self.b.data, self.U.data, XP, Z, H, C, TC,
                       get_num_threads())
         self._X, self._T = X, T
         return H[1:]
@@ -150,17 +150,17 @@ class LSTM(Module):
             one_i = ws.get("one_i", (1, 1), np.int32)
             one_f = ws.get("one_f", (1, 1), np.float32)
             one_w = ws.get("one_w", (1,), np.int64)
-            _lstm.backward(Z, C, TC, self.U.data, dH, 0, dZ, one_i, one_f, dh, dc, one_w, nt)
+            _core.lstm_backward(Z, C, TC, self.U.data, dH, 0, dZ, one_i, one_f, dh, dc, one_w, nt)
             self.b.grad = dZ.sum(axis=0)
             gW = self._wsW.get("gW", self.W.data.shape, np.float32)
             gU = self._wsU.get("gU", self.U.data.shape, np.float32)
-            _dense.matmul_tn(dZ, X, gW, nt)
-            _dense.matmul_tn(dZ, Hprev, gU, nt)
+            _core.matmul_tn(dZ, X, gW, nt)
+            _core.matmul_tn(dZ, Hprev, gU, nt)
             self.W.grad, self.U.grad = RowGrad(None, gW), RowGrad(None, gU)
             dX = None
             if self.needs_input_grad:
                 dX = ws.get("dX", (T, self.n_in), np.float32)
-                _dense.matmul_nn(dZ, self.W.data, dX, nt)
+                _core.matmul_nn(dZ, self.W.data, dX, nt)
             if self.track_hits:
                 g = np.abs(dZ).reshape(T, 4, h).max(axis=1)
                 self.hits += np.count_nonzero(g, axis=0)
@@ -169,8 +169,8 @@ class LSTM(Module):
         k = self.k
         idx = ws.get("idx", (T, 4 * k), np.int32)
         val = ws.get("val", (T, 4 * k), np.float32)
-        heap = ws.get("heap", (_lstm.topk_ws_entries(k),), np.int64)
-        bad = _lstm.backward(Z, C, TC, self.U.data, dH, k, dZ, idx, val, dh, dc, heap, nt)
+        heap = ws.get("heap", (_core.lstm_topk_ws_entries(k),), np.int64)
+        bad = _core.lstm_backward(Z, C, TC, self.U.data, dH, k, dZ, idx, val, dh, dc, heap, nt)
         if bad:
             raise FloatingPointError(f"LSTM.backward: the gradient holds {bad} NaN/Inf value(s)")
         self.b.grad = dZ.sum(axis=0)

@@ -12,7 +12,7 @@ Each token's input (190 values) is the concatenation of
   mixed / no letters) x contains a digit x contains a hyphen (20 classes).
   Values not seen in training map to their feature's unknown entry.
 
-followed by one LSTM layer (:class:`~meprop_cpu.lstm.LSTM`, h = 500 by
+followed by one LSTM layer (:class:`~meprop_cpu.nn.LSTM`, h = 500 by
 default, meProp per step and gate) and a dense softmax output layer over the
 tags (the output layer's backward is dense, as in the paper). The loss is the
 mean cross-entropy over the sentence's tokens; one sentence per step.
@@ -32,11 +32,10 @@ from collections import Counter
 
 import numpy as np
 
-from . import kernels
-from ._io import atomic_savez, read_npz
-from .kernels import RowGrad
-from .lstm import DEFAULT_LSTM_MODE, LSTM
-from .nn import Linear, Parameter, SoftmaxCrossEntropy
+from .. import kernels
+from .._io import atomic_savez, read_npz
+from ..kernels import RowGrad
+from ..nn import DEFAULT_LSTM_MODE, LSTM, Linear, Parameter, SoftmaxCrossEntropy
 
 __all__ = ["Vocab", "PosTagger", "PosTrainer", "encode", "N_FEATURES", "WORD_DIM",
            "FEATURE_DIM", "load_tagger"]
@@ -264,4 +263,4 @@ def load_tagger(path):
     return model
 
 
-from .tagger_train import PosTrainer  # noqa: E402  (the trainer lives in its own module)
+from .train import PosTrainer  # noqa: E402  (the trainer lives in its own module)

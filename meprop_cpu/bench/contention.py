@@ -30,6 +30,11 @@ import time
 
 import numpy as np
 
+from .end_to_end import _torch_accuracy, _torch_adam, _torch_mlp_like_ours
+from .environment import CpuMonitor, _import_torch, machine_info
+from .profiles import _nproc
+from .report import _atomic_write, _default_out
+
 __all__ = ["SCHEMA", "CompetingLoad", "run_contention", "render_markdown", "contention_cli"]
 
 SCHEMA = "meprop_cpu.bench.contention/1"
@@ -100,9 +105,9 @@ def _weights_hash(arrays):
 def _meprop_cell(mode, data, batch, epochs, threads, seed):
     """Train this library's MLP; threads: an int, or "default" (leave the
     thread choice as it is: automatic unless the user fixed it)."""
-    from . import _config
-    from .nn import MLP
-    from .train import Trainer, build_optimizer
+    from .. import _config
+    from ..nn import MLP
+    from ..train import Trainer, build_optimizer
     saved = dict(_config._state)
     try:
         if threads != "default":
@@ -128,19 +133,10 @@ def _torch_cell(torch, data, batch, epochs, threads, seed, cap):
     """The same MLP in PyTorch (weights copied from this library's MLP(seed)),
     stopped after ``cap`` seconds of training (then the epoch time is
     extrapolated from the steps done)."""
-    from .bench import _torch_accuracy, _torch_adam, _torch_mlp
-    from .nn import MLP
     old = torch.get_num_threads()
     torch.set_num_threads(int(threads))
     try:
-        ref = MLP([784, 500, 500, 10], k=None, mode="dense", seed=seed)
-        torch.manual_seed(seed)
-        model = _torch_mlp(torch, [784, 500, 500, 10], 0.2)
-        lin = [m for m in model if isinstance(m, torch.nn.Linear)]
-        with torch.no_grad():
-            for t, m in zip(lin, ref.linears):
-                t.weight.copy_(torch.from_numpy(m.W.data))
-                t.bias.copy_(torch.from_numpy(m.b.data))
+        model = _torch_mlp_like_ours(torch, [784, 500, 500, 10], 0.2, seed)
         opt = _torch_adam(torch, model.parameters())
         loss_fn = torch.nn.CrossEntropyLoss()
         X, y = data["train"]
@@ -198,7 +194,6 @@ def run_contention(data, load_procs=1, epochs=2, repeats=2, batch=10, torch_mod=
                    torch_cap=20.0, modes=("topk", "dense"), seed=0, nproc=None, log=print):
     """Measure every cell quiet, then under ``load_procs`` busy children.
     Returns a list of {"load", "cell", "runs": [...], "other_share": [...]}."""
-    from .bench import CpuMonitor, _nproc
     nproc = _nproc() if nproc is None else nproc
     cells = _cells(nproc, torch_mod, modes)
     warm = {k: v for k, v in data.items()}
@@ -325,10 +320,9 @@ def render_markdown(doc):
 
 
 def contention_cli(args, set_before_numpy=False, log=print):
-    """``meprop-cpu bench --contention`` after option parsing (see bench.run_cli)."""
+    """``meprop-cpu bench --contention`` after option parsing (see driver.run_cli)."""
     import json
-    from . import datasets
-    from .bench import _atomic_write, _default_out, _import_torch, _nproc, machine_info
+    from .. import data as datasets
     outdir = args.out or _default_out()
     name = args.name or "contention"
     if os.sep in name or name.startswith(".") or not name:

@@ -23,10 +23,11 @@ import time
 
 import numpy as np
 
-from ._config import get_num_threads
-from ._io import atomic_savez
-from .train import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, LOG_KEYS, _from_json, _to_json, \
-    read_checkpoint
+from .._config import get_num_threads
+from .._io import atomic_savez
+from ..train import LOG_KEYS
+from ..train.checkpoint import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, _from_json, _to_json,
+                                read_checkpoint)
 
 __all__ = ["PosTrainer"]
 
@@ -258,17 +259,18 @@ class PosTrainer:
         return meta
 
 
-def run_pos_train(args, parser, CliError, Threads):
+def run_pos_train(args, parser, CliError):
     """`meprop-cpu train --task pos`: the CLI front of PosTagger + PosTrainer."""
-    from . import pos_data
-    from .datasets import DataError
-    from .tagger import PosTagger, Vocab, encode
-    from .train import build_optimizer
+    from .. import cli
+    from ..data import pos as pos_data
+    from ..data import DataError
+    from .model import PosTagger, Vocab, encode
+    from ..train import build_optimizer
 
     dataset = args.dataset or "conll2003"
     if dataset != "conll2003":
         raise CliError(f"--dataset: --task pos trains on conll2003, got {dataset!r}")
-    from .lstm import DEFAULT_LSTM_MODE, LSTM_MODES
+    from ..nn import DEFAULT_LSTM_MODE, LSTM_MODES
     explicit = any(a == "--mode" or a.startswith("--mode=") for a in getattr(args, "argv", []))
     if explicit and args.mode not in LSTM_MODES:
         raise CliError(f"--mode: the POS tagger takes {' or '.join(LSTM_MODES)}, got "
@@ -279,8 +281,7 @@ def run_pos_train(args, parser, CliError, Threads):
     dense = args.dense or mode == "dense"
     if not dense and args.k >= args.hidden:
         print(f"note: --k {args.k} >= --hidden {args.hidden}: dense backward", file=sys.stderr)
-    threads = Threads(args.threads) if args.threads is not None else None
-    try:
+    with cli.threads_option(args.threads):
         try:
             raw = pos_data.conll2003(args.data_dir)
             try:
@@ -300,7 +301,7 @@ def run_pos_train(args, parser, CliError, Threads):
         if args.resume is not None:   # a meSimp run resumes at its shrunk width
             shape = dict(read_checkpoint(args.resume)[0]["model"].get("params", [])).get("lstm.U")
             if shape and shape[1] < args.hidden:
-                from .tagger_simplify import compact_lstm
+                from .simplify import compact_lstm
                 compact_lstm(model, np.arange(shape[1]))
                 print(f"resuming a simplified tagger: hidden {shape[1]}", flush=True)
         opt = build_optimizer(args.optimizer, model.parameters(), lr=args.lr,
@@ -308,8 +309,8 @@ def run_pos_train(args, parser, CliError, Threads):
         ckpt = args.checkpoint if args.checkpoint is not None else args.resume
         callbacks = []
         if args.mesimp:
-            from .simplify import CycleSchedule
-            from .tagger_simplify import TaggerSimplifier
+            from ..simplify import CycleSchedule
+            from .simplify import TaggerSimplifier
             sch = CycleSchedule(args.cycle_epochs or 1, args.steps_per_epoch or 8,
                                 reset=args.reset or "authors")
             callbacks.append(TaggerSimplifier(model, opt, prune_rate=args.prune_rate or 0.01,
@@ -334,11 +335,9 @@ def run_pos_train(args, parser, CliError, Threads):
               f"{len(vocab.tags)} tags; LSTM {model.n_in}-{args.hidden}, "
               f"{'dense backprop' if dense else f'k {args.k} per gate'}, {args.optimizer} "
               f"lr {opt.lr:g}, threads {get_num_threads()}", flush=True)
-        try:
-            s = trainer.fit(resume=args.resume)
-        except (ValueError, FloatingPointError, OSError) as e:
-            print(f"{parser.prog}: error: {e}", file=sys.stderr)
-            return 1
+        rc, s = cli.fit_from_cli(args, parser, trainer)
+        if rc:
+            return rc
         wsj = s["wsj_at_best_dev"]
         print(f"best dev {s['best_dev']:.2f} (epoch {s['best_epoch']})  test at best dev "
               f"{s['test_at_best_dev']:.2f}"
@@ -350,6 +349,3 @@ def run_pos_train(args, parser, CliError, Threads):
             model.save(args.save_model)
             print(f"model saved to {args.save_model}")
         return 0
-    finally:
-        if threads is not None:
-            threads.restore()

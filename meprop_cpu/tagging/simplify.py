@@ -17,7 +17,7 @@ prune rate has to be small (a unit in the top-k of 1 step in 100 is active).
 """
 import numpy as np
 
-from .simplify import CycleSchedule, Schedule, Simplifier, _check_int, _check_rate, select_keep
+from ..simplify import CycleSchedule, Schedule, Simplifier, _check_int, _check_rate, select_keep
 
 __all__ = ["compact_lstm", "TaggerSimplifier"]
 

@@ -40,8 +40,8 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from ._io import atomic_write
-from .datasets import ChecksumError, DataError, DataFormatError, cache_root
+from .._io import atomic_write
+from .common import ChecksumError, DataError, DataFormatError, cache_root
 
 __all__ = ["conll2003", "wsj_sample", "read_conll", "read_slash_tagged",
            "CONLL_SPEC", "WSJ_SPEC"]

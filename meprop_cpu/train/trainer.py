@@ -1,58 +1,8 @@
-"""The training loop: seeded shuffling, the papers' evaluation protocol,
-per-phase timings, JSON-lines logs and atomic, pickle-free checkpoints.
-
-Typical use::
-
-    model = MLP([784, 500, 500, 10], k=20)
-    opt = build_optimizer("adam", model.parameters())
-    trainer = Trainer(model, opt, datasets.mnist(), batch_size=10, epochs=20,
-                      log_json="run.jsonl", checkpoint="run.ckpt.npz")
-    summary = trainer.fit()                      # or trainer.fit(resume="run.ckpt.npz")
-
-Protocol (as in the papers): dev accuracy is measured ``evals_per_epoch``
-times per epoch at evenly spaced steps, the last one at the epoch's end;
-whenever dev improves (strictly), test accuracy is measured too, and the
-reported score is the test accuracy at the best dev accuracy. Accuracies are
-percentages.
-
-Resuming: ``fit(resume=path)`` restores weights, optimizer state, the shuffle
-generator, every Dropout's generator, random-k counters and the trainer's
-counters and history from a checkpoint written at the end of an epoch, then
-trains up to ``epochs`` (the total, not additional ones). With the same seed
-and thread count the result is bit-identical to an uninterrupted run.
-
-Ctrl-C (SIGINT) during ``fit`` does not stop the process in the middle of an
-update: the trainer finishes the current step (and evaluation, if one is due),
-saves a checkpoint of that state to ``checkpoint`` (else
-``interrupt_checkpoint``; not if the weights hold NaN/Inf) and raises
-:class:`TrainingInterrupted` (a KeyboardInterrupt). Such a mid-epoch
-checkpoint also records the position in the epoch (``trainer.partial``: the
-step, the running loss and timings) with the shuffle generator rewound to the
-epoch's start, so resuming from it redraws the same permutation, skips the
-steps already done and ends bit-identical to an uninterrupted run. A second
-Ctrl-C stops at once with a plain KeyboardInterrupt (the checkpoint on disk is
-then the last one written). ``request_stop()`` does the same as one Ctrl-C.
-
-Checkpoint format (``CHECKPOINT_VERSION`` 1): one ``.npz`` (``np.savez``, read
-back with ``allow_pickle=False``) holding
-
-* ``param:<name>`` - every model parameter (``model.state_dict()`` names,
-  e.g. ``param:0.W``), float32 at its current (possibly simplified) shape;
-* ``opt:<i>:<j>`` - state array ``j`` of the optimizer's parameter ``i``;
-* ``hits:<i>`` - the activeness counters of the ``i``-th Linear layer;
-* ``meta`` - a uint8 array holding UTF-8 JSON: format name and version, the
-  model class, config and current sizes, the optimizer kind, hyper-parameters,
-  sparse flag and step counts, the trainer's epoch / step counters, best dev,
-  test at best dev and history, and the RNG states (shuffle generator and
-  every Dropout, as JSON dicts with big integers).
-
-It is written to a temporary file in the same directory, flushed, fsync'd and
-``os.replace``'d over the target, so an interrupted save leaves the previous
-checkpoint intact.
-"""
+"""The Trainer: seeded shuffling, the papers' evaluation protocol, per-phase
+timings, JSON-lines logs, Ctrl-C handling and checkpoints (see the package
+docstring, :mod:`meprop_cpu.train`)."""
 import json
 import math
-import numbers
 import os
 import signal
 import sys
@@ -62,23 +12,18 @@ import warnings
 
 import numpy as np
 
-from . import fused
-from ._config import get_num_threads
-from . import _config
-from ._thread_tuner import ThreadTuner, candidates as thread_candidates
-from ._io import atomic_savez, read_npz
-from .nn import Dropout, Linear, MLP, SoftmaxCrossEntropy
-from .optim import SGD, AdaGrad, Adam
+from .. import _config, fused
+from .._config import get_num_threads
+from .._io import atomic_savez
+from .._thread_tuner import ThreadTuner, candidates as thread_candidates
+from ..kernels import _check_int as check_int
+from ..nn import SoftmaxCrossEntropy
+from ..nn.models import dropouts as _dropouts, linears as _linears
+from .checkpoint import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, _check_partial, _from_json,
+                         _to_json, read_checkpoint)
+from .progress import TrainingInterrupted, _isatty, _Progress
 
-__all__ = ["Trainer", "TrainingInterrupted", "build_optimizer", "OPTIMIZERS", "DEFAULT_LR",
-           "read_checkpoint", "model_from_checkpoint", "LOG_KEYS", "CHECKPOINT_FORMAT",
-           "CHECKPOINT_VERSION"]
-
-OPTIMIZERS = {"adam": Adam, "adagrad": AdaGrad, "sgd": SGD}
-DEFAULT_LR = {"adam": 1e-3, "adagrad": 0.01, "sgd": 0.1}
-
-CHECKPOINT_FORMAT = "meprop_cpu.checkpoint"
-CHECKPOINT_VERSION = 1
+__all__ = ["Trainer", "LOG_KEYS"]
 
 # keys present on every JSON log line (evaluations, epochs, summary, error)
 LOG_KEYS = ("event", "epoch", "step", "global_step", "train_loss", "dev_acc", "test_acc",
@@ -88,32 +33,7 @@ LOG_KEYS = ("event", "epoch", "step", "global_step", "train_loss", "dev_acc", "t
 _TIME_KEYS = ("time_epoch", "time_forward", "time_backward", "time_update")
 
 
-def build_optimizer(name, params, lr=None, sparse=True, clip=0.0, weight_decay=0.0):
-    """An optimizer by name: "adam" | "adagrad" | "sgd".
-
-    ``lr=None`` takes the paper's default (adam 1e-3, adagrad 0.01, sgd 0.1).
-    ``sparse=False`` updates every weight each step (the papers' setting);
-    ``clip`` > 0 clips each gradient element to [-clip, clip].
-    """
-    key = str(name).lower()
-    if key not in OPTIMIZERS:
-        raise ValueError(f"build_optimizer: name must be one of {sorted(OPTIMIZERS)}, "
-                         f"got {name!r}")
-    if lr is None:
-        lr = DEFAULT_LR[key]
-    return OPTIMIZERS[key](list(params), lr=lr, sparse=sparse, clip=clip,
-                           weight_decay=weight_decay)
-
-
 # ------------------------------------------------------------------ helpers
-
-def _check_int(v, name, lo):
-    if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Integral):
-        raise TypeError(f"Trainer: {name} must be an int, got {type(v).__name__} ({v!r})")
-    if int(v) < lo:
-        raise ValueError(f"Trainer: {name} must be >= {lo}, got {v}")
-    return int(v)
-
 
 def _check_split(data, split, required):
     if split not in data or data[split] is None:
@@ -159,36 +79,7 @@ def _check_data_fits(data, sizes):
             raise ValueError(f"Trainer: data[{split!r}] X contains {bad} NaN/Inf value(s)")
 
 
-def _to_json(obj):
-    """RNG states etc. as JSON-able values (ndarrays tagged, big ints kept)."""
-    if isinstance(obj, dict):
-        return {str(k): _to_json(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_to_json(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return {"__ndarray__": obj.tolist(), "dtype": obj.dtype.str}
-    if isinstance(obj, np.generic):
-        return obj.item()
-    return obj
-
-
-def _from_json(obj):
-    if isinstance(obj, dict):
-        if "__ndarray__" in obj:
-            return np.array(obj["__ndarray__"], dtype=np.dtype(obj["dtype"]))
-        return {k: _from_json(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_from_json(v) for v in obj]
-    return obj
-
-
-def _dropouts(model):
-    return [m for m in getattr(model, "modules", []) if isinstance(m, Dropout)]
-
-
-def _linears(model):
-    return [m for m in getattr(model, "modules", []) if isinstance(m, Linear)]
-
+# ------------------------------------------------------------------ trainer
 
 def _hidden_sizes(model):
     hs = getattr(model, "hidden_sizes", None)
@@ -202,99 +93,6 @@ def _model_sizes(model):
     lin = _linears(model)
     return [lin[0].n_in] + [m.n_out for m in lin] if lin else None
 
-
-def _atomic_savez(path, arrays):
-    """np.savez into a temp file beside ``path``, fsync, then os.replace."""
-    atomic_savez(path, arrays)
-
-
-def read_checkpoint(path):
-    """Read and validate a checkpoint: returns ``(meta, arrays)``.
-
-    Raises FileNotFoundError if it does not exist and ValueError naming the
-    file if it is truncated, corrupt or not a meprop_cpu checkpoint.
-    """
-    path = os.fspath(path)
-    arrays = read_npz(path, "checkpoint")
-    raw = arrays.pop("meta", None)
-    if raw is None or raw.dtype != np.uint8 or raw.ndim != 1:
-        raise ValueError(f"checkpoint {path} has no 'meta' entry: not a meprop_cpu checkpoint")
-    try:
-        meta = json.loads(raw.tobytes().decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as e:
-        raise ValueError(f"checkpoint {path}: its meta entry is not valid JSON ({e})") from e
-    if not isinstance(meta, dict) or meta.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"checkpoint {path} is not a meprop_cpu checkpoint "
-                         f"(format {meta.get('format') if isinstance(meta, dict) else None!r})")
-    if meta.get("version") != CHECKPOINT_VERSION:
-        raise ValueError(f"checkpoint {path} has format version {meta.get('version')!r}; "
-                         f"this meprop_cpu reads version {CHECKPOINT_VERSION}")
-    for key in ("model", "optimizer", "trainer", "rng"):
-        if not isinstance(meta.get(key), dict):
-            raise ValueError(f"checkpoint {path}: meta lacks the {key!r} section")
-    for name, shape in meta["model"].get("params", []):
-        a = arrays.get("param:" + name)
-        if a is None or list(a.shape) != list(shape) or a.dtype != np.float32:
-            raise ValueError(f"checkpoint {path}: parameter {name} is missing or malformed")
-    return meta, arrays
-
-
-def model_from_checkpoint(path):
-    """Build an MLP with the checkpoint's config at its *current* sizes (after
-    any meSimp shrinking) and load its weights; returns the model."""
-    meta, arrays = read_checkpoint(path)
-    m = meta["model"]
-    if m.get("class") != "MLP" or not m.get("config"):
-        raise ValueError(f"checkpoint {path} holds a {m.get('class')}, not an MLP with a config")
-    cfg = dict(m["config"])
-    cfg["sizes"] = m["sizes"]
-    model = MLP(**cfg)
-    model.load_state_dict({name[6:]: a for name, a in arrays.items() if name.startswith("param:")})
-    return model
-
-
-class TrainingInterrupted(KeyboardInterrupt):
-    """Training stopped at a step boundary after Ctrl-C (or ``request_stop()``).
-
-    ``checkpoint``: the path the state was saved to (None if the trainer has no
-    checkpoint path or the weights were not finite); ``epoch``, ``step``: the
-    epoch being trained and the last step completed in it (0: none)."""
-
-    def __init__(self, message, checkpoint=None, epoch=None, step=None):
-        super().__init__(message)
-        self.checkpoint, self.epoch, self.step = checkpoint, epoch, step
-
-
-class _Progress:
-    """One updating line on a terminal: epoch, steps, steps/s, running loss."""
-
-    def __init__(self, stream, interval=0.2):
-        self.stream = stream
-        self.interval = interval
-        self._last = 0.0
-        self._width = 0
-
-    def update(self, epoch, epochs, step, spe, loss, elapsed, force=False):
-        now = time.perf_counter()
-        if not force and now - self._last < self.interval:
-            return
-        self._last = now
-        rate = step / elapsed if elapsed > 0 else 0.0
-        line = (f"epoch {epoch}/{epochs}  step {step}/{spe}  {rate:,.0f} steps/s  "
-                f"loss {loss:.4f}")
-        pad = max(0, self._width - len(line))
-        self._width = len(line)
-        self.stream.write("\r" + line + " " * pad)
-        self.stream.flush()
-
-    def clear(self):
-        if self._width:
-            self.stream.write("\r" + " " * self._width + "\r")
-            self.stream.flush()
-            self._width = 0
-
-
-# ------------------------------------------------------------------ trainer
 
 class Trainer:
     """Train ``model`` with ``optimizer`` on ``data`` (the papers' protocol).
@@ -355,11 +153,11 @@ class Trainer:
             raise TypeError(f"Trainer: data must be a dict with 'train', 'dev' (and optionally "
                             f"'test') entries, got {type(data).__name__}")
         self.data = self._check_data(data)
-        self.batch_size = _check_int(batch_size, "batch_size", 1)
-        self.epochs = _check_int(epochs, "epochs", 1)
-        self.evals_per_epoch = _check_int(evals_per_epoch, "evals_per_epoch", 1)
+        self.batch_size = check_int(batch_size, "Trainer: batch_size", 1)
+        self.epochs = check_int(epochs, "Trainer: epochs", 1)
+        self.evals_per_epoch = check_int(evals_per_epoch, "Trainer: evals_per_epoch", 1)
         if seed is not None:
-            seed = _check_int(seed, "seed", 0)
+            seed = check_int(seed, "Trainer: seed", 0)
         self.seed = seed
         self.log_json = None if log_json is None else os.fspath(log_json)
         self.checkpoint = None if checkpoint is None else os.fspath(checkpoint)
@@ -375,7 +173,7 @@ class Trainer:
             raise TypeError("Trainer: on_epoch must be callable or None")
         self.on_epoch = on_epoch
         self.loss = SoftmaxCrossEntropy() if loss is None else loss
-        self.eval_batch_size = _check_int(eval_batch_size, "eval_batch_size", 1)
+        self.eval_batch_size = check_int(eval_batch_size, "Trainer: eval_batch_size", 1)
         if not isinstance(fused, (bool, np.bool_)):
             raise TypeError(f"Trainer: fused must be True or False, got {fused!r}")
         self.fused = bool(fused)
@@ -790,7 +588,7 @@ class Trainer:
             arrays[f"hits:{i}"] = m.hits
         blob = json.dumps(meta, allow_nan=True).encode("utf-8")
         arrays["meta"] = np.frombuffer(blob, dtype=np.uint8)
-        _atomic_savez(path, arrays)
+        atomic_savez(path, arrays)
         return path
 
     def load_checkpoint(self, path):
@@ -904,37 +702,10 @@ def _distributed(value):
     meprop_cpu.distributed.Distributed."""
     if value is None or value is False:
         return None
-    from . import distributed
+    from .. import distributed
     if value is True:
         return distributed.Distributed()
     if not isinstance(value, distributed.Distributed):
         raise TypeError(f"Trainer: distributed must be None, True or a "
                         f"meprop_cpu.distributed.Distributed, got {type(value).__name__}")
     return value
-
-
-def _check_partial(tm, path, trainer):
-    """Validate the mid-epoch position of a checkpoint written on Ctrl-C."""
-    part = tm.get("partial")
-    if part is None:
-        return None
-    if tm.get("batch_size") != trainer.batch_size or tm.get("n_train") != trainer.n_train:
-        raise ValueError(f"checkpoint {path} was saved in the middle of an epoch with "
-                         f"batch_size {tm.get('batch_size')} on {tm.get('n_train')} examples; "
-                         f"it resumes only with the same (got {trainer.batch_size} on "
-                         f"{trainer.n_train})")
-    keys = ("epoch", "step", "loss_sum", "seen", "time_train", "time_forward",
-            "time_backward", "time_update", "time_eval")
-    if (not isinstance(part, dict) or any(k not in part for k in keys)
-            or not isinstance(part["step"], int) or not isinstance(part["seen"], int)
-            or part["epoch"] != tm.get("epoch", -1) + 1
-            or not 0 <= part["step"] < trainer.steps_per_epoch):
-        raise ValueError(f"checkpoint {path}: malformed mid-epoch position {part!r}")
-    return dict(part)
-
-
-def _isatty(stream):
-    try:
-        return bool(stream.isatty())
-    except (AttributeError, ValueError):
-        return False

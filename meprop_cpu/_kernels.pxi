@@ -1,75 +1,9 @@
-# cython: language_level=3, boundscheck=False, wraparound=False, initializedcheck=False, cdivision=True
-"""Thin wrappers around the C kernels in include/meprop/.
-
-Arguments are assumed valid (meprop_cpu.kernels checks them first); every
-wrapper releases the GIL around the C call. Scratch buffers are passed in by
-the caller so the hot path allocates nothing.
-"""
-from libc.stdint cimport int32_t, int64_t, uint64_t
-
-cdef extern from "meprop/parallel.h":
-    int MP_HAVE_OPENMP
-    int MP_HAVE_DISPATCH
-    int MP_PARALLEL_MIN_WORK
-    int mp_omp_max_threads() nogil
-    int64_t mp_thread_stride(int64_t n) nogil
-    const char *mp_simd_level() nogil
-    int mp_avx512_disabled
-    int MP_HAVE_AVX512_INTRIN
-    int mp_cpu_avx512() nogil
-
-cdef extern from "meprop/topk.h":
-    ctypedef struct mp_entry:
-        float m
-        int32_t i
-    int64_t mp_topk_rows(const float *g, int64_t B, int64_t n, int64_t k, int32_t *idx,
-                         float *val, mp_entry *heap_ws, int nthreads) nogil
-    int64_t mp_topk_unified(const float *g, int64_t B, int64_t n, int64_t k, int32_t *idx,
-                            float *colsum_ws, mp_entry *heap_ws, int nthreads) nogil
-    void mp_randk_rows(int64_t B, int64_t n, int64_t k, uint64_t seed, int32_t *idx,
-                       int nthreads) nogil
-    int64_t mp_topk_ws_entries(int64_t k) nogil
-    void mp_count_hits(const int32_t *idx, const float *val, int64_t npairs, int64_t *hits) nogil
-    int64_t mp_topk_mask_rows(const float *g, int64_t B, int64_t n, int64_t k, float *out,
-                              float *ws, int nthreads) nogil
-    int64_t mp_topk_mask_ws_floats(int64_t n) nogil
-    int64_t mp_mask_columns(const float *m, int64_t B, int64_t n, int32_t *cnt,
-                            int32_t *rows) nogil
-
-cdef extern from "meprop/sparse_linear.h":
-    void mp_sparse_dx(const float *W, int64_t n_in, const int32_t *idx, const float *val,
-                      int64_t B, int64_t k, float *dx, int32_t *sel_ws, float *coef_ws,
-                      int nthreads) nogil
-    int64_t mp_group_pairs(const int32_t *idx, const float *val, int64_t B, int64_t k,
-                           int64_t n_out, int32_t *cursor, int32_t *rows, int32_t *offsets,
-                           int32_t *pair_b, float *pair_v) nogil
-    void mp_sparse_dw(const float *x, int64_t n_in, int64_t r, const int32_t *offsets,
-                      const int32_t *pair_b, const float *pair_v, float *values,
-                      int nthreads) nogil
-    int MP_MASKED_DIV
-    int mp_backward_masked(int64_t k, int64_t n_out) nogil
-    int64_t mp_scatter_pairs(const int32_t *idx, const float *val, int64_t B, int64_t k,
-                             int64_t n_out, float *dyS, int32_t *flag_ws, int32_t *rows) nogil
-
-cdef extern from "meprop/optim.h":
-    ctypedef struct mp_optim_args:
-        float lr, momentum, eps, beta1, beta2, weight_decay, clip
-        float step, inv_sqrt_bc2
-    void mp_optim_rows(int kind, float *w, float *s1, float *s2, const int32_t *rows,
-                       const float *values, int64_t r, int64_t n_cols, mp_optim_args a,
-                       int nthreads) nogil
-    void mp_optim_rows_factored(int kind, float *w, float *s1, float *s2, const int32_t *rows,
-                                int64_t r, int64_t n_cols, const float *x, const int32_t *offsets,
-                                const int32_t *pair_b, const float *pair_v, float *gbuf,
-                                mp_optim_args a, int nthreads) nogil
-
-cdef extern from "meprop/elementwise.h":
-    void mp_uniform_f32(uint64_t key, uint64_t counter, int64_t n, float *out) nogil
-    void mp_relu_forward(const float *x, float *y, int64_t n) nogil
-    void mp_relu_backward(const float *dy, const float *y, float *dx, int64_t n) nogil
-    int64_t mp_softmax_xent(const float *logits, const int64_t *y, int64_t B, int64_t C,
-                            float *d, double *loss) nogil
-    int64_t mp_check_rows(const int32_t *rows, int64_t r, int64_t n) nogil
+# Thin wrappers around the C kernels in include/meprop/.
+#
+# Arguments are assumed valid (meprop_cpu.kernels checks them first); every
+# wrapper releases the GIL around the C call. Scratch buffers are passed in by
+# the caller so the hot path allocates nothing.
+#
 
 
 cdef inline int _check_ws(int64_t have, int64_t need, str name) except -1:
@@ -83,27 +17,6 @@ cdef inline int _check_ws(int64_t have, int64_t need, str name) except -1:
 
 def openmp_enabled():
     return bool(MP_HAVE_OPENMP)
-
-
-def omp_max_threads():
-    return mp_omp_max_threads()
-
-
-def simd_level():
-    return mp_simd_level().decode()
-
-
-def avx512_paths():
-    """True when the hand-written AVX-512 kernels are in use."""
-    return bool(mp_cpu_avx512())
-
-
-def set_avx512_disabled(bint disabled):
-    """Force the portable kernels (for tests); returns the previous setting."""
-    global mp_avx512_disabled
-    old = bool(mp_avx512_disabled)
-    mp_avx512_disabled = 1 if disabled else 0
-    return old
 
 
 def parallel_min_work():
@@ -122,13 +35,13 @@ def topk_ws_entries(int64_t k):
 
 
 def topk_rows(const float[:, ::1] g, int64_t k, int32_t[:, ::1] idx, float[:, ::1] val,
-              int64_t[::1] heap_ws, int nthreads):
+              int64_t[::1] topk_ws, int nthreads):
     """IN g (B, n); OUT idx, val (B, k). Returns the count of non-finite entries."""
     cdef int64_t bad
-    _check_ws(heap_ws.shape[0], nthreads * mp_thread_stride(mp_topk_ws_entries(k)), "heap_ws")
+    _check_ws(topk_ws.shape[0], nthreads * mp_thread_stride(mp_topk_ws_entries(k)), "topk_ws")
     with nogil:
         bad = mp_topk_rows(&g[0, 0], g.shape[0], g.shape[1], k, &idx[0, 0], &val[0, 0],
-                           <mp_entry *> &heap_ws[0], nthreads)
+                           <mp_entry *> &topk_ws[0], nthreads)
     return bad
 
 
@@ -168,12 +81,12 @@ def mask_columns(const float[:, ::1] m, int32_t[::1] cnt, int32_t[::1] rows):
 
 
 def topk_unified(const float[:, ::1] g, int64_t k, int32_t[::1] idx, float[::1] colsum_ws,
-                 int64_t[::1] heap_ws, int nthreads):
+                 int64_t[::1] topk_ws, int nthreads):
     """IN g (B, n); OUT idx (k,), colsum_ws (n,) = sum_b |g|. Returns non-finite count."""
     cdef int64_t bad
     with nogil:
         bad = mp_topk_unified(&g[0, 0], g.shape[0], g.shape[1], k, &idx[0], &colsum_ws[0],
-                              <mp_entry *> &heap_ws[0], nthreads)
+                              <mp_entry *> &topk_ws[0], nthreads)
     return bad
 
 
@@ -212,10 +125,6 @@ def backward_masked(int64_t k, int64_t n_out):
     """Whether the meProp backward of a layer with n_out outputs and k kept
     entries per example runs as masked dense products (see sparse_linear.h)."""
     return bool(mp_backward_masked(k, n_out))
-
-
-def masked_div():
-    return MP_MASKED_DIV
 
 
 def scatter_pairs(const int32_t[:, ::1] idx, const float[:, ::1] val, float[:, ::1] dyS,

