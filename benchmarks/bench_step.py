@@ -30,6 +30,7 @@ import numpy as np  # noqa: E402
 
 import meprop_cpu as mp  # noqa: E402
 from meprop_cpu import bench, data as mpdata, fused, nn, optim  # noqa: E402
+from meprop_cpu.steps import make_step  # noqa: E402
 
 
 def _block(step, n):
@@ -55,18 +56,12 @@ def _ours(X, y, B, k, use_fused):
     model = nn.MLP([784, 500, 500, 10], k=k, seed=0)
     opt = optim.Adam(model.parameters(), lr=1e-3)
     loss = nn.SoftmaxCrossEntropy()
-    fs = fused.FusedStep(model, opt, B) if use_fused else None
+    stepper = make_step(model, opt, loss, B, use_fused)
+    assert isinstance(stepper, fused.FusedStep) == use_fused
     next_idx = _batches(X.shape[0], B)
 
     def step():
-        idx = next_idx()
-        if fs is not None:
-            fs.step_rows(X, y, idx)
-            return
-        loss.forward(model.forward(X[idx]), y[idx])
-        model.backward(loss.backward())
-        opt.step()
-        opt.zero_grad()
+        stepper.step_rows(X, y, next_idx())
     return step
 
 

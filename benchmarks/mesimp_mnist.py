@@ -63,6 +63,7 @@ import numpy as np   # noqa: E402
 
 import meprop_cpu as mp                                       # noqa: E402
 from meprop_cpu import data as mpdata, nn                           # noqa: E402
+from meprop_cpu.steps import ModuleStep                           # noqa: E402
 from meprop_cpu.simplify import CycleSchedule, Simplifier     # noqa: E402
 from meprop_cpu.train import Trainer, build_optimizer         # noqa: E402
 
@@ -183,13 +184,12 @@ def step_fn(model, data, batch, seed):
     batches = [rng.choice(X.shape[0], batch, replace=False) for _ in range(64)]
     state = {"i": 0}
 
+    stepper = ModuleStep(model, opt, loss)
+
     def f():
         i = batches[state["i"] % len(batches)]
         state["i"] += 1
-        loss.forward(model.forward(X[i]), y[i])
-        model.backward(loss.backward())
-        opt.step()
-        opt.zero_grad()
+        stepper.step_rows(X, y, i)
     return f
 
 

@@ -47,6 +47,9 @@ cdef extern from "meprop/sparse_linear.h":
                              int64_t n_out, float *dyS, int32_t *flag_ws, int32_t *rows) nogil
 
 cdef extern from "meprop/optim.h":
+    int MP_OPT_SGD
+    int MP_OPT_ADAGRAD
+    int MP_OPT_ADAM
     ctypedef struct mp_optim_args:
         float lr, momentum, eps, beta1, beta2, weight_decay, clip
         float step, inv_sqrt_bc2
@@ -77,9 +80,7 @@ cdef extern from "meprop/dense.h":
     void mp_matmul_tn(const float *A, const float *Bm, float *C, int64_t M, int64_t K,
                       int64_t N, int nthreads) nogil
 
-cdef extern from "meprop/step.h":
-    void mp_gather_batch(const float *X, const int64_t *Y, int64_t n, const int64_t *idx,
-                         int64_t B, float *x, int64_t *y, int nthreads) nogil
+cdef extern from "meprop/layer.h":
     ctypedef struct mp_step_layer:
         int64_t n_in, n_out, k
         int unified, masked, exact_dx
@@ -121,6 +122,13 @@ cdef extern from "meprop/step.h":
     ctypedef struct mp_step_optim:
         int kind
         double lr, momentum, eps, beta1, beta2, weight_decay, clip
+    mp_optim_args mp_step_args(const mp_step_optim *o, int64_t t) nogil
+    int64_t mp_layer_backward(mp_step_layer *l, int64_t B, int nthreads) nogil
+    void mp_step_colsum(const float *dy, int64_t B, int64_t n, float *out) nogil
+
+cdef extern from "meprop/step.h":
+    void mp_gather_batch(const float *X, const int64_t *Y, int64_t n, const int64_t *idx,
+                         int64_t B, float *x, int64_t *y, int nthreads) nogil
     ctypedef struct mp_step_result:
         double loss
         int64_t bad, layer

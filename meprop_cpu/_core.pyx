@@ -11,7 +11,7 @@ import numpy as np
 cimport numpy as cnp
 from libc.stdint cimport int32_t, int64_t, uint64_t
 from libc.stdlib cimport calloc, free
-from libc.string cimport memcpy
+from libc.string cimport memcpy, memset
 
 cnp.import_array()
 
@@ -45,5 +45,6 @@ def avx512_paths():
 include "_kernels.pxi"
 include "_dense.pxi"
 include "_step.pxi"
+include "_layer.pxi"
 include "_lstm.pxi"
 include "_parse.pxi"

@@ -59,6 +59,7 @@ cdef class MLPStep:
     cdef readonly int threads
     cdef readonly int64_t n_in, n_classes
     cdef list keep
+    cdef readonly list layer_arrays
 
     def __cinit__(self, list layers, int64_t max_batch, int threads):
         self.L = NULL
@@ -73,6 +74,7 @@ cdef class MLPStep:
         self.max_batch = max_batch
         self.threads = threads
         self.keep = []
+        self.layer_arrays = []
         self.L = <mp_step_layer *>calloc(self.nl, sizeof(mp_step_layer))
         if self.L == NULL:
             raise MemoryError()
@@ -89,9 +91,8 @@ cdef class MLPStep:
             if i > 0 and n_in != self.L[i - 1].n_out:
                 raise ValueError(f"MLPStep: layer {i} takes {n_in} inputs, layer {i - 1} "
                                  f"gives {self.L[i - 1].n_out}")
-            l.n_in, l.n_out, l.k = n_in, n_out, k
+            l.n_in, l.n_out = n_in, n_out
             l.relu = 1 if d["relu"] else 0
-            l.need_dx = 1 if d["need_dx"] else 0
             if i == self.nl - 1 and l.relu:
                 raise ValueError("MLPStep: the last layer must not have a ReLU")
             if i > 0 and not self.L[i - 1].relu:
@@ -121,43 +122,11 @@ cdef class MLPStep:
                 self.keep.append(drop_u)
             l.y = self._buf(B * n_out, np.float32)
             l.h = self._buf(B * n_out, np.float32) if l.relu else NULL
-            l.dy = self._buf(B * n_out, np.float32)
-            l.dx = self._buf(B * n_in, np.float32) if l.need_dx else NULL
-            l.gb = self._buf(n_out, np.float32)
-            l.unified = 1 if (k > 0 and d.get("unified")) else 0
-            l.masked = 1 if (k > 0 and not l.unified and mp_backward_masked(k, n_out)) else 0
-            l.exact_dx = 1 if (k > 0 and d.get("exact_dx")) else 0
-            if l.unified:   # the selected columns of dy and rows of W, the k gradient rows
-                l.idx = <int32_t *>self._buf(k, np.int32)
-                l.colsum = self._buf(n_out, np.float32)
-                l.topk_ws = <mp_entry *>self._buf(mp_topk_ws_entries(k), np.int64)
-                l.dys = self._buf(B * k, np.float32)
-                l.wk = self._buf(k * n_in, np.float32)
-                l.gw = self._buf(k * n_in, np.float32)
-            if k == 0 or l.masked:
-                l.gw = self._buf(n_out * n_in, np.float32)
-            if k == 0 and hits is not None:   # the per-column counts of dy, as masked layers
-                l.cursor = <int32_t *>self._buf(n_out, np.int32)
-                l.rows = <int32_t *>self._buf(n_out, np.int32)
-            if l.masked:   # the masked top-k writes dys; cursor counts its columns
-                l.dys = self._buf(B * n_out, np.float32)
-                l.mws = self._buf(threads * mp_thread_stride(mp_topk_mask_ws_floats(n_out)),
-                                  np.float32)
-                l.cursor = <int32_t *>self._buf(n_out, np.int32)
-                l.rows = <int32_t *>self._buf(n_out, np.int32)
-            elif k > 0 and not l.unified:
-                npairs = B * k
-                l.idx = <int32_t *>self._buf(npairs, np.int32)
-                l.val = self._buf(npairs, np.float32)
-                l.topk_ws = <mp_entry *>self._buf(
-                    threads * mp_thread_stride(mp_topk_ws_entries(k)), np.int64)
-                l.sel = <int32_t *>self._buf(threads * mp_thread_stride(k), np.int32)
-                l.coef = self._buf(threads * mp_thread_stride(k), np.float32)
-                l.cursor = <int32_t *>self._buf(n_out, np.int32)
-                l.rows = <int32_t *>self._buf(min(n_out, npairs), np.int32)
-                l.offsets = <int32_t *>self._buf(min(n_out, npairs) + 1, np.int32)
-                l.pair_b = <int32_t *>self._buf(npairs, np.int32)
-                l.pair_v = self._buf(npairs, np.float32)
+            _set_modes(l, n_in, n_out, k, d.get("unified", False), d.get("exact_dx", False),
+                       d["need_dx"])
+            arrays = _alloc_backward(l, B, threads, hits is not None)
+            l.dy = <float *>_new(arrays, "dy", B * n_out, np.float32)
+            self.layer_arrays.append(arrays)
         self.gbuf = self._buf(threads * mp_thread_stride(max_in), np.float32)
         self.xbuf = self._buf(B * self.L[0].n_in, np.float32)
         self.ybuf = <int64_t *>self._buf(B, np.int64)
@@ -171,6 +140,16 @@ cdef class MLPStep:
 
     def __dealloc__(self):
         free(self.L)
+
+    def layer(self, int i):
+        """Layer i's buffers after the last run, as mp_layer_backward left them
+        (flat arrays sized for max_batch: "dy", "gb", "dx", "gw", "idx", "val",
+        "rows", "offsets", "pair_b", "pair_v", ... as its mode has them) and "r",
+        the rows its weight gradient touched. For tests that compare the paths."""
+        if not 0 <= i < self.nl:
+            raise IndexError(f"MLPStep.layer: i must be in [0, {self.nl}), got {i}")
+        return dict(self.layer_arrays[i], r=self.L[i].r if self.L[i].k > 0 else self.L[i].n_out,
+                    masked=bool(self.L[i].masked))
 
     def run_rows(self, X, Y, idx, list counts, int nthreads, int kind, double lr,
                  double momentum, double eps, double beta1, double beta2, double weight_decay,

@@ -553,8 +553,7 @@ def _factor_parts(lin, nb, with_input=True):
         parts = [np.zeros(nb * n_in, np.float32), np.zeros(nb * k, np.int32),
                  np.zeros(nb * k, np.float32)]
     else:
-        ws = lin._ws
-        parts = [lin._x, ws.get("idx", (nb, k), np.int32), ws.get("val", (nb, k), np.float32)]
+        parts = [lin._x, *lin.selection(nb)]
     return parts if with_input else parts[1:]
 
 

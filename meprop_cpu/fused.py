@@ -3,10 +3,14 @@ optimizer update) in one C call (include/meprop/step.h).
 
 The module path (``model.forward``, ``loss``, ``model.backward``,
 ``optimizer.step``) makes about 25 kernel calls per step, each wrapped in
-Python; on a batch of 10 that dispatch is about a third of the step. The
-fused step runs the same kernels in the same order on the same data, so the
-weights, optimizer state, step counts and meSimp activeness counts it leaves
-behind are bit-identical to the module path's (tests/test_fused.py).
+Python; on a batch of 10 that dispatch is about a third of the step. Each
+layer's backward is the C entry point nn.Linear.backward calls too
+(mp_layer_backward, include/meprop/layer.h), and the rest runs the same
+kernels in the same order on the same data, so the weights, optimizer state,
+step counts and meSimp activeness counts it leaves behind are bit-identical
+to the module path's (tests/test_step_paths.py: one step, layer by layer;
+tests/test_fused.py: whole runs). It shares ``step_rows`` with
+:class:`~meprop_cpu.steps.ModuleStep`.
 
 :class:`FusedStep` is what :class:`~meprop_cpu.train.Trainer` uses when the
 model qualifies (``Trainer(..., fused=True)``, the default); anything else
@@ -134,7 +138,7 @@ class FusedStep:
     def _current_key(self):
         """Everything the built plan depends on, compared by identity / value."""
         st = self.optimizer.state
-        key = [type(self.optimizer), self.optimizer.sparse, self.optimizer._n_state,
+        key = [type(self.optimizer), self.optimizer.sparse, self.optimizer.n_state,
                len(self.model.modules)]
         key += self.model.modules
         for lin in self._lins:
@@ -161,7 +165,7 @@ class FusedStep:
         self._draws = []
         self._states = []
         for i, (lin, drop) in enumerate(groups):
-            stW, stb = opt._state_for(lin.W), opt._state_for(lin.b)
+            stW, stb = opt.state_for(lin.W), opt.state_for(lin.b)
             self._states += (stW, stb)
             layers.append({"W": lin.W.data, "b": lin.b.data,
                            "sW": stW["arrays"], "sb": stb["arrays"],
@@ -197,12 +201,8 @@ class FusedStep:
             self._build(nt)
         for drop, u in self._draws:   # the same draws, in the same order, as Dropout.forward
             drop.draw(u[:B])
-        opt = self.optimizer
-        # momentum, eps and betas as the optimizer's own kernel arguments give them
-        # (the step-dependent Adam corrections are computed per parameter in C)
-        mom, eps, b1, b2 = opt._args(1)[:4]
-        return ([s["step"] for s in self._states], nt, opt._kind, opt.lr, mom, eps, b1, b2,
-                opt.weight_decay, opt.clip)
+        # the step-dependent Adam corrections are computed per parameter in C
+        return ([s["step"] for s in self._states], nt) + self.optimizer.kernel_args()
 
     def _finish(self, out, B, y, idx=None):
         st, loss, bad, layer, tf, tb, tu, th = out

@@ -16,7 +16,6 @@ dense one and every weight and every moment is updated each step.
 Bias vectors (dense gradients) are always updated densely. The updates are C
 kernels (include/meprop/optim.h), parallel over rows when the work pays.
 """
-import math
 import numbers
 
 import numpy as np
@@ -63,8 +62,28 @@ class Optimizer:
         self.steps = 0
         self._scratch = Workspace()
 
+    # -- what the fused step reads ---------------------------------------------
+    @property
+    def kind(self):
+        """The update rule's number in the C kernels (MP_OPT_SGD / ADAGRAD / ADAM)."""
+        return self._kind
+
+    @property
+    def n_state(self):
+        """State arrays per parameter (0-2), each shaped like the parameter."""
+        return self._n_state
+
+    def kernel_args(self):
+        """(kind, lr, momentum, eps, beta1, beta2, weight_decay, clip): the update's
+        arguments that do not depend on the step count (the C step derives the
+        step-dependent ones with mp_step_args, as _args does here)."""
+        mom, eps, b1, b2 = self._args(1)[:4]
+        return (self._kind, self.lr, mom, eps, b1, b2, self.weight_decay, self.clip)
+
     # -- state -------------------------------------------------------------
-    def _state_for(self, p):
+    def state_for(self, p):
+        """The state dict {"step", "arrays"} of parameter p, made (zeroed) on first
+        use or when p's shape changed."""
         st = self.state.get(id(p))
         if st is None or st["arrays"] and st["arrays"][0].shape != p.data.shape:
             st = {"step": 0, "arrays": [np.zeros_like(p.data) for _ in range(self._n_state)]}
@@ -165,7 +184,7 @@ class Optimizer:
         work = [(p,) + self._prepare(p) for p in self.params if p.grad is not None]
         self.steps += 1
         for p, w2, rows, v2, r in work:
-            st = self._state_for(p)
+            st = self.state_for(p)
             st["step"] += 1
             mom, eps, b1, b2, step_size, isb = self._args(st["step"])
             s1, s2 = self._state_views(st)
@@ -285,8 +304,8 @@ class Adam(Optimizer):
 
     def _args(self, step):
         b1, b2 = self.betas
-        step_size = self.lr / (1.0 - b1 ** step)
-        inv_sqrt_bc2 = 1.0 / math.sqrt(1.0 - b2 ** step)
+        # the bias corrections of mp_step_args (layer.h), the fused step's own
+        step_size, inv_sqrt_bc2 = _core.adam_corrections(self.lr, b1, b2, step)
         return 0.0, self.eps, b1, b2, step_size, inv_sqrt_bc2
 
     def _hyper(self):

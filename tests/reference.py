@@ -4,6 +4,11 @@ Each function here is written to be obviously correct, not fast: plain loops
 over examples and pairs, stable sorts, float64 accumulation where the kernel's
 result is compared with a tolerance, and float32 accumulation in the kernel's
 own order where the result must match exactly (the unified top-k ranking).
+
+Groups: top-k selection and meSimp counts (test_topk.py, test_hits.py, ...),
+the sparse / dense backward (test_sparse_linear.py, ...), the dense products
+of include/meprop/dense.h (test_dense.py), the optimizers (test_optim.py),
+and the float32 error bound the float64 references are compared with.
 """
 import numpy as np
 
@@ -11,6 +16,8 @@ import numpy as np
 U32 = 2.0 ** -24
 SUBNORMAL_ULP = 2.0 ** -149
 
+
+# ---- top-k selection and meSimp counts ----------------------------------------
 
 def ref_row_order(row):
     """Indices of a 1-D row ranked as the kernels rank them: larger |g| first,
@@ -59,6 +66,20 @@ def ref_topk_unified(g, k):
     order = np.argsort(-s, kind="stable")
     return np.sort(order[:k]).astype(np.int32)
 
+
+def ref_topk_mask(g, k):
+    """The masked form of the per-row top-k: g on the selected non-zero entries,
+    +0.0 everywhere else."""
+    ridx, rval = ref_topk_rows(g, k)
+    out = np.zeros(g.shape, dtype=np.float32)
+    for b in range(g.shape[0]):
+        for j, v in zip(ridx[b], rval[b]):
+            if v != 0:
+                out[b, j] = v
+    return out
+
+
+# ---- sparse and dense backward (float64) ---------------------------------------
 
 def ref_scatter(idx, val, n_out):
     """The dense (B, n_out) float64 gradient that the pairs (idx, val) stand for
@@ -109,6 +130,43 @@ def ref_dense_backward(x, W, dy, absdy=None):
     absdy = np.abs(dy64) if absdy is None else np.asarray(absdy, dtype=np.float64)
     return (dy64 @ W64, dy64.T @ x64, absdy @ np.abs(W64), absdy.T @ np.abs(x64))
 
+
+# ---- dense products (float64 result and sum of |terms|) -----------------------
+
+def ref_linear(x, W, b, relu):
+    x64, W64 = x.astype(np.float64), W.astype(np.float64)
+    y = x64 @ W64.T
+    absy = np.abs(x64) @ np.abs(W64).T
+    if b is not None:
+        y = y + b
+        absy = absy + np.abs(b.astype(np.float64))
+    if relu:
+        y = np.maximum(y, 0.0)
+    return y, absy
+
+
+def ref_nn(A, Bm):
+    A64, B64 = A.astype(np.float64), Bm.astype(np.float64)
+    return A64 @ B64, np.abs(A64) @ np.abs(B64)
+
+
+def ref_tn(A, Bm):
+    A64, B64 = A.astype(np.float64), Bm.astype(np.float64)
+    return A64.T @ B64, np.abs(A64).T @ np.abs(B64)
+
+
+# ---- optimizers ----------------------------------------------------------------
+
+def ref_adam(w, g, m, v, t, lr=1e-3, b1=0.9, b2=0.999, eps=1e-8):
+    """One Adam step with bias correction (t counts from 1), in place on w, m
+    and v (float64 arrays): the update of Kingma & Ba, the dense reference of
+    optim.Adam."""
+    m[:] = b1 * m + (1 - b1) * g
+    v[:] = b2 * v + (1 - b2) * g * g
+    w -= (lr / (1 - b1 ** t)) * m / (np.sqrt(v) / np.sqrt(1 - b2 ** t) + eps)
+
+
+# ---- the float32 error bound ---------------------------------------------------
 
 def float32_sum_tol(absref, nterms, slack=4.0):
     """A rigorous bound (times `slack`) on the error of a float32 sum of

@@ -1,11 +1,13 @@
-"""Dense products (include/meprop/dense.h via meprop_cpu._core) against float64
-numpy references on every code path the CPU can run (AVX-512, AVX2+FMA,
-portable C), plus bit-identical results for any thread count and input
-alignment."""
+"""Dense products (include/meprop/dense.h via meprop_cpu._core) against the
+float64 numpy references of tests/reference.py on every code path the CPU can
+run (AVX-512, AVX2+FMA, portable C), plus bit-identical results for any
+thread count and input alignment."""
 import numpy as np
 import pytest
 
 from meprop_cpu import _core
+
+from reference import ref_linear, ref_nn, ref_tn
 
 MIN_WORK = _core.dense_min_work()
 
@@ -31,30 +33,6 @@ def _check_close(got, ref, absref, K):
     err = np.abs(got.astype(np.float64) - ref)
     assert got.dtype == np.float32
     assert np.all(err <= tol), f"max err {err.max()}, worst ratio {(err / tol).max()}"
-
-
-# ---- naive references --------------------------------------------------------
-
-def ref_linear(x, W, b, relu):
-    x64, W64 = x.astype(np.float64), W.astype(np.float64)
-    y = x64 @ W64.T
-    absy = np.abs(x64) @ np.abs(W64).T
-    if b is not None:
-        y = y + b
-        absy = absy + np.abs(b.astype(np.float64))
-    if relu:
-        y = np.maximum(y, 0.0)
-    return y, absy
-
-
-def ref_nn(A, Bm):
-    A64, B64 = A.astype(np.float64), Bm.astype(np.float64)
-    return A64 @ B64, np.abs(A64) @ np.abs(B64)
-
-
-def ref_tn(A, Bm):
-    A64, B64 = A.astype(np.float64), Bm.astype(np.float64)
-    return A64.T @ B64, np.abs(A64).T @ np.abs(B64)
 
 
 # ---- calls -------------------------------------------------------------------

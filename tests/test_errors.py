@@ -4,7 +4,7 @@ CLI rows must exit non-zero with exactly one line on stderr.
 
 docs/errors.md holds the same table; ``test_docs_table_is_this_table`` keeps
 the two in step (every documented row is a row here, with the same exception
-or exit code). The kernels' own table is ``BAD_CALLS`` in tests/test_kernels.py
+or exit code). The kernels' own table is ``BAD_CALLS`` in tests/test_kernel_errors.py
 (about 100 rows: dtype, rank, contiguity, empty, k, threads, NaN/Inf, indices).
 """
 import gzip
@@ -344,7 +344,7 @@ ROWS = {
     "RowGrad: one row index per value row": (lambda t, m: RowGrad(np.array([0], np.int32), np.ones((2, 3), F32)), ValueError, "one entry per row"),
     "RowGrad.to_dense: negative row": (lambda t, m: rg([-1, 2]).to_dense(4), ValueError, r"\[0, n_out=4\)"),
 
-    # ---- kernels: rows beyond tests/test_kernels.py::BAD_CALLS
+    # ---- kernels: rows beyond tests/test_kernel_errors.py::BAD_CALLS
     "topk_rows: absurd thread count": (lambda t, m: K.topk_rows(np.ones((2, 5), F32), 2, threads=100000), ValueError, "threads"),
     "set_num_threads: absurd thread count": (lambda t, m: mp.set_num_threads(5000), ValueError, "absurd"),
 

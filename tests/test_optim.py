@@ -1,4 +1,5 @@
-"""Optimizers: row-sparse updates against dense numpy references."""
+"""Optimizers: row-sparse updates against dense numpy references (Adam:
+ref_adam in tests/reference.py)."""
 import numpy as np
 import pytest
 
@@ -6,6 +7,8 @@ import meprop_cpu as mp
 from meprop_cpu import optim
 from meprop_cpu.kernels import RowGrad
 from meprop_cpu.nn import Parameter
+
+from reference import ref_adam
 
 
 def _param(shape, seed=0):
@@ -16,12 +19,6 @@ def _rowgrad(n_rows, n_cols, rows, seed=1):
     rows = np.array(sorted(rows), dtype=np.int32)
     vals = np.random.default_rng(seed).standard_normal((len(rows), n_cols)).astype(np.float32)
     return RowGrad(rows, vals)
-
-
-def _ref_adam(w, g, m, v, t, lr=1e-3, b1=0.9, b2=0.999, eps=1e-8):
-    m[:] = b1 * m + (1 - b1) * g
-    v[:] = b2 * v + (1 - b2) * g * g
-    w -= (lr / (1 - b1 ** t)) * m / (np.sqrt(v) / np.sqrt(1 - b2 ** t) + eps)
 
 
 @pytest.mark.parametrize("opt_cls, kw", [(optim.SGD, dict(lr=0.1)),
@@ -65,7 +62,7 @@ def test_adam_matches_reference_over_steps():
         g = np.random.default_rng(t).standard_normal((8, 9)).astype(np.float32)
         p.grad = g
         opt.step()
-        _ref_adam(w, g.astype(np.float64), m, v, t, lr=0.01)
+        ref_adam(w, g.astype(np.float64), m, v, t, lr=0.01)
     np.testing.assert_allclose(p.data, w, rtol=1e-5, atol=1e-6)
 
 
@@ -85,7 +82,7 @@ def test_sparse_adam_uses_lazy_semantics_and_dense_update_reproduces_paper():
         before = lazy.data.copy()
         o_lazy.step()
         o_dense.step()
-        _ref_adam(w, g.to_dense(n).astype(np.float64), m, v, t, lr=0.01)
+        ref_adam(w, g.to_dense(n).astype(np.float64), m, v, t, lr=0.01)
         others = np.setdiff1d(np.arange(n), rows)
         assert np.array_equal(lazy.data[others], before[others])
     np.testing.assert_allclose(dense.data, w, rtol=1e-5, atol=1e-6)
@@ -298,7 +295,7 @@ def test_reset_state_keeping_step_counts_continues_the_bias_correction():
     p.grad = q.grad = g
     a.step()
     b.step()
-    _ref_adam(w, g, m, v, t=6, lr=1e-2)
+    ref_adam(w, g, m, v, t=6, lr=1e-2)
     np.testing.assert_allclose(p.data, w, rtol=1e-5, atol=1e-6)
     # the restart without bias correction takes a larger step than the fresh one
     assert np.abs(p.data - q.data).max() > 0

@@ -552,7 +552,7 @@ static void mp_mask_keep_earliest_ties(const float *g, int64_t n, float T, int64
  * at most k non-zeros is kept whole; otherwise T = the k-th largest non-zero
  * magnitude, and the row keeps every entry above T and the earliest entries
  * equal to T (the tie rule of mp_keep_best). The same non-zero entries as
- * mp_topk_row + mp_scatter_pairs, bit for bit (tests/test_kernels.py).
+ * mp_topk_row + mp_scatter_pairs, bit for bit (tests/test_topk.py).
  * ws: mp_topk_mask_ws_floats(n). Returns the row's non-finite count (out is then
  * not written). */
 MP_SIMD_CLONES

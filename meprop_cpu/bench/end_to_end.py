@@ -80,6 +80,7 @@ def _warm_meprop(model_fn, data, batch, steps, seed):
     """A few untimed steps on a throwaway model (first-call costs, page faults)."""
     from ..nn import SoftmaxCrossEntropy
     from ..optim import Adam
+    from ..steps import ModuleStep
     if steps <= 0:
         return
     model = model_fn()
@@ -87,13 +88,9 @@ def _warm_meprop(model_fn, data, batch, steps, seed):
     loss = SoftmaxCrossEntropy()
     X, y = data["train"]
     idx = np.random.default_rng(seed).permutation(X.shape[0])
+    step = ModuleStep(model, opt, loss)
     for s in range(steps):
-        i = idx[(s * batch) % X.shape[0]:][:batch]
-        logits = model.forward(X[i])
-        loss.forward(logits, y[i])
-        model.backward(loss.backward())
-        opt.step()
-        opt.zero_grad()
+        step.step_rows(X, y, idx[(s * batch) % X.shape[0]:][:batch])
 
 
 def train_meprop(run, data, epochs, seed=0, warmup_steps=50, sizes=(784, 500, 500, 10)):

@@ -129,9 +129,10 @@ class Linear(Module):
     :data:`DEFAULT_MODE`.
 
     After ``backward(dy)``: ``W.grad`` is a RowGrad holding only the touched
-    rows, ``b.grad`` the dense bias gradient ``dy.sum(0)`` (from the full dy,
-    as the authors' code does). ``dx`` and the RowGrad live in this layer's
-    workspace: they stay valid until its next backward.
+    rows, ``b.grad`` the dense bias gradient: the full dy (as the authors'
+    code has it) summed over the batch one row after the other, on every
+    path. ``dx`` and the RowGrad live in this layer's workspace: they stay
+    valid until its next backward.
 
     ``hits`` (int64 (n_out,)) and ``seen`` count, when ``track_hits`` is on,
     how many examples had each neuron in their top-k set with a non-zero
@@ -163,6 +164,7 @@ class Linear(Module):
         self._rand_calls = 0
         self._x = None
         self._ws = Workspace()
+        self._plan = self._plan_key = None
         self.track_hits = False
         self.hits = np.zeros(n_out, dtype=np.int64)
         self.seen = 0
@@ -205,72 +207,79 @@ class Linear(Module):
         if dy.shape[0] != x.shape[0]:
             raise ValueError(f"Linear.backward: dy has {dy.shape[0]} rows, the forward batch "
                              f"had {x.shape[0]}")
-        W = self.W.data
-        self.b.grad = dy.sum(axis=0)
+        B, n_in, n_out = dy.shape[0], self.n_in, self.n_out
         nt = get_num_threads()
-        dx = None
-        ws = self._ws
+        if self.sparse and self.mode == "random":
+            return self._random_backward(x, dy, nt)
+        # every other mode: mp_layer_backward (layer.h), the entry point the fused
+        # step calls for each layer, so both paths compute the same bits
+        lb = self._backward_plan(B, nt)
+        bad = lb.run(x, self.W.data, dy, self.hits if self.track_hits else None, nt)
+        if bad:
+            raise FloatingPointError(f"Linear.backward: dy contains {bad} NaN/Inf value(s)")
+        if self.track_hits:
+            self.seen += B
+        a = lb.arrays
+        self.b.grad = a["gb"][:n_out].copy()
         if not self.sparse:
-            if self.needs_input_grad:
-                dx = ws.get("dx", x.shape, np.float32)   # like the sparse paths: no allocation
-                _core.matmul_nn(dy, W, dx, nt)
-            gw = ws.get("dense_gw", W.shape, np.float32)
-            _core.matmul_tn(dy, x, gw, nt)
-            self.W.grad = RowGrad(None, gw)
-            if self.track_hits:
-                # every neuron with a non-zero gradient counts as selected
-                self.hits += np.count_nonzero(dy, axis=0)
-                self.seen += dy.shape[0]
-            return dx
+            self.W.grad = RowGrad(None, a["gw"][:n_out * n_in].reshape(n_out, n_in))
+        elif self.mode == "unified":
+            k = self.k
+            self.W.grad = RowGrad(a["idx"][:k], a["gw"][:k * n_in].reshape(k, n_in))
+        elif lb.masked:   # k > n_out / 4: the products ran dense on the masked dy
+            rows = a["rows"][:lb.r]
+            values = self._ws.get("values", (lb.r, n_in), np.float32)
+            np.take(a["gw"][:n_out * n_in].reshape(n_out, n_in), rows, axis=0, out=values)
+            self.W.grad = RowGrad(rows, values)
+        else:   # factored: the optimizer forms each gradient row as it applies it
+            values = self._ws.get("values", (lb.r, n_in), np.float32)
+            self.W.grad = RowGrad._factored(a["rows"][:lb.r], x, a["offsets"], a["pair_b"],
+                                            a["pair_v"], values)
+        return a["dx"][:B * n_in].reshape(B, n_in) if self.needs_input_grad else None
+
+    def selection(self, B):
+        """(idx, val) int32 / float32 (B, k): the per-example top-k (or random-k)
+        entries of dy that the last backward of B rows kept (not for the
+        unified, masked or dense backward)."""
         k = self.k
-        B = dy.shape[0]
-        # mode "topk_dw": the top-k weight gradient of mode "topk" (same kernels,
-        # same bits) and dx = dy W from the whole dy, as the fused step does it
-        sel = "topk" if self.exact_dx else self.mode
-        sparse_dx = self.needs_input_grad and not self.exact_dx
-        if self.needs_input_grad and self.exact_dx:
-            dx = ws.get("dx_exact", x.shape, np.float32)
-            _core.matmul_nn(dy, W, dx, nt)
-        if sel == "unified":
-            idx = ws.get("uidx", (k,), np.int32)
-            bad = kernels.topk_unified_into(dy, k, idx, ws, nt)
-            if bad:
-                raise FloatingPointError(f"Linear.backward: dy contains {bad} NaN/Inf value(s)")
-            dx, self.W.grad = kernels.unified_backward_into(x, W, idx, dy, ws, nt, sparse_dx)
-            if self.track_hits:
-                dyS = ws.get("dyS", (B, k), np.float32)   # the (B, k) block the kernel gathered
-                self.hits[idx] += np.count_nonzero(dyS, axis=0)
-                self.seen += B
-            return dx
-        if sel == "topk" and _core.backward_masked(k, self.n_out):
-            # k > n_out / 4: dense products on the masked dy (see sparse_linear.h)
-            bad, mdx, grad, counts = kernels.topk_masked_backward_into(
-                x, W, dy, k, ws, nt, sparse_dx)
-            if bad:
-                raise FloatingPointError(f"Linear.backward: dy contains {bad} NaN/Inf value(s)")
-            self.W.grad = grad
-            if self.track_hits:
-                self.hits += counts
-                self.seen += B
-            return mdx if sparse_dx else dx
+        if self.mode == "random":
+            return self._ws.get("idx", (B, k), np.int32), self._ws.get("val", (B, k), np.float32)
+        a = self._plan.arrays
+        return a["idx"][:B * k].reshape(B, k), a["val"][:B * k].reshape(B, k)
+
+    def _backward_plan(self, B, nthreads):
+        """The LinearBackward for this layer's shape and mode, grown to B rows and
+        nthreads threads when needed."""
+        k = self.k if self.sparse else 0
+        key = (self.n_in, self.n_out, k, self.mode, self.needs_input_grad, self.track_hits)
+        lb = self._plan
+        if lb is None or self._plan_key != key or B > lb.max_batch or nthreads > lb.threads:
+            grow = lb is not None and self._plan_key == key
+            lb = self._plan = _core.LinearBackward(
+                self.n_in, self.n_out, k, self.mode == "unified", self.exact_dx,
+                self.needs_input_grad, self.track_hits,
+                max(B, lb.max_batch) if grow else B, max(nthreads, lb.threads) if grow else nthreads)
+            self._plan_key = key
+        return lb
+
+    def _random_backward(self, x, dy, nt):
+        """Mode "random" (the paper's ablation): a fresh random k-subset per example."""
+        B, k = dy.shape[0], self.k
+        ws = self._ws
+        self.b.grad = np.empty(self.n_out, np.float32)
+        _core.colsum_rows(dy, self.b.grad)
         idx = ws.get("idx", (B, k), np.int32)
         val = ws.get("val", (B, k), np.float32)
-        if sel == "topk":
-            bad = kernels.topk_rows_into(dy, k, idx, val, ws, nt)
-            if bad:
-                raise FloatingPointError(f"Linear.backward: dy contains {bad} NaN/Inf value(s)")
-        else:  # random
-            seed = (self._rand_seed + self._rand_calls) % 2**64
-            self._rand_calls += 1
-            _core.randk_rows(B, self.n_out, k, seed, idx, nt)
-            val[...] = np.take_along_axis(dy, idx, axis=1)
+        seed = (self._rand_seed + self._rand_calls) % 2**64
+        self._rand_calls += 1
+        _core.randk_rows(B, self.n_out, k, seed, idx, nt)
+        val[...] = np.take_along_axis(dy, idx, axis=1)
         if self.track_hits:
             _core.count_hits(idx, val, self.hits)
             self.seen += B
-        # factored: the optimizer forms each gradient row as it applies it
-        sdx, self.W.grad = kernels.sparse_backward_into(x, W, idx, val, ws, nt, sparse_dx,
-                                                        factored=True)
-        return sdx if sparse_dx else dx
+        dx, self.W.grad = kernels.sparse_backward_into(x, self.W.data, idx, val, ws, nt,
+                                                       self.needs_input_grad, factored=True)
+        return dx
 
     def reset_hits(self):
         self.hits = np.zeros(self.n_out, dtype=np.int64)

@@ -237,7 +237,7 @@ class PosTrainer:
             if st is None:
                 params_sd.append(None)
                 continue
-            arrs = [arrays.get(f"opt:{i}:{j}") for j in range(self.optimizer._n_state)]
+            arrs = [arrays.get(f"opt:{i}:{j}") for j in range(self.optimizer.n_state)]
             if any(a is None or a.shape != p.data.shape for a in arrs):
                 raise ValueError(f"checkpoint {path}: optimizer state {i} is missing or does not "
                                  f"match its parameter")

@@ -22,7 +22,6 @@ gradient, after ``g += weight_decay * w``):
   parameter's own step count (PyTorch's Adam formulation; SparseAdam's puts
   eps outside the bias correction, a difference of order eps).
 """
-import math
 
 import numpy as np
 import torch
@@ -224,8 +223,8 @@ class Adam(_RowOptimizer):
 
     def _args(self, group, step):
         b1, b2 = group["betas"]
-        return (group["lr"], 0.0, group["eps"], b1, b2, group["lr"] / (1.0 - b1 ** step),
-                1.0 / math.sqrt(1.0 - b2 ** step))
+        return (group["lr"], 0.0, group["eps"], b1, b2,
+                *_core.adam_corrections(group["lr"], b1, b2, step))
 
 
 class AdaGrad(_RowOptimizer):

@@ -21,6 +21,7 @@ from ..nn import SoftmaxCrossEntropy
 from ..nn.models import dropouts as _dropouts, linears as _linears
 from .checkpoint import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, _check_partial, _from_json,
                          _to_json, read_checkpoint)
+from ..steps import ModuleStep
 from .progress import TrainingInterrupted, _isatty, _Progress
 
 __all__ = ["Trainer", "LOG_KEYS"]
@@ -354,7 +355,7 @@ class Trainer:
             t_eval = part["time_eval"]
             t_start -= part["time_train"] + t_eval
         dist = self.distributed
-        fast = self._fused(loss_fn) if dist is None else None
+        stepper = self._stepper(loss_fn) if dist is None else None
         if dist is not None:
             self.step_path = "distributed"
         tuner = self._thread_tuner()
@@ -372,47 +373,23 @@ class Trainer:
             if tuner is not None:
                 _config._use_threads(tuner.threads())
                 t_step = pc()
-            out = None
             if dist is not None:
                 loss, dt_f, dt_b, dt_u = dist.train_step(self, epoch, step, idx)
-                t_fwd += dt_f
-                t_bwd += dt_b
-                t_upd += dt_u
-            elif fast is not None:
+            else:
                 try:
-                    out = fast.step_rows(X, y, idx)
+                    out = stepper.step_rows(X, y, idx)
+                    if out is None:   # a callback made the model unfit for the fused step
+                        stepper = ModuleStep(model, opt, loss_fn)
+                        self.step_path = "modules"
+                        out = stepper.step_rows(X, y, idx)
                 except FloatingPointError as e:
                     self._diverged(epoch, step, f"the backward pass failed: {e}", e)
-                if out is None:   # a callback made the model unfit for the fused step
-                    fast, self.step_path = None, "modules"
-            if dist is not None:
-                pass
-            elif out is not None:
                 loss, dt_f, dt_b, dt_u = out
                 if not math.isfinite(loss):
                     self._diverged(epoch, step, f"the training loss is {loss}")
-                t_fwd += dt_f
-                t_bwd += dt_b
-                t_upd += dt_u
-            else:
-                xb, yb = X[idx], y[idx]
-                t0 = pc()
-                logits = model.forward(xb)
-                loss = loss_fn.forward(logits, yb)
-                t1 = pc()
-                if not math.isfinite(loss):
-                    self._diverged(epoch, step, f"the training loss is {loss}")
-                try:
-                    model.backward(loss_fn.backward())
-                except FloatingPointError as e:
-                    self._diverged(epoch, step, f"the backward pass failed: {e}", e)
-                t2 = pc()
-                opt.step()
-                opt.zero_grad()
-                t3 = pc()
-                t_fwd += t1 - t0
-                t_bwd += t2 - t1
-                t_upd += t3 - t2
+            t_fwd += dt_f
+            t_bwd += dt_b
+            t_upd += dt_u
             if tuner is not None:
                 tuner.record(pc() - t_step)
             self.global_step += 1
@@ -440,12 +417,12 @@ class Trainer:
             progress.clear()
         return rec
 
-    def _fused(self, loss_fn):
-        """The FusedStep for this epoch, or None for the module path (FusedStep.step
-        returns None when a callback makes the model unfit for it)."""
+    def _stepper(self, loss_fn):
+        """The step for this epoch: the Trainer's FusedStep when the model qualifies
+        (kept across epochs), else a ModuleStep (see meprop_cpu.steps)."""
         if not self.fused or fused.unsupported(self.model, self.optimizer, loss_fn) is not None:
             self.step_path = "modules"
-            return None
+            return ModuleStep(self.model, self.optimizer, loss_fn)
         fs = self._fused_step
         if fs is None or fs.model is not self.model or fs.optimizer is not self.optimizer:
             fs = self._fused_step = fused.FusedStep(self.model, self.optimizer, self.batch_size)
