@@ -152,20 +152,30 @@ def train_torch(parser, X, y, tb, epochs, batch, seed, lr, on_epoch=None):
 
 # ------------------------------------------------------------------ this library
 
-VARIANTS = {"torch": None, "dense": None, "k10": 10, "k20": 20, "k40": 40, "mesimp": 20}
+# k of each variant; its mode: the default (topk_dw) unless MODES says otherwise
+VARIANTS = {"torch": None, "dense": None, "k10": 10, "k20": 20, "k40": 40, "mesimp": 20,
+            "k20p": 20, "k20h": 20}
+MODES = {"k20p": "topk"}     # the paper's meProp on every hidden layer
+# k20h: the paper's top-k on the first hidden layer (whose input gradient goes to the
+# embeddings: sparse, cheap), topk_dw above it (the exact input gradient for that layer)
+FIRST_LAYER_MODE = {"k20h": "topk"}
 
 
 def make_parser(vocab, variant, seed, hidden, dropout=0.0):
     k = VARIANTS[variant]
-    return Parser.create(vocab, hidden=hidden, k=k if variant != "torch" else None, seed=seed,
-                         dropout=dropout)
+    p = Parser.create(vocab, hidden=hidden, k=k if variant != "torch" else None, seed=seed,
+                      dropout=dropout, mode=MODES.get(variant))
+    if variant in FIRST_LAYER_MODE:
+        p.net.linears[0].mode = FIRST_LAYER_MODE[variant]
+    return p
 
 
-def train_ours(parser, variant, ex, tb, epochs, batch, seed, lr, cycle_epochs, on_epoch=None):
+def train_ours(parser, variant, ex, tb, epochs, batch, seed, lr, cycle_epochs, on_epoch=None,
+               prune_rate=0.1):
     opt = build_optimizer("adam", parser.net.parameters(), lr=lr)
     cbs = []
     if variant == "mesimp":
-        cbs.append(Simplifier(parser.net, opt, prune_rate=0.1,
+        cbs.append(Simplifier(parser.net, opt, prune_rate=prune_rate,
                               schedule=CycleSchedule(cycle_epochs, 8)))
     hist = []
 
@@ -185,7 +195,7 @@ def train_ours(parser, variant, ex, tb, epochs, batch, seed, lr, cycle_epochs, o
 
 
 def run_variant(variant, vocab, ex, tb, epochs, batch, seed, lr, hidden, cycle_epochs,
-                evaluate=True, log=print, dropout=0.0):
+                evaluate=True, log=print, dropout=0.0, prune_rate=0.1):
     if dropout and variant == "torch":
         raise ValueError("--dropout: the PyTorch variant has no dropout")
     parser = make_parser(vocab, variant, seed, hidden, dropout)
@@ -207,7 +217,7 @@ def run_variant(variant, vocab, ex, tb, epochs, batch, seed, lr, hidden, cycle_e
         hist = train_torch(parser, X, y, tb, epochs, batch, seed, lr, on_epoch)
     else:
         hist = train_ours(parser, variant, ex, tb, epochs, batch, seed, lr, cycle_epochs,
-                          on_epoch)
+                          on_epoch, prune_rate)
     return {"variant": variant, "seed": seed, "history": hist, "best": best,
             "final_hidden": parser.net.hidden_sizes}, parser
 
@@ -240,10 +250,14 @@ def part_train(args, vocab, ex, tb):
     for seed in args.seeds:
         for v in args.variants:
             print(f"== {v} seed {seed}", flush=True)
-            r, _ = run_variant(v, vocab, ex, tb, args.epochs, args.batch_size, seed, args.lr,
-                               args.hidden, args.cycle_epochs, dropout=args.dropout)
+            r, parser = run_variant(v, vocab, ex, tb, args.epochs, args.batch_size, seed,
+                                    args.lr, args.hidden, args.cycle_epochs,
+                                    dropout=args.dropout, prune_rate=args.prune_rate)
             r["threads"] = args.threads[0]
             r["dropout"] = args.dropout
+            r["modes"] = [lin.mode for lin in parser.net.linears] if v != "torch" else None
+            if v == "mesimp":
+                r["prune_rate"] = args.prune_rate
             res["runs"].append(r)
             save(args, res)
     return res
@@ -311,6 +325,7 @@ def main(argv=None):
     ap.add_argument("--cycle-epochs", type=int, default=2,
                     help="meSimp: epochs per cycle (even cycles simplify)")
     ap.add_argument("--max-train", type=int, default=None)
+    ap.add_argument("--prune-rate", type=float, default=0.1, help="meSimp's (variant mesimp)")
     ap.add_argument("--dropout", type=float, default=0.0,
                     help="part train: dropout after the hidden layers (not for torch)")
     ap.add_argument("--out", default=OUT)
