@@ -1,10 +1,8 @@
 #!/usr/bin/env bash
 # Every measurement of benchmarks/results/distributed/ (about 4 minutes on the
-# shared 2-core VM), all under one hold of the project's exclusive CPU lock
-# (MEPROP_LOCKED=1 skips taking it).
-# The committed results were NOT taken with it: the exclusive lock was not
-# obtainable for an hour; the same commands ran under the shared lock (see
-# distributed.md for the exact commands and the load).
+# shared 2-core VM with ROUNDS=5 rounds of the four step-time variants), all
+# under one hold of the project's exclusive CPU lock (MEPROP_LOCKED=1 skips
+# taking it). Runs the installed package: `pip install .` first.
 # Needs mpi4py and an MPI (pip install 'meprop_cpu[distributed]' mpich).
 set -euo pipefail
 if [ -z "${MEPROP_LOCKED:-}" ]; then
@@ -21,7 +19,7 @@ R=$OLDPWD
 MPIEXEC=${MPIEXEC:-$R/$(dirname "$PY")/mpiexec}
 $LOCK "$MPIEXEC" -n 2 "$R/$PY" -m mpi4py "$R/$B" exchange "$R/$OUT/exchange.json"
 o=0
-for round in 1 2; do
+for round in $(seq 1 "${ROUNDS:-5}"); do
     o=$((o + 1)); $LOCK "$R/$PY" "$R/$B" steps "$R/$OUT/steps_1x2_fused_r$round.json" --threads 2 --max-train 20000 --order $o
     o=$((o + 1)); $LOCK "$MPIEXEC" -n 2 "$R/$PY" -m mpi4py "$R/$B" steps "$R/$OUT/steps_2x1_auto_r$round.json" --threads 1 --distributed --max-train 20000 --order $o
     o=$((o + 1)); $LOCK "$R/$PY" "$R/$B" steps "$R/$OUT/steps_1x2_modules_r$round.json" --threads 2 --no-fused --max-train 20000 --order $o

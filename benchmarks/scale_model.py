@@ -182,15 +182,14 @@ def main():
               "node forms the whole global gradient from the gathered factors, N x 100 x k "
               "selected rows of x per layer, the same work on every node, "
               f"{r16['sparse_apply_ms']:.2f} ms at 16 nodes against {a1:.2f} ms on one node "
-              f"and {1e3 * t_fb:.2f} ms of forward + backward. Factors win while N is small "
-              "(93 % at 2 nodes); past a few nodes each node should form its own rows and "
+              f"and {1e3 * t_fb:.2f} ms of forward + backward. Factors win while N is small; past a few nodes each node should form its own rows and "
               "exchange those (the rows exchange, whose bytes at batch 100 approach the dense "
               "Allreduce's because a batch's top-k rows cover most of a 500-row layer), or "
               "split the forming by row ownership - the library's automatic choice compares "
               "bytes only and does not see this cost. The dense Allreduce stays under 80 % at "
               "16 nodes on 25 Gb/s too: 2.6 MB per step against a 5-7 ms step on one thread.",
-              "", "Inputs measured on a heavily loaded shared machine (see distributed.md); "
-              "the minimum of each set of repeats is used."]
+              "", "Inputs from distributed.md (apply.json, exchange.json, measured on the "
+              "shared 2-core VM); the minimum of each set of repeats is used."]
     with open(os.path.join(args.results, "scale_model.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -113,11 +113,16 @@ def sparse_dx(const float[:, ::1] W, const int32_t[:, ::1] idx, const float[:, :
 def group_pairs(const int32_t[:, ::1] idx, const float[:, ::1] val, int64_t n_out,
                 int32_t[::1] cursor, int32_t[::1] rows, int32_t[::1] offsets,
                 int32_t[::1] pair_b, float[::1] pair_v):
-    """Returns r, the number of distinct rows with a non-zero pair."""
+    """Returns r, the number of distinct rows with a non-zero pair; ValueError when
+    such a pair's index lies outside [0, n_out)."""
     cdef int64_t r
+    _check_ws(cursor.shape[0], n_out, "cursor")
     with nogil:
         r = mp_group_pairs(&idx[0, 0], &val[0, 0], idx.shape[0], idx.shape[1], n_out,
                            &cursor[0], &rows[0], &offsets[0], &pair_b[0], &pair_v[0])
+    if r < 0:
+        raise ValueError(f"group_pairs: idx holds a row outside [0, {n_out}) (with a non-zero "
+                         f"value)")
     return r
 
 

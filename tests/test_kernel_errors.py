@@ -261,3 +261,19 @@ def test_per_thread_scratch_is_padded_and_checked():
                                      np.array([0, 1], np.int32), np.ones(2, np.float32),
                                      np.empty(2 * 30, np.float32), 0.1, 0.0, 0.0, 0.0, 0.0,
                                      0.0, 0.0, 0.0, 0.0, 2)
+
+
+def test_group_pairs_refuses_a_row_outside_the_layer():
+    """Indices that come from elsewhere (another rank, a caller's buffer) are
+    checked by the grouping itself: a ValueError, not a write past the buffers."""
+    B, k, n_out = 4, 3, 8
+    idx = np.zeros((B, k), np.int32)
+    val = np.ones((B, k), np.float32)
+    ws = K.Workspace()
+    for bad in (n_out, -1, 2**30):
+        idx[2, 1] = bad
+        with pytest.raises(ValueError, match="outside"):
+            K.group_pairs_into(n_out, idx, val, ws)
+    val[2, 1] = 0.0   # a zero pair is skipped, whatever its index
+    r, rows, *_ = K.group_pairs_into(n_out, idx, val, ws)
+    assert r == 1 and rows[0] == 0

@@ -158,13 +158,19 @@ static void mp_sparse_dx(const float *W, int64_t n_in, const int32_t *idx, const
  * IN  idx, val (B, k); n_out
  * OUT rows[0:r] distinct rows ascending; offsets[0:r+1]; pair_b, pair_v in
  *     row order: the pairs of rows[q] are offsets[q] .. offsets[q+1]-1.
- * WS  cursor: n_out ints. Returns r. Serial: O(B k + n_out). */
+ * WS  cursor: n_out ints. Returns r, or -1 (nothing written past cursor) when a
+ *     pair with a non-zero value names a row outside [0, n_out). Serial: O(B k + n_out). */
 static int64_t mp_group_pairs(const int32_t *idx, const float *val, int64_t B, int64_t k,
                               int64_t n_out, int32_t *cursor, int32_t *rows, int32_t *offsets,
                               int32_t *pair_b, float *pair_v) {
     memset(cursor, 0, (size_t)n_out * sizeof(int32_t));
     for (int64_t p = 0; p < B * k; p++)
-        if (val[p] != 0.0f) cursor[idx[p]]++;
+        if (val[p] != 0.0f) {
+            /* a row outside [0, n_out) (indices from elsewhere: MPI, a caller's
+             * buffer) is refused before anything is written through it */
+            if (idx[p] < 0 || (int64_t)idx[p] >= n_out) return -1;
+            cursor[idx[p]]++;
+        }
     int64_t r = 0;
     int32_t pos = 0;
     for (int64_t j = 0; j < n_out; j++) {
