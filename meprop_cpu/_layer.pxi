@@ -110,10 +110,13 @@ cdef class LinearBackward:
         self.arrays = _alloc_backward(&self.l, max_batch, threads, count_hits)
         self.max_batch, self.threads, self.masked, self.r = max_batch, threads, self.l.masked, 0
 
-    def run(self, x, W, dy, hits, int nthreads):
+    def run(self, x, W, dy, hits, int nthreads, dx=None, gw=None):
         """x (B, n_in), W (n_out, n_in), dy (B, n_out) float32 C-contiguous; hits
-        int64 (n_out,) to add the activeness counts to, or None. Returns the
-        number of NaN / Inf entries the top-k met (0: the results are valid)."""
+        int64 (n_out,) to add the activeness counts to, or None. dx, gw: arrays
+        to write the input gradient (B, n_in) and the dense-form weight gradient
+        ((n_out, n_in); unified: (k, n_in)) into instead of the own buffers
+        (writable float32 C-contiguous), or None. Returns the number of NaN / Inf
+        entries the top-k met (0: the results are valid)."""
         cdef str where = "LinearBackward.run"
         cdef cnp.ndarray xa = _carray(x, where, "x", cnp.NPY_FLOAT32, 2, -1, self.l.n_in)
         cdef int64_t B = xa.shape[0]
@@ -131,6 +134,25 @@ cdef class LinearBackward:
                 raise ValueError(f"{where}: built without count_hits")
             ha = _carray(hits, where, "hits", cnp.NPY_INT64, 1, self.l.n_out, 0)
             self.l.hits = <int64_t *>cnp.PyArray_DATA(ha)
+        cdef float *own_dx = self.l.dx
+        cdef float *own_gw = self.l.gw
+        cdef cnp.ndarray oa, ga
+        if dx is not None:
+            if not self.l.need_dx:
+                raise ValueError(f"{where}: built without the input gradient (need_dx)")
+            oa = _carray(dx, where, "dx", cnp.NPY_FLOAT32, 2, B, self.l.n_in)
+            if not cnp.PyArray_ISWRITEABLE(oa):
+                raise ValueError(f"{where}: dx must be writable")
+        if gw is not None:
+            if self.l.gw == NULL:
+                raise ValueError(f"{where}: this mode forms no dense weight gradient")
+            ga = _carray(gw, where, "gw", cnp.NPY_FLOAT32, 2,
+                         self.l.k if self.l.unified else self.l.n_out, self.l.n_in)
+            if not cnp.PyArray_ISWRITEABLE(ga):
+                raise ValueError(f"{where}: gw must be writable")
+            self.l.gw = <float *>cnp.PyArray_DATA(ga)
+        if dx is not None:
+            self.l.dx = <float *>cnp.PyArray_DATA(oa)
         self.l.x = <const float *>cnp.PyArray_DATA(xa)
         self.l.W = <float *>cnp.PyArray_DATA(wa)
         self.l.dy = <float *>cnp.PyArray_DATA(da)   # read only
@@ -141,5 +163,7 @@ cdef class LinearBackward:
         self.l.x = NULL
         self.l.W = NULL
         self.l.dy = NULL
+        self.l.dx = own_dx
+        self.l.gw = own_gw
         self.r = self.l.r if self.l.k > 0 else self.l.n_out
         return bad

@@ -153,6 +153,7 @@ class MePropLinear(nn.Module):
         self._rand_seed = None
         self._rand_calls = 0
         self._ws = kernels.Workspace()
+        self._plans = {}
         self.reset_parameters()
 
     # ------------------------------------------------------------ settings
@@ -244,78 +245,78 @@ class MePropLinear(nn.Module):
         B = x.shape[0]
         n_out, n_in = self.out_features, self.in_features
         xn, wn, dyn = _np(x), _np(w), _np(dy)
+        if self.sparse and self.mode == "random":
+            return self._random_backward(xn, wn, dyn, dy, need_dx, need_dw, need_db, nt)
+        # every other mode: mp_layer_backward (include/meprop/layer.h), the entry
+        # point nn.Linear.backward and the fused step call: the same bits
+        k = self.k if self.sparse else 0
+        lb = self._backward_plan(B, nt, need_dx)
+        dx = torch.empty(B, n_in, dtype=torch.float32) if need_dx else None
+        full = None
+        if k == 0 or lb.masked:
+            full = torch.empty(n_out, n_in, dtype=torch.float32)
+        elif self.mode == "unified":
+            full = torch.empty(k, n_in, dtype=torch.float32)
+        _raise_nonfinite(lb.run(xn, wn, dyn, self.hits if self.track_hits else None, nt,
+                                dx=None if dx is None else _np(dx),
+                                gw=None if full is None else _np(full)))
+        if self.track_hits:
+            self.seen += B
+        a = lb.arrays
+        db = torch.from_numpy(a["gb"][:n_out].copy()) if need_db else None
+        gw = None
+        if not need_dw:
+            pass
+        elif k == 0:
+            gw = self._weight_grad(None, full)
+        elif self.mode == "unified":
+            gw = self._weight_grad(a["idx"][:k].copy(), full)
+        elif lb.masked:   # k > n_out / 4: the products ran dense on the masked dy
+            rows = a["rows"][:lb.r].copy()
+            gw = full if not self.sparse_grad else \
+                self._weight_grad(rows, torch.from_numpy(np.take(_np(full), rows, axis=0)))
+        else:   # the selected pairs grouped by row: form the touched rows
+            r = lb.r
+            rows = a["rows"][:r].copy()
+            values = torch.empty(r, n_in, dtype=torch.float32)
+            _core.sparse_dw(xn, r, a["offsets"], a["pair_b"], a["pair_v"], _np(values), nt)
+            if self.sparse_grad:
+                gw = self._weight_grad(rows, values)
+            else:
+                gw = torch.zeros(n_out, n_in, dtype=torch.float32)
+                _np(gw)[rows] = _np(values)
+        return dx, gw, db
+
+    def _backward_plan(self, B, nthreads, need_dx):
+        """The _core.LinearBackward for this layer's shape, mode and need_dx, grown
+        to B rows and nthreads threads when needed."""
+        k = self.k if self.sparse else 0
+        key = (self.in_features, self.out_features, k, self.mode, need_dx, self.track_hits)
+        lb = self._plans.get(key)
+        if lb is None or B > lb.max_batch or nthreads > lb.threads:
+            lb = self._plans[key] = _core.LinearBackward(
+                self.in_features, self.out_features, k, self.mode == "unified",
+                self.mode == "topk_dw", need_dx, self.track_hits,
+                max(B, lb.max_batch if lb is not None else 0),
+                max(nthreads, lb.threads if lb is not None else 0))
+        return lb
+
+    def _random_backward(self, xn, wn, dyn, dy, need_dx, need_dw, need_db, nt):
+        """Mode "random" (the paper's ablation), which the C entry point does not take."""
+        B, n_in = xn.shape
+        n_out, k, ws = self.out_features, self.k, self._ws
         db = dy.sum(0) if need_db else None
         dx = torch.empty(B, n_in, dtype=torch.float32) if need_dx else None
         dxn = _np(dx) if need_dx else None
-        if not self.sparse:
-            if need_dx:
-                _core.matmul_nn(dyn, wn, dxn, nt)
-            gw = None
-            if need_dw:
-                full = torch.empty(n_out, n_in, dtype=torch.float32)
-                _core.matmul_tn(dyn, xn, _np(full), nt)
-                gw = self._weight_grad(None, full)
-            if self.track_hits:
-                self.hits += np.count_nonzero(dyn, axis=0)
-                self.seen += B
-            return dx, gw, db
-        if self.mode == "topk_dw":
-            # the weight gradient of mode "topk", the exact input gradient (as
-            # nn.Linear's mode "topk_dw": docs/stability.md)
-            if need_dx:
-                _core.matmul_nn(dyn, wn, dxn, nt)
-            object.__setattr__(self, "mode", "topk")
-            try:
-                _, gw, db = self._backward(x, w, dy, False, need_dw, need_db)
-            finally:
-                object.__setattr__(self, "mode", "topk_dw")
-            return dx, gw, db
-        k = self.k
-        ws = self._ws
-        if self.mode == "unified":
-            idx = ws.get("uidx", (k,), np.int32)
-            bad = kernels.topk_unified_into(dyn, k, idx, ws, nt)
-            _raise_nonfinite(bad)
-            dyS = ws.get("dyS", (B, k), np.float32)
-            np.take(dyn, idx, axis=1, out=dyS)
-            if need_dx:
-                Wk = ws.get("Wk", (k, n_in), np.float32)
-                np.take(wn, idx, axis=0, out=Wk)
-                _core.matmul_nn(dyS, Wk, dxn, nt)
-            gw = None
-            if need_dw:
-                values = torch.empty(k, n_in, dtype=torch.float32)
-                _core.matmul_tn(dyS, xn, _np(values), nt)
-                gw = self._weight_grad(idx, values)
-            if self.track_hits:
-                self.hits[idx] += np.count_nonzero(dyS, axis=0)
-                self.seen += B
-            return dx, gw, db
         masked = _core.backward_masked(k, n_out)
-        if self.mode == "topk" and masked:
-            # k > n_out / 4: dense products on dy with the unselected entries zeroed
-            dyS = ws.get("dyS_masked", (B, n_out), np.float32)
-            mws = ws.get("mask_ws", (nt * _core.thread_stride(
-                _core.topk_mask_ws_floats(n_out)),), np.float32)
-            _raise_nonfinite(_core.topk_mask_rows(dyn, k, dyS, mws, nt))
-            counts = ws.get("mask_counts", (n_out,), np.int32)
-            rows = ws.get("mask_rows", (n_out,), np.int32)
-            r = _core.mask_columns(dyS, counts, rows)
-            if self.track_hits:
-                self.hits += counts
-                self.seen += B
-            return self._masked_products(xn, wn, dyS, rows[:r], dx, need_dw, nt) + (db,)
         idx = ws.get("idx", (B, k), np.int32)
         val = ws.get("val", (B, k), np.float32)
-        if self.mode == "topk":
-            _raise_nonfinite(kernels.topk_rows_into(dyn, k, idx, val, ws, nt))
-        else:   # random
-            if self._rand_seed is None:
-                self._rand_seed = int(torch.randint(0, 2**62, (1,), device="cpu").item())
-            seed = (self._rand_seed + self._rand_calls) % 2**64
-            self._rand_calls += 1
-            _core.randk_rows(B, n_out, k, seed, idx, nt)
-            val[...] = np.take_along_axis(dyn, idx, axis=1)
+        if self._rand_seed is None:
+            self._rand_seed = int(torch.randint(0, 2**62, (1,), device="cpu").item())
+        seed = (self._rand_seed + self._rand_calls) % 2**64
+        self._rand_calls += 1
+        _core.randk_rows(B, n_out, k, seed, idx, nt)
+        val[...] = np.take_along_axis(dyn, idx, axis=1)
         if self.track_hits:
             _core.count_hits(idx, val, self.hits)
             self.seen += B
