@@ -201,7 +201,6 @@ def run_variant(variant, vocab, ex, tb, epochs, batch, seed, lr, hidden, cycle_e
     parser = make_parser(vocab, variant, seed, hidden, dropout)
     X, y, _ = ex
     best = {"dev_uas": -1.0}
-    snaps = []
 
     def on_epoch(rec):
         d = rec["dev"]

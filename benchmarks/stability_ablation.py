@@ -19,10 +19,10 @@ line per run on stdout, e.g.
     python benchmarks/stability_ablation.py --epochs 2 --xmode same
     python benchmarks/stability_ablation.py --epochs 2 --kw 500 --xmode topk --kx 20
 """
-import sys, json, time, argparse
+import json, time, argparse
 import numpy as np
 import meprop_cpu as mp
-from meprop_cpu import data as mpdata, nn, optim, train
+from meprop_cpu import data as mpdata, nn, train
 
 class ProtoLinear(nn.Linear):
     def backward(self, dy):

@@ -4,8 +4,6 @@ attachment scores, loaders, training, the command line. Only the last test
 touches the network (the real Turkish treebank)."""
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
