@@ -14,7 +14,10 @@ point (``meprop-cpu bench --tta`` measures time to accuracy).
     python benchmarks/stability.py --dataset mnist --batch 10 --optimizer adagrad
 
 Variants (--variants): dense, a mode name (topk_dw, topk, unified, random),
-optionally with ":dropout" (e.g. topk:0.2). Writes
+optionally with ":dropout" (e.g. topk:0.2), or unified_dw: the unified top-k for
+the weight gradient with the exact input gradient (an experiment, not a library
+mode: it makes every "unified" layer of this process pass the exact dx, so it
+cannot share a run with "unified"). Writes
 benchmarks/results/stability/<dataset>_b<batch>_<optimizer>.{json,md}.
 """
 import argparse
@@ -33,6 +36,14 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 def _variant(text, k):
     mode, _, drop = text.partition(":")
+    if mode == "unified_dw":
+        from meprop_cpu import nn
+        # mp_layer_backward already takes unified with exact_dx; the library offers
+        # the pair as no mode, so the experiment turns it on for this process
+        nn.Linear.exact_dx = property(lambda self: self.mode in ("topk_dw", "unified"))
+        v = _variant("unified" + (":" + drop if drop else ""), k)
+        v["name"] = "unified_dw" + v["name"][len("unified"):]
+        return v
     dropout = float(drop) if drop else 0.0
     name = mode if not dropout else f"{mode} dropout {dropout:g}"
     return tta._v(name, "meprop_cpu", mode, None if mode == "dense" else k, dropout)
@@ -58,6 +69,7 @@ def main(argv=None):
     p.add_argument("--k", type=int, default=20)
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--seeds", default="1,2,3")
+    p.add_argument("--tag", default="", help="appended to the output file names")
     p.add_argument("--variants", default="dense,topk_dw,topk")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=os.path.join(HERE, "results", "stability"))
@@ -67,10 +79,15 @@ def main(argv=None):
     a = p.parse_args(argv)
     mp.set_num_threads(a.threads)
     seeds = [int(s) for s in a.seeds.split(",")]
-    variants = [_variant(t, a.k) for t in a.variants.split(",")]
+    names = a.variants.split(",")
+    if "unified_dw" in [n.partition(":")[0] for n in names] and \
+            "unified" in [n.partition(":")[0] for n in names]:
+        p.error("--variants: unified_dw and unified cannot share a run")
+    variants = [_variant(t, a.k) for t in names]
     data = tta._load(a.dataset, None)
     lr = a.lr if a.lr is not None else (0.1 if a.optimizer == "adagrad" else None)
-    name = f"{a.dataset}_b{a.batch}_{a.optimizer}" + (f"_lr{a.lr:g}" if a.lr else "")
+    name = f"{a.dataset}_b{a.batch}_{a.optimizer}" + (f"_lr{a.lr:g}" if a.lr else "") + \
+        (f"_{a.tag}" if a.tag else "")
     os.makedirs(a.out, exist_ok=True)
     runs = {v["name"]: [] for v in variants}
     t0 = time.time()
