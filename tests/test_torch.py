@@ -570,3 +570,19 @@ def test_optimizer_follows_replaced_parameter_memory():
     opt.load_state_dict(opt.state_dict())
     opt.step()
     assert torch.equal(w.data, torch.full((3, 2), 8.5 - 1.75))
+
+
+def test_a_used_layer_deep_copies_and_saves(tmp_path):
+    """copy.deepcopy and torch.save work after a backward (the C buffers are
+    left out and rebuilt), and the copy computes the same gradients."""
+    import copy
+    lin, mp = _pair(9, 6, k=2)
+    x, dy = _data(5, 9, 6)
+    _run(mp, x, dy)
+    twin = copy.deepcopy(mp)
+    torch.save(mp, tmp_path / "layer.pt")
+    loaded = torch.load(tmp_path / "layer.pt", weights_only=False)
+    for other in (twin, loaded):
+        a, b = _run(mp, x, dy), _run(other, x, dy)
+        for u, v in zip(a, b):
+            assert torch.equal(u, v)

@@ -237,6 +237,13 @@ class Linear(Module):
                                             a["pair_v"], values)
         return a["dx"][:B * n_in].reshape(B, n_in) if self.needs_input_grad else None
 
+    def __getstate__(self):
+        """Copies and pickles leave out the backward's C buffers (rebuilt on the
+        next backward): the layer copies like the plain arrays it holds."""
+        state = self.__dict__.copy()
+        state["_plan"] = state["_plan_key"] = None
+        return state
+
     def selection(self, B):
         """(idx, val) int32 / float32 (B, k): the per-example top-k (or random-k)
         entries of dy that the last backward of B rows kept (not for the

@@ -287,6 +287,13 @@ class MePropLinear(nn.Module):
                 _np(gw)[rows] = _np(values)
         return dx, gw, db
 
+    def __getstate__(self):
+        """copy.deepcopy / torch.save leave out the backward's C buffers (rebuilt
+        on the next backward)."""
+        state = self.__dict__.copy()
+        state["_plans"] = {}
+        return state
+
     def _backward_plan(self, B, nthreads, need_dx):
         """The _core.LinearBackward for this layer's shape, mode and need_dx, grown
         to B rows and nthreads threads when needed."""
