@@ -439,3 +439,22 @@ def dense_backward(x, W, dy, *, threads=None):
     _core.matmul_nn(dy, W, dx, nt)
     _core.matmul_tn(dy, x, gw, nt)
     return dx, RowGrad(None, gw)
+
+
+def linear_backward_for(plans, n_in, n_out, k, mode, need_dx, count_hits, B, nthreads):
+    """The ``_core.LinearBackward`` (mp_layer_backward with its buffers) of a
+    layer (n_in, n_out) at k (0: dense) and mode, from the cache dict ``plans``:
+    reused while it fits, else built for at least B rows and nthreads threads.
+    Plans of another shape are dropped (meSimp's compaction changes the shape),
+    so the cache holds only the layer's current width."""
+    key = (n_in, n_out, k, mode, bool(need_dx), bool(count_hits))
+    lb = plans.get(key)
+    if lb is None or B > lb.max_batch or nthreads > lb.threads:
+        for other in [q for q in plans if q[:2] != key[:2]]:
+            del plans[other]
+        lb = plans[key] = _core.LinearBackward(
+            n_in, n_out, k, mode == "unified", mode == "topk_dw", need_dx, count_hits,
+            max(B, lb.max_batch if lb is not None else 0),
+            max(nthreads, lb.threads if lb is not None else 0))
+    return lb
+

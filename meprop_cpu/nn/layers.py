@@ -164,7 +164,8 @@ class Linear(Module):
         self._rand_calls = 0
         self._x = None
         self._ws = Workspace()
-        self._plan = self._plan_key = None
+        self._plans = {}        # _core.LinearBackward by shape and mode
+        self._plan = None       # the one the last backward used
         self.track_hits = False
         self.hits = np.zeros(n_out, dtype=np.int64)
         self.seen = 0
@@ -213,7 +214,9 @@ class Linear(Module):
             return self._random_backward(x, dy, nt)
         # every other mode: mp_layer_backward (layer.h), the entry point the fused
         # step calls for each layer, so both paths compute the same bits
-        lb = self._backward_plan(B, nt)
+        lb = self._plan = kernels.linear_backward_for(
+            self._plans, self.n_in, self.n_out, self.k if self.sparse else 0, self.mode,
+            self.needs_input_grad, self.track_hits, B, nt)
         bad = lb.run(x, self.W.data, dy, self.hits if self.track_hits else None, nt)
         if bad:
             raise FloatingPointError(f"Linear.backward: dy contains {bad} NaN/Inf value(s)")
@@ -241,7 +244,7 @@ class Linear(Module):
         """Copies and pickles leave out the backward's C buffers (rebuilt on the
         next backward): the layer copies like the plain arrays it holds."""
         state = self.__dict__.copy()
-        state["_plan"] = state["_plan_key"] = None
+        state["_plans"], state["_plan"] = {}, None
         return state
 
     def selection(self, B):
@@ -253,21 +256,6 @@ class Linear(Module):
             return self._ws.get("idx", (B, k), np.int32), self._ws.get("val", (B, k), np.float32)
         a = self._plan.arrays
         return a["idx"][:B * k].reshape(B, k), a["val"][:B * k].reshape(B, k)
-
-    def _backward_plan(self, B, nthreads):
-        """The LinearBackward for this layer's shape and mode, grown to B rows and
-        nthreads threads when needed."""
-        k = self.k if self.sparse else 0
-        key = (self.n_in, self.n_out, k, self.mode, self.needs_input_grad, self.track_hits)
-        lb = self._plan
-        if lb is None or self._plan_key != key or B > lb.max_batch or nthreads > lb.threads:
-            grow = lb is not None and self._plan_key == key
-            lb = self._plan = _core.LinearBackward(
-                self.n_in, self.n_out, k, self.mode == "unified", self.exact_dx,
-                self.needs_input_grad, self.track_hits,
-                max(B, lb.max_batch) if grow else B, max(nthreads, lb.threads) if grow else nthreads)
-            self._plan_key = key
-        return lb
 
     def _random_backward(self, x, dy, nt):
         """Mode "random" (the paper's ablation): a fresh random k-subset per example."""

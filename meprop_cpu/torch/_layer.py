@@ -250,7 +250,8 @@ class MePropLinear(nn.Module):
         # every other mode: mp_layer_backward (include/meprop/layer.h), the entry
         # point nn.Linear.backward and the fused step call: the same bits
         k = self.k if self.sparse else 0
-        lb = self._backward_plan(B, nt, need_dx)
+        lb = kernels.linear_backward_for(self._plans, n_in, n_out, k, self.mode, need_dx,
+                                         self.track_hits, B, nt)
         dx = torch.empty(B, n_in, dtype=torch.float32) if need_dx else None
         full = None
         if k == 0 or lb.masked:
@@ -293,20 +294,6 @@ class MePropLinear(nn.Module):
         state = self.__dict__.copy()
         state["_plans"] = {}
         return state
-
-    def _backward_plan(self, B, nthreads, need_dx):
-        """The _core.LinearBackward for this layer's shape, mode and need_dx, grown
-        to B rows and nthreads threads when needed."""
-        k = self.k if self.sparse else 0
-        key = (self.in_features, self.out_features, k, self.mode, need_dx, self.track_hits)
-        lb = self._plans.get(key)
-        if lb is None or B > lb.max_batch or nthreads > lb.threads:
-            lb = self._plans[key] = _core.LinearBackward(
-                self.in_features, self.out_features, k, self.mode == "unified",
-                self.mode == "topk_dw", need_dx, self.track_hits,
-                max(B, lb.max_batch if lb is not None else 0),
-                max(nthreads, lb.threads if lb is not None else 0))
-        return lb
 
     def _random_backward(self, xn, wn, dyn, dy, need_dx, need_dw, need_db, nt):
         """Mode "random" (the paper's ablation), which the C entry point does not take."""
