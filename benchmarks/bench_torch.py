@@ -98,13 +98,19 @@ class Timed:
 
     def __enter__(self):
         orig, acc = self._orig, self
+        depth = [0]
 
         def wrapped(layer, *a):
+            # only the outermost call counts: a _backward that calls itself (as
+            # mode topk_dw once did) must not be timed twice
+            depth[0] += 1
             t = time.perf_counter()
             try:
                 return orig(layer, *a)
             finally:
-                acc.seconds += time.perf_counter() - t
+                depth[0] -= 1
+                if depth[0] == 0:
+                    acc.seconds += time.perf_counter() - t
         MePropLinear._backward = wrapped
         return self
 
