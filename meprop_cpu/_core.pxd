@@ -83,7 +83,7 @@ cdef extern from "meprop/dense.h":
 cdef extern from "meprop/layer.h":
     ctypedef struct mp_step_layer:
         int64_t n_in, n_out, k
-        int unified, masked, exact_dx
+        int unified, masked, exact_dx, batch_sel
         int relu, need_dx
         int64_t *hits
         const float *drop_u
@@ -117,6 +117,7 @@ cdef extern from "meprop/layer.h":
         int32_t *offsets
         int32_t *pair_b
         float *pair_v
+        int32_t *pair_e
         const float *x
         int64_t r
     ctypedef struct mp_step_optim:

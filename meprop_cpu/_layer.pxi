@@ -32,16 +32,21 @@ cdef object _alloc_backward(mp_step_layer *l, int64_t B, int threads, bint count
         l.rows = <int32_t *>_new(a, "rows", n_out, np.int32)
     if l.masked:   # the masked top-k writes dys; cursor counts its columns
         l.dys = <float *>_new(a, "dys", B * n_out, np.float32)
-        l.mws = <float *>_new(a, "mws", threads * mp_thread_stride(
-            mp_topk_mask_ws_floats(n_out)), np.float32)
+        l.mws = <float *>_new(a, "mws", max(
+            threads * mp_thread_stride(mp_topk_mask_ws_floats(n_out)),
+            mp_topk_mask_ws_floats(B * n_out) if l.batch_sel else 0), np.float32)
         l.cursor = <int32_t *>_new(a, "cursor", n_out, np.int32)
         l.rows = <int32_t *>_new(a, "rows", n_out, np.int32)
     elif k > 0 and not l.unified:
         npairs = B * k
         l.idx = <int32_t *>_new(a, "idx", npairs, np.int32)
         l.val = <float *>_new(a, "val", npairs, np.float32)
-        l.topk_ws = <mp_entry *>_new(a, "topk_ws", threads * mp_thread_stride(
-            mp_topk_ws_entries(k)), np.int64)
+        if l.batch_sel:   # one selection of B k over the batch, and each pair's example
+            l.topk_ws = <mp_entry *>_new(a, "topk_ws", mp_topk_ws_entries(npairs), np.int64)
+            l.pair_e = <int32_t *>_new(a, "pair_e", npairs, np.int32)
+        else:
+            l.topk_ws = <mp_entry *>_new(a, "topk_ws", threads * mp_thread_stride(
+                mp_topk_ws_entries(k)), np.int64)
         l.sel = <int32_t *>_new(a, "sel", threads * mp_thread_stride(k), np.int32)
         l.coef = <float *>_new(a, "coef", threads * mp_thread_stride(k), np.float32)
         l.cursor = <int32_t *>_new(a, "cursor", n_out, np.int32)
@@ -53,15 +58,24 @@ cdef object _alloc_backward(mp_step_layer *l, int64_t B, int threads, bint count
 
 
 cdef int _set_modes(mp_step_layer *l, int64_t n_in, int64_t n_out, int64_t k, bint unified,
-                    bint exact_dx, bint need_dx) except -1:
+                    bint exact_dx, bint batch_sel, bint need_dx, int64_t max_batch) except -1:
     """The shape and mode fields of a layer, as both paths derive them."""
     if n_in < 1 or n_out < 1 or not 0 <= k < n_out:
         raise ValueError(f"layer ({n_in} -> {n_out}): k must be in [0, {n_out}), got {k}")
+    if batch_sel and unified:
+        raise ValueError(f"layer ({n_in} -> {n_out}): batch_sel and unified exclude each other")
+    if batch_sel and not exact_dx:
+        raise ValueError(f"layer ({n_in} -> {n_out}): batch_sel needs exact_dx (mode "
+                         f"'batch_dw' passes the exact input gradient)")
+    if batch_sel and k > 0 and max_batch * n_out > 2**31 - 1:
+        raise ValueError(f"layer ({n_in} -> {n_out}): mode 'batch_dw' selects over the whole "
+                         f"batch, which needs batch * n_out < 2^31 (batch {max_batch})")
     l.n_in, l.n_out, l.k = n_in, n_out, k
     l.need_dx = 1 if need_dx else 0
     l.unified = 1 if (k > 0 and unified) else 0
     l.masked = 1 if (k > 0 and not l.unified and mp_backward_masked(k, n_out)) else 0
     l.exact_dx = 1 if (k > 0 and exact_dx) else 0
+    l.batch_sel = 1 if (k > 0 and batch_sel) else 0
     return 0
 
 
@@ -91,7 +105,9 @@ cdef class LinearBackward:
     the first B rows): gb (the bias gradient), dx (need_dx), and the weight
     gradient: gw (dense: (n_out, n_in); unified: (k, n_in) for rows idx;
     masked: (n_out, n_in) of which rows[:r] count) or, for the per-example
-    top-k, rows[:r] with offsets / pair_b / pair_v (formed by the optimizer).
+    and the batch top-k, rows[:r] with offsets / pair_b / pair_v (formed by
+    the optimizer; batch_sel: idx / pair_e / val hold the B k selected
+    (column, example, value) triples in flat order).
     """
     cdef mp_step_layer l
     cdef readonly dict arrays
@@ -101,12 +117,13 @@ cdef class LinearBackward:
     cdef readonly int64_t r
 
     def __init__(self, int64_t n_in, int64_t n_out, int64_t k, bint unified, bint exact_dx,
-                 bint need_dx, bint count_hits, int64_t max_batch, int threads):
+                 bint batch_sel, bint need_dx, bint count_hits, int64_t max_batch,
+                 int threads):
         if max_batch < 1 or threads < 1:
             raise ValueError(f"LinearBackward: max_batch and threads must be >= 1, got "
                              f"{max_batch}, {threads}")
         memset(&self.l, 0, sizeof(mp_step_layer))
-        _set_modes(&self.l, n_in, n_out, k, unified, exact_dx, need_dx)
+        _set_modes(&self.l, n_in, n_out, k, unified, exact_dx, batch_sel, need_dx, max_batch)
         self.arrays = _alloc_backward(&self.l, max_batch, threads, count_hits)
         self.max_batch, self.threads, self.masked, self.r = max_batch, threads, self.l.masked, 0
 

@@ -44,8 +44,9 @@ cdef class MLPStep:
     layers: one dict per Linear with keys W, b (parameter arrays), sW, sb
     (lists of the optimizer's state arrays for them, 0-2 each), hits (int64
     array or None), k (0 for a dense backward), unified (one index set per
-    batch), exact_dx (with k > 0: the input gradient from the whole dy, mode
-    "topk_dw"), relu, need_dx, and optionally
+    batch), exact_dx (with k > 0: the input gradient from the whole dy, modes
+    "topk_dw" and "batch_dw"), batch_sel (the B k largest |dy| of the batch
+    instead of k per example, mode "batch_dw"), relu, need_dx, and optionally
     drop_u (float32 (max_batch, n_out): where the caller draws the dropout
     uniforms before each run) with drop_p (the dropout probability). max_batch, threads: the largest batch and thread count run()
     will be given.
@@ -123,7 +124,7 @@ cdef class MLPStep:
             l.y = self._buf(B * n_out, np.float32)
             l.h = self._buf(B * n_out, np.float32) if l.relu else NULL
             _set_modes(l, n_in, n_out, k, d.get("unified", False), d.get("exact_dx", False),
-                       d["need_dx"])
+                       d.get("batch_sel", False), d["need_dx"], B)
             arrays = _alloc_backward(l, B, threads, hits is not None)
             l.dy = <float *>_new(arrays, "dy", B * n_out, np.float32)
             self.layer_arrays.append(arrays)

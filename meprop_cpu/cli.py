@@ -60,10 +60,12 @@ def add_train_parser(subparsers):
     p.add_argument("--k", type=_positive_int, default=20,
                    help="top-k per hidden layer (default 20)")
     p.add_argument("--mode", choices=MODES, default=None,
-                   help=f"backward of the hidden layers (default {DEFAULT_MODE}: per-example "
-                        "top-k for the weight gradient, the exact input gradient passed down; "
-                        "topk: the paper's meProp, top-k for both; unified: one top-k set per "
-                        "batch; random: random-k; dense)")
+                   help=f"backward of the hidden layers (default {DEFAULT_MODE}: the "
+                        "batch-size x k largest output-gradient entries of the minibatch form "
+                        "the weight gradient, the exact input gradient is passed down; "
+                        "topk_dw: the same with k per example; topk: the paper's meProp, "
+                        "top-k for both; unified: one top-k set per batch; random: random-k; "
+                        "dense)")
     p.add_argument("--paper", action="store_true",
                    help="the paper's exact meProp semantics (same as --mode topk)")
     p.add_argument("--dense", action="store_true",

@@ -123,7 +123,10 @@ def exchange_bytes(kind, size, n_out, n_in, batch=0, k=0, rows=0, with_input=Tru
       batch of ``batch`` examples: (N-1)/N * batch * (n_in + 2k) * 4 (without
       x, ``with_input=False``, for the first layer, whose input every rank has);
     * ``"rows"``: Allgatherv of the other ranks' rows: ``rows`` = the total
-      count over all ranks, (N-1)/N * rows * (n_in + 1) * 4.
+      count over all ranks, (N-1)/N * rows * (n_in + 1) * 4;
+    * ``"dy"``: Allgatherv of the other ranks' x and output gradient dy (mode
+      batch_dw): (N-1)/N * batch * (n_in + n_out) * 4 (without x as for
+      "factors").
     """
     f = (size - 1) / size
     if kind == "dense":
@@ -132,7 +135,10 @@ def exchange_bytes(kind, size, n_out, n_in, batch=0, k=0, rows=0, with_input=Tru
         return f * batch * (n_in * bool(with_input) + 2 * k) * 4
     if kind == "rows":
         return f * rows * (n_in + 1) * 4
-    raise ValueError(f"exchange_bytes: kind must be 'dense', 'factors' or 'rows', got {kind!r}")
+    if kind == "dy":
+        return f * batch * (n_in * bool(with_input) + n_out) * 4
+    raise ValueError(f"exchange_bytes: kind must be 'dense', 'factors', 'dy' or 'rows', "
+                     f"got {kind!r}")
 
 
 def _factored_layer(lin):
@@ -140,6 +146,12 @@ def _factored_layer(lin):
     random-k below the masked threshold): the gradient travels as factors."""
     return (lin.sparse and lin.mode in ("topk_dw", "topk", "random")
             and not _core.backward_masked(lin.k, lin.n_out))
+
+
+def _batch_layer(lin):
+    """Whether lin selects over the whole batch (mode batch_dw): its gradient
+    travels as (x, dy), and every rank selects over the global batch."""
+    return lin.sparse and lin.mode == "batch_dw"
 
 
 class Distributed:
@@ -277,14 +289,16 @@ class Distributed:
             if lin is not None:
                 if not lin.sparse:
                     plan.append((p, "dense", lin))
-                elif _factored_layer(lin) and self.exchange in ("auto", "factors"):
+                elif ((_factored_layer(lin) or _batch_layer(lin))
+                      and self.exchange in ("auto", "factors")):
                     first = first_input is not None and lin is model.modules[0]
                     if first:
                         self._skip_x.add(id(lin))
-                    f = exchange_bytes("factors", N, lin.n_out, lin.n_in, B, lin.k,
+                    kind = "dy" if _batch_layer(lin) else "factors"
+                    f = exchange_bytes(kind, N, lin.n_out, lin.n_in, B, lin.k,
                                        with_input=not first)
                     d = exchange_bytes("dense", N, lin.n_out, lin.n_in)
-                    plan.append((p, "factors" if self.exchange == "factors" or f <= d
+                    plan.append((p, kind if self.exchange == "factors" or f <= d
                                  else "dense_rows", lin))
                 else:
                     plan.append((p, self._sparse_method(), lin))
@@ -337,6 +351,10 @@ class Distributed:
                 k, n_in = lin.k, lin.n_in * (id(lin) not in self._skip_x)
                 recv_sizes += np.array(sizes, np.int64) * (n_in + 2 * k) * 4
                 send_parts += _factor_parts(lin, nb, with_input=n_in > 0)
+            elif m == "dy":
+                n_in = lin.n_in * (id(lin) not in self._skip_x)
+                recv_sizes += np.array(sizes, np.int64) * (n_in + lin.n_out) * 4
+                send_parts += _dy_parts(lin, nb, with_input=n_in > 0)
             elif m == "rows":
                 n_in = p.data.shape[1]
                 recv_sizes += counts[:, row_j[i]] * (n_in + 1) * 4
@@ -475,10 +493,16 @@ class Distributed:
     def _unpack(self, plan, recvbuf, displs, sizes, counts, row_j, N, first_input):
         """Rebuild each exchanged gradient from every rank's part, in rank order."""
         pos = [int(d) for d in displs]
-        factors, rows = {}, {}
+        factors, rows, dys = {}, {}, {}
         for i, (p, m, lin) in enumerate(plan):
             for r in range(N):
-                if m == "factors":
+                if m == "dy":
+                    n_in, b = lin.n_in, sizes[r]
+                    x = (None if id(lin) in self._skip_x else
+                         _take(recvbuf, pos, r, b * n_in, np.float32).reshape(b, n_in))
+                    d = _take(recvbuf, pos, r, b * lin.n_out, np.float32).reshape(b, lin.n_out)
+                    dys.setdefault(i, []).append((x, d))
+                elif m == "factors":
                     k, n_in, b = lin.k, lin.n_in, sizes[r]
                     x = (None if id(lin) in self._skip_x else
                          _take(recvbuf, pos, r, b * n_in, np.float32).reshape(b, n_in))
@@ -507,6 +531,18 @@ class Distributed:
             if idx.size and (idx.min() < 0 or idx.max() >= lin.n_out):
                 raise RuntimeError("Distributed: a rank sent row indices out of range")
             p.grad = kernels.sparse_dw_into(X, lin.n_out, idx, val, ws, nt, factored=True)
+        for i, parts in dys.items():   # mode batch_dw: select over the global batch
+            p, _, lin = plan[i]
+            ws = self._ws.setdefault(id(lin), Workspace())
+            Bg = sum(d.shape[0] for _, d in parts)
+            X = ws.get("x", (Bg, lin.n_in), np.float32)
+            DY = ws.get("dy", (Bg, lin.n_out), np.float32)
+            if id(lin) in self._skip_x:
+                X[...] = first_input()
+            else:
+                np.concatenate([x for x, _ in parts], out=X)
+            np.concatenate([d for _, d in parts], out=DY)
+            p.grad = lin.weight_grad(X, DY)
         for i, parts in rows.items():
             p = plan[i][0]
             u, vals = merge_rows(parts, p.data.shape[1])
@@ -554,6 +590,16 @@ def _factor_parts(lin, nb, with_input=True):
                  np.zeros(nb * k, np.float32)]
     else:
         parts = [lin._x, *lin.selection(nb)]
+    return parts if with_input else parts[1:]
+
+
+def _dy_parts(lin, nb, with_input=True):
+    """x (unless not with_input) and dy (nb, n_out) of this rank's share (zeros
+    when it has no gradient)."""
+    if nb == 0 or lin.W.grad is None or lin._dy is None:
+        parts = [np.zeros(nb * lin.n_in, np.float32), np.zeros(nb * lin.n_out, np.float32)]
+    else:
+        parts = [lin._x, lin._dy]
     return parts if with_input else parts[1:]
 
 

@@ -22,8 +22,8 @@ takes the module path. A model qualifies when :func:`unsupported` returns None:
   replaced on an instance), in training mode; dropout draws its uniforms
   from each Dropout's own generator (:meth:`~meprop_cpu.nn.Dropout.draw`),
   as Dropout.forward does;
-* each Linear backpropagates per-example or unified top-k (mode ``"topk_dw"``,
-  ``"topk"`` or ``"unified"``) or densely (``k=None``, ``k >= n_out`` or mode
+* each Linear backpropagates a batch, per-example or unified top-k (mode
+  ``"batch_dw"``, ``"topk_dw"``, ``"topk"`` or ``"unified"``) or densely (``k=None``, ``k >= n_out`` or mode
   ``"dense"``), and every layer but the first computes its input gradient;
 * the optimizer is :class:`~meprop_cpu.optim.SGD`, ``AdaGrad`` or ``Adam``
   over exactly the model's parameters, row-sparse (``sparse=True``) when a
@@ -94,9 +94,9 @@ def unsupported(model, optimizer, loss=None):
             {id(p) for p in optimizer.params} != {id(p) for p in params}:
         return "the optimizer does not hold exactly the model's parameters"
     for i, (lin, _) in enumerate(layers):
-        if lin.sparse and lin.mode not in ("topk_dw", "topk", "unified"):
-            return (f"layer {i} uses mode {lin.mode!r} (the fused step does topk_dw, topk, "
-                    f"unified and dense)")
+        if lin.sparse and lin.mode not in ("batch_dw", "topk_dw", "topk", "unified"):
+            return (f"layer {i} uses mode {lin.mode!r} (the fused step does batch_dw, "
+                    f"topk_dw, topk, unified and dense)")
         if lin.sparse and not optimizer.sparse:
             return "the optimizer is dense (sparse=False) and a layer is top-k"
         if i > 0 and not lin.needs_input_grad:
@@ -173,6 +173,7 @@ class FusedStep:
                            "k": lin.k if lin.sparse else 0,
                            "unified": lin.mode == "unified",
                            "exact_dx": lin.exact_dx,
+                           "batch_sel": lin.mode == "batch_dw",
                            "relu": i < len(lins) - 1,
                            "need_dx": i > 0 or lin.needs_input_grad})
             if drop is not None and drop.p > 0.0:

@@ -441,6 +441,11 @@ def dense_backward(x, W, dy, *, threads=None):
     return dx, RowGrad(None, gw)
 
 
+#: The meProp modes whose top-k sparsifies the weight gradient only: the layer
+#: below gets the exact input gradient ``dx = dy W``.
+EXACT_DX_MODES = ("topk_dw", "batch_dw")
+
+
 def linear_backward_for(plans, n_in, n_out, k, mode, need_dx, count_hits, B, nthreads):
     """The ``_core.LinearBackward`` (mp_layer_backward with its buffers) of a
     layer (n_in, n_out) at k (0: dense) and mode, from the cache dict ``plans``:
@@ -453,7 +458,8 @@ def linear_backward_for(plans, n_in, n_out, k, mode, need_dx, count_hits, B, nth
         for other in [q for q in plans if q[:2] != key[:2]]:
             del plans[other]
         lb = plans[key] = _core.LinearBackward(
-            n_in, n_out, k, mode == "unified", mode == "topk_dw", need_dx, count_hits,
+            n_in, n_out, k, mode == "unified", mode in EXACT_DX_MODES, mode == "batch_dw",
+            need_dx, count_hits,
             max(B, lb.max_batch if lb is not None else 0),
             max(nthreads, lb.threads if lb is not None else 0))
     return lb

@@ -56,8 +56,12 @@ def train(cfg, data, dist, epochs=2, batch=16, **kw):
 CONFIGS = {
     # per-example top-k: factors exchange (k << n_out), dropout on
     "topk": {"sizes": [40, 64, 48, 5], "k": 4, "mode": "topk", "dropout": 0.2},
-    # the default mode: the same weight-gradient factors, the exact input gradient
+    # the same weight-gradient factors, the exact input gradient
     "topk_dw": {"sizes": [40, 64, 48, 5], "k": 4, "mode": "topk_dw", "dropout": 0.2},
+    # the default mode: (x, dy) exchange, the selection over the global batch
+    "batch_dw": {"sizes": [40, 64, 48, 5], "k": 4, "mode": "batch_dw", "dropout": 0.2},
+    # the same above the masked threshold
+    "batch_dw_masked": {"sizes": [40, 32, 24, 5], "k": 12, "mode": "batch_dw", "opt": "sgd"},
     # unified top-k: (rows, values) exchange
     "unified": {"sizes": [40, 64, 48, 5], "k": 6, "mode": "unified"},
     # per-example top-k above the masked threshold: rows exchange
@@ -101,7 +105,7 @@ def same_sums_check(data):
         model, opt, _ = train(cfg, data, Distributed(exchange=exchange))
         out[exchange] = comm.allgather(Distributed().digest(state_arrays(model, opt)))
     if rank == 0:
-        for name in ("topk", "unified", "masked"):
+        for name in ("topk", "unified", "masked", "batch_dw", "batch_dw_masked"):
             a, oa, _ = train(CONFIGS[name], data, Distributed(comm=MPI.COMM_SELF))
             b, ob, _ = train(CONFIGS[name], data, None, fused=False)
             d = Distributed(comm=MPI.COMM_SELF)
@@ -144,6 +148,42 @@ def exchange_check(data):
     for name in ("topk", "unified"):   # both sum each row in rank order: the same bits
         out[f"owner==rows/{name}"] = all(np.array_equal(a, b) for a, b in
                                          zip(grads["owner", name], grads["rows", name]))
+    out["global_batch"] = batch_selection_check(data)
+    return out
+
+
+def batch_selection_check(data):
+    """Mode batch_dw: the exchanged weight gradient of every hidden layer against
+    a naive reference on the global batch: the B*k largest |dy| of every rank's
+    dy together (ref_topk_batch), dW = (dy masked)^T x in float64."""
+    from reference import ref_topk_batch
+    out = {}
+    for name in ("batch_dw", "batch_dw_masked"):
+        cfg = CONFIGS[name]
+        model = MLP(cfg["sizes"], k=cfg["k"], mode=cfg["mode"], seed=3)
+        opt = build_optimizer("sgd", model.parameters())
+        dist = Distributed()
+        X, y = data["train"]
+        a, b = dist.share(32)
+        loss_fn = __import__("meprop_cpu").nn.SoftmaxCrossEntropy()
+        loss_fn.forward(model.forward(X[a:b]), y[a:b])
+        model.backward(loss_fn.backward() * np.float32((b - a) / 32))
+        lins = [m for m in model.modules if hasattr(m, "track_hits")]
+        parts = comm.allgather([(lin._x.copy(), lin._dy.copy()) for lin in lins])
+        dist._exchange(model, opt, lins, [], 32, b - a, 0.0, 0, False)
+        errs, methods = [], dist.last["methods"]
+        for i, lin in enumerate(lins):
+            if not lin.sparse:
+                continue
+            x = np.concatenate([p[i][0] for p in parts]).astype(np.float64)
+            dy = np.concatenate([p[i][1] for p in parts])
+            ex, idx, val = ref_topk_batch(dy, lin.k)
+            ref = np.zeros(lin.W.data.shape)
+            np.add.at(ref, idx, val[:, None].astype(np.float64) * x[ex])
+            got = _dense(lin.W)
+            errs.append(float(np.max(np.abs(got - ref)) / max(1.0, np.max(np.abs(ref)))))
+        out[name] = {"rel_err": errs, "methods": methods,
+                     "digests": comm.allgather(dist.digest([_dense(p) for p in opt.params]))}
     return out
 
 

@@ -38,6 +38,16 @@ def ref_topk_rows(g, k):
     return idx, val
 
 
+def ref_topk_batch(g, k):
+    """Batch top-k: the B*k entries of g (B, n) with the largest |g| over the
+    whole batch (ties as the per-row rule on the flattened g). Returns ex, idx,
+    val (B*k,) in flat order: the examples, the columns, g there."""
+    B, n = g.shape
+    flat, _ = ref_topk_rows(g.reshape(1, B * n), B * k)
+    flat = flat[0].astype(np.int64)
+    return (flat // n).astype(np.int32), (flat % n).astype(np.int32), g.reshape(-1)[flat]
+
+
 def ref_hits(idx, val, n, hits=None):
     """hits[j] += 1 for every selected (b, j) whose value is non-zero."""
     hits = np.zeros(n, dtype=np.int64) if hits is None else hits.copy()

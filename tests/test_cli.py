@@ -40,7 +40,8 @@ def test_train_synthetic_prints_epochs_and_summary(capsys, tmp_path):
 
 
 @pytest.mark.parametrize("extra, mode, k", [
-    ([], "topk_dw", 5),
+    ([], "batch_dw", 5),
+    (["--mode", "topk_dw"], "topk_dw", 5),
     (["--paper"], "topk", 5),
     (["--mode", "topk"], "topk", 5),
     (["--mesimp"], "topk", 5),

@@ -119,8 +119,11 @@ def checks(tmp_path_factory):
         return json.load(f)
 
 
+ALL_CONFIGS = ["topk", "topk_dw", "batch_dw", "batch_dw_masked", "unified", "masked", "dense"]
+
+
 @needs_mpi
-@pytest.mark.parametrize("name", ["topk", "topk_dw", "unified", "masked", "dense"])
+@pytest.mark.parametrize("name", ALL_CONFIGS)
 def test_ranks_bit_identical_after_training(checks, name):
     run = checks["runs"][name]
     assert checks["size"] == 2
@@ -132,6 +135,8 @@ def test_ranks_bit_identical_after_training(checks, name):
 def test_exchange_methods_chosen(checks):
     assert checks["runs"]["topk"]["methods"].get("factors") == 2      # both hidden layers
     assert checks["runs"]["topk_dw"]["methods"].get("factors") == 2
+    assert checks["runs"]["batch_dw"]["methods"].get("dy") == 2         # both hidden layers
+    assert checks["runs"]["batch_dw_masked"]["methods"].get("dy", 0) >= 1
     assert checks["runs"]["unified"]["methods"].get("rows", 0) >= 1
     assert checks["runs"]["masked"]["methods"].get("rows", 0) + \
         checks["runs"]["masked"]["methods"].get("dense", 0) == 6
@@ -139,7 +144,7 @@ def test_exchange_methods_chosen(checks):
 
 
 @needs_mpi
-@pytest.mark.parametrize("name", ["topk", "topk_dw", "unified", "masked", "dense"])
+@pytest.mark.parametrize("name", ALL_CONFIGS)
 def test_equal_to_single_process_up_to_rounding(checks, name):
     run = checks["runs"][name]
     assert run["ref_steps"] == run["steps"]
@@ -152,6 +157,8 @@ def test_equal_to_single_process_up_to_rounding(checks, name):
 @needs_mpi
 def test_sparse_exchange_against_naive_dense_sum(checks):
     for key, r in checks["exchange"].items():
+        if key == "global_batch":
+            continue
         if key.startswith("owner=="):
             assert r is True, key       # reduce-scatter by ownership == gather, bit for bit
             continue
@@ -165,6 +172,17 @@ def test_sparse_exchange_against_naive_dense_sum(checks):
 
 
 @needs_mpi
+@pytest.mark.parametrize("name", ["batch_dw", "batch_dw_masked"])
+def test_batch_dw_selects_over_the_global_batch(checks, name):
+    """Every rank sends its x and dy; every rank forms the gradient of the B*k
+    largest |dy| of the whole global batch (the single process's selection)."""
+    r = checks["exchange"]["global_batch"][name]
+    assert r["rel_err"] and max(r["rel_err"]) < 1e-5, r
+    assert r["digests"][0] == r["digests"][1]
+    assert r["methods"].get("dy", 0) >= 1
+
+
+@needs_mpi
 def test_row_exchanges_agree_bit_for_bit(checks):
     # gather + rank-order sum, reduce-scatter by ownership and the dense Allreduce
     # with a touched-row mask all compute a + b per touched row
@@ -173,7 +191,7 @@ def test_row_exchanges_agree_bit_for_bit(checks):
 
 
 @needs_mpi
-@pytest.mark.parametrize("name", ["topk", "unified", "masked"])
+@pytest.mark.parametrize("name", ["topk", "unified", "masked", "batch_dw", "batch_dw_masked"])
 def test_one_rank_equals_the_module_path_bit_for_bit(checks, name):
     a, b = checks["same_sums"][f"one_rank/{name}"]
     assert a == b

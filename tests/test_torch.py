@@ -9,7 +9,7 @@ import pytest
 torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
 
-from reference import ref_topk_rows, ref_topk_unified  # noqa: E402
+from reference import ref_topk_batch, ref_topk_rows, ref_topk_unified  # noqa: E402
 
 import meprop_cpu  # noqa: E402
 from meprop_cpu import nn as mp_nn  # noqa: E402
@@ -52,7 +52,7 @@ def _close(a, b, rtol=1e-5, atol=1e-5):
 
 
 def test_default_mode_is_the_mlp_default():
-    assert DEFAULT_MODE == mp_nn.DEFAULT_MODE == "topk_dw"
+    assert DEFAULT_MODE == mp_nn.DEFAULT_MODE == "batch_dw"
     assert MePropLinear(4, 3, k=2).mode == DEFAULT_MODE
     assert mp_nn.MLP([4, 5, 3], k=2).linears[0].mode == DEFAULT_MODE
 
@@ -72,6 +72,31 @@ def test_topk_dw_is_topk_weight_grad_and_exact_dx(k, sparse_grad):
     _close(dxa, dxl)
     assert a.mode == "topk_dw"
     ref = mp_nn.Linear(11, 16, k=k, mode="topk_dw")
+    ref.W.data = a.weight.detach().numpy().copy()
+    ref.b.data = a.bias.detach().numpy().copy()
+    ref.forward(x.numpy())
+    rdx = ref.backward(dy.numpy())
+    assert np.array_equal(rdx, dxa.numpy())
+    assert np.array_equal(ref.W.grad.to_dense(16), gwa.numpy())
+
+
+@pytest.mark.parametrize("k", [2, 5])
+@pytest.mark.parametrize("sparse_grad", [True, False])
+def test_batch_dw_is_the_library_linear(k, sparse_grad):
+    """Mode batch_dw: the exact input gradient of nn.Linear (to float rounding),
+    the batch top-k weight gradient of the library's Linear bit for bit, and the
+    masked dense reference."""
+    lin, a = _pair(11, 16, k=k, mode="batch_dw", sparse_grad=sparse_grad)
+    x, dy = _data(7, 11, 16)
+    dxa, gwa, dba = _run(a, x, dy)
+    dxl, _, dbl = _run(lin, x, dy)
+    _close(dxa, dxl)
+    ex, idx, _ = ref_topk_batch(dy.numpy(), k)
+    mask = torch.zeros(7, 16)
+    mask[torch.from_numpy(ex).long(), torch.from_numpy(idx).long()] = 1.0
+    _, rgw, _ = _masked_ref(a, x, dy, mask)
+    _close(gwa, rgw)
+    ref = mp_nn.Linear(11, 16, k=k, mode="batch_dw")
     ref.W.data = a.weight.detach().numpy().copy()
     ref.b.data = a.bias.detach().numpy().copy()
     ref.forward(x.numpy())
@@ -283,12 +308,16 @@ def test_threads_bit_identical():
             assert torch.equal(u, v), (m, k)
 
 
-def test_track_hits_counts_selected_neurons():
-    _, mp = _pair(5, 12, k=2)
+@pytest.mark.parametrize("mode", ["topk_dw", "batch_dw"])
+def test_track_hits_counts_selected_neurons(mode):
+    _, mp = _pair(5, 12, k=2, mode=mode)
     mp.track_hits = True
     x, dy = _data(4, 5, 12)
     _run(mp, x, dy)
-    idx, val = ref_topk_rows(dy.numpy(), 2)
+    if mode == "topk_dw":
+        idx, val = ref_topk_rows(dy.numpy(), 2)
+    else:
+        _, idx, val = ref_topk_batch(dy.numpy(), 2)
     expect = np.bincount(idx[val != 0], minlength=12)
     assert np.array_equal(mp.hits, expect) and mp.seen == 4
 

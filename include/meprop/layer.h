@@ -22,8 +22,11 @@ typedef struct {
     int64_t k;              /* > 0: top-k backward; 0: dense backward */
     int unified;            /* with k > 0: one index set for the batch (mode "unified") */
     int masked;             /* with k > 0, not unified: mp_backward_masked(k, n_out) */
-    int exact_dx;           /* with k > 0: dx from the whole dy (mode "topk_dw": the top-k
-                               sparsifies the weight gradient only) */
+    int exact_dx;           /* with k > 0: dx from the whole dy (modes "topk_dw",
+                               "batch_dw": the top-k sparsifies the weight gradient only) */
+    int batch_sel;          /* with k > 0, not unified (always with exact_dx): the B k
+                               largest |dy| of the whole batch, however they fall on the
+                               examples, instead of k per example (mode "batch_dw") */
     int relu;               /* a ReLU follows this layer (every layer but the last) */
     int need_dx;            /* compute the gradient of the input (not for layer 0) */
     int64_t *hits;          /* meSimp activeness counts, or NULL */
@@ -49,12 +52,15 @@ typedef struct {
     float *colsum;          /* (n_out,) unified: sum_b |dy| */
     float *wk;              /* (k, n_in) unified: the selected rows of W */
     int32_t *idx; float *val;                 /* (B, k) top-k pairs */
-    mp_entry *topk_ws;   /* nthreads * mp_thread_stride(mp_topk_ws_entries(k)) */
-    float *mws;       /* masked: nthreads * mp_thread_stride(mp_topk_mask_ws_floats(n_out)) */
+    mp_entry *topk_ws;   /* nthreads * mp_thread_stride(mp_topk_ws_entries(k));
+                            batch_sel: mp_topk_ws_entries(B k) */
+    float *mws;       /* masked: nthreads * mp_thread_stride(mp_topk_mask_ws_floats(n_out));
+                         batch_sel: mp_topk_mask_ws_floats(B n_out) */
     int32_t *sel; float *coef;                /* nthreads * mp_thread_stride(k) */
     int32_t *cursor, *rows, *offsets;         /* n_out, min(n_out, B k) (masked, or dense
                                                  with hits: n_out), that + 1 */
     int32_t *pair_b; float *pair_v;           /* B k */
+    int32_t *pair_e;                          /* B k: batch_sel, the selected pairs' examples */
     const float *x;         /* set by the step: this layer's input for the batch */
     int64_t r;              /* set by the step: rows touched by the sparse weight gradient */
 } mp_step_layer;
@@ -146,7 +152,10 @@ static int64_t mp_layer_backward(mp_step_layer *l, int64_t B, int nthreads) {
         l->r = k;
     } else if (l->masked) {   /* k > n_out / 4: dense products on the masked dy */
         const int64_t n = l->n_out;
-        int64_t bad = mp_topk_mask_rows(l->dy, B, n, l->k, l->dys, l->mws, nthreads);
+        /* batch_sel: the whole batch as one row of B n entries, B k of them kept */
+        int64_t bad = l->batch_sel
+            ? mp_topk_mask_rows(l->dy, 1, B * n, B * l->k, l->dys, l->mws, nthreads)
+            : mp_topk_mask_rows(l->dy, B, n, l->k, l->dys, l->mws, nthreads);
         if (bad) return bad;
         l->r = mp_mask_columns(l->dys, B, n, l->cursor, l->rows);
         /* the same counts as mp_count_hits: the selected non-zeros */
@@ -155,6 +164,16 @@ static int64_t mp_layer_backward(mp_step_layer *l, int64_t B, int nthreads) {
             mp_matmul_nn(l->exact_dx ? l->dy : l->dys, l->W, l->dx, B, n, l->n_in,
                          nthreads);
         mp_matmul_tn(l->dys, l->x, l->gw, n, B, l->n_in, nthreads);
+    } else if (l->batch_sel) {   /* B k pairs, any number per example; dx exact */
+        const int64_t np = B * l->k;
+        int64_t bad = mp_topk_batch(l->dy, B, l->n_out, l->k, l->idx, l->pair_e, l->val,
+                                    l->topk_ws);
+        if (bad) return bad;
+        if (l->hits) mp_count_hits(l->idx, l->val, np, l->hits);
+        if (l->need_dx)
+            mp_matmul_nn(l->dy, l->W, l->dx, B, l->n_out, l->n_in, nthreads);
+        l->r = mp_group_pairs_ex(l->idx, l->val, l->pair_e, np, l->k, l->n_out, l->cursor,
+                                 l->rows, l->offsets, l->pair_b, l->pair_v);
     } else {
         int64_t bad = mp_topk_rows(l->dy, B, l->n_out, l->k, l->idx, l->val, l->topk_ws,
                                    nthreads);

@@ -154,17 +154,20 @@ static void mp_sparse_dx(const float *W, int64_t n_in, const int32_t *idx, const
     }
 }
 
-/* Regroup the non-zero pairs by output row (a counting sort, stable in b).
- * IN  idx, val (B, k); n_out
+/* Regroup the non-zero pairs by output row (a counting sort, stable in p).
+ * IN  idx, val (npairs,) the pairs' rows and values; ex (npairs,) their
+ *     examples, or NULL when pair p belongs to example p / k (the (B, k)
+ *     layout of a per-example top-k); n_out
  * OUT rows[0:r] distinct rows ascending; offsets[0:r+1]; pair_b, pair_v in
  *     row order: the pairs of rows[q] are offsets[q] .. offsets[q+1]-1.
  * WS  cursor: n_out ints. Returns r, or -1 (nothing written past cursor) when a
- *     pair with a non-zero value names a row outside [0, n_out). Serial: O(B k + n_out). */
-static int64_t mp_group_pairs(const int32_t *idx, const float *val, int64_t B, int64_t k,
-                              int64_t n_out, int32_t *cursor, int32_t *rows, int32_t *offsets,
-                              int32_t *pair_b, float *pair_v) {
+ *     pair with a non-zero value names a row outside [0, n_out). Serial: O(npairs + n_out). */
+static int64_t mp_group_pairs_ex(const int32_t *idx, const float *val, const int32_t *ex,
+                                 int64_t npairs, int64_t k, int64_t n_out, int32_t *cursor,
+                                 int32_t *rows, int32_t *offsets, int32_t *pair_b,
+                                 float *pair_v) {
     memset(cursor, 0, (size_t)n_out * sizeof(int32_t));
-    for (int64_t p = 0; p < B * k; p++)
+    for (int64_t p = 0; p < npairs; p++)
         if (val[p] != 0.0f) {
             /* a row outside [0, n_out) (indices from elsewhere: MPI, a caller's
              * buffer) is refused before anything is written through it */
@@ -184,16 +187,23 @@ static int64_t mp_group_pairs(const int32_t *idx, const float *val, int64_t B, i
         }
     }
     offsets[r] = pos;
-    for (int64_t b = 0; b < B; b++)
-        for (int64_t t = 0; t < k; t++) {
-            float v = val[b * k + t];
-            if (v != 0.0f) {
-                int32_t q = cursor[idx[b * k + t]]++;
-                pair_b[q] = (int32_t)b;
-                pair_v[q] = v;
-            }
+    for (int64_t p = 0; p < npairs; p++) {
+        float v = val[p];
+        if (v != 0.0f) {
+            int32_t q = cursor[idx[p]]++;
+            pair_b[q] = ex ? ex[p] : (int32_t)(p / k);
+            pair_v[q] = v;
         }
+    }
     return r;
+}
+
+/* mp_group_pairs_ex for the (B, k) pairs of a per-example top-k. */
+static inline int64_t mp_group_pairs(const int32_t *idx, const float *val, int64_t B,
+                                     int64_t k, int64_t n_out, int32_t *cursor, int32_t *rows,
+                                     int32_t *offsets, int32_t *pair_b, float *pair_v) {
+    return mp_group_pairs_ex(idx, val, NULL, B * k, k, n_out, cursor, rows, offsets, pair_b,
+                             pair_v);
 }
 
 /* Dense products win over the row gathers once a good share of the output

@@ -488,6 +488,26 @@ static int64_t mp_topk_rows(const float *g, int64_t B, int64_t n, int64_t k,
     return bad;
 }
 
+/* Batch top-k: the B k entries of g (B, n) with the largest |g| over the whole
+ * batch, however they fall on the examples (one selection over the B n
+ * entries, on one thread, so the result does not depend on the thread count).
+ * IN  g (B, n) with B n < 2^31, k in [1, n], ws: mp_topk_ws_entries(B k) entries
+ * OUT idx (B k) the columns, ex (B k) the examples (rows of g), val = g there,
+ *     in flat order (example ascending, then column ascending)
+ * Returns the number of non-finite entries found (outputs then meaningless). */
+static int64_t mp_topk_batch(const float *g, int64_t B, int64_t n, int64_t k, int32_t *idx,
+                             int32_t *ex, float *val, mp_entry *ws) {
+    const int64_t kk = B * k;
+    int64_t bad = mp_topk_row(g, B * n, kk, ws, idx, mp_topk_use_avx512(), NULL);
+    for (int64_t p = 0; p < kk; p++) {
+        int64_t f = bad ? 0 : idx[p];   /* keep the indices valid; the caller reports */
+        ex[p] = (int32_t)(f / n);
+        idx[p] = (int32_t)(f - (int64_t)ex[p] * n);
+        val[p] = g[f];
+    }
+    return bad;
+}
+
 /* Column sums of |g| over the batch: s[j] = sum_b |g[b, j]| (b ascending, so
  * the sum is the same for any thread count). Returns non-finite count. */
 MP_SIMD_CLONES

@@ -20,14 +20,16 @@ from ..kernels import RowGrad, Workspace
 __all__ = ["Parameter", "Module", "Linear", "ReLU", "Tanh", "Cube", "Dropout", "Identity",
            "SoftmaxCrossEntropy", "MODES", "DEFAULT_MODE"]
 
-MODES = ("topk_dw", "topk", "unified", "random", "dense")
+MODES = ("batch_dw", "topk_dw", "topk", "unified", "random", "dense")
 
-#: The meProp mode of a layer or model given ``k`` and no ``mode``. Per-example
-#: top-k that sparsifies the weight gradient only and passes the exact input
-#: gradient down: it trains as well as dense backprop, where the paper's
-#: "topk" (which also sparsifies the input gradient) is unstable without
-#: dropout (docs/stability.md).
-DEFAULT_MODE = "topk_dw"
+#: The meProp mode of a layer or model given ``k`` and no ``mode``. The B*k
+#: largest output-gradient entries of the minibatch form the weight gradient
+#: (so the update stays row-sparse) and the exact input gradient is passed
+#: down: it trains as well as dense backprop, where the paper's "topk"
+#: (which also sparsifies the input gradient) is unstable without dropout and
+#: a per-example top-k for the weight gradient ("topk_dw") falls behind at
+#: larger batches (docs/stability.md).
+DEFAULT_MODE = "batch_dw"
 
 
 def _check_mode(mode, who):
@@ -119,9 +121,11 @@ def _check_size(v, name, who):
 class Linear(Module):
     """``y = x W^T + b`` with ``W`` (n_out, n_in), meProp backward when ``k`` is set.
 
-    mode: "topk_dw" (the default, :data:`DEFAULT_MODE`: per-example top-k
-    for the weight gradient, the exact input gradient ``dx = dy W`` for the
-    layer below), "topk" (the paper's meProp: the same top-k entries give
+    mode: "batch_dw" (the default, :data:`DEFAULT_MODE`: the ``B*k``
+    largest ``|dy|`` entries of the batch of B rows, however they fall on
+    the examples, form the weight gradient; the exact input gradient
+    ``dx = dy W`` goes to the layer below), "topk_dw" (the same with k
+    entries per example), "topk" (the paper's meProp: the same top-k entries give
     both the weight and the input gradient), "unified" (one index set per
     batch, ranked by the column sums of |dy|), "random" (a fresh random
     k-subset per example: the paper's ablation) or "dense". ``k=None`` or
@@ -166,6 +170,7 @@ class Linear(Module):
         self._ws = Workspace()
         self._plans = {}        # _core.LinearBackward by shape and mode
         self._plan = None       # the one the last backward used
+        self._dy = None         # mode batch_dw: the last backward's dy
         self.track_hits = False
         self.hits = np.zeros(n_out, dtype=np.int64)
         self.seen = 0
@@ -186,8 +191,8 @@ class Linear(Module):
     @property
     def exact_dx(self):
         """True when a sparse backward still passes the exact input gradient
-        (mode "topk_dw")."""
-        return self.mode == "topk_dw"
+        (modes "batch_dw" and "topk_dw")."""
+        return self.mode in kernels.EXACT_DX_MODES
 
     def parameters(self):
         return [self.W, self.b]
@@ -222,8 +227,42 @@ class Linear(Module):
             raise FloatingPointError(f"Linear.backward: dy contains {bad} NaN/Inf value(s)")
         if self.track_hits:
             self.seen += B
+        # mode batch_dw: a data-parallel step forms the weight gradient again from
+        # every rank's dy (meprop_cpu.distributed); valid until the next backward
+        self._dy = dy if self.mode == "batch_dw" else None
+        self.b.grad = lb.arrays["gb"][:n_out].copy()
+        self._weight_grad_from(lb, x)
         a = lb.arrays
-        self.b.grad = a["gb"][:n_out].copy()
+        return a["dx"][:B * n_in].reshape(B, n_in) if self.needs_input_grad else None
+
+    def weight_grad(self, x, dy):
+        """Set ``W.grad`` from the batch ``x`` (B, n_in), ``dy`` (B, n_out) as
+        backward does (same kernels, same bits), without the input gradient,
+        the bias gradient or the activeness counts: what a data-parallel step
+        calls on the global batch gathered from every rank, where mode
+        "batch_dw" selects over the whole batch."""
+        x = _check_input(x, self.n_in, "Linear.weight_grad")
+        dy = _check_input(dy, self.n_out, "Linear.weight_grad", "dy")
+        if dy.shape[0] != x.shape[0]:
+            raise ValueError(f"Linear.weight_grad: dy has {dy.shape[0]} rows, x has "
+                             f"{x.shape[0]}")
+        if self.sparse and self.mode == "random":
+            raise ValueError("Linear.weight_grad: mode 'random' draws its selection in "
+                             "backward")
+        nt = get_num_threads()
+        lb = kernels.linear_backward_for(
+            self._plans, self.n_in, self.n_out, self.k if self.sparse else 0, self.mode,
+            False, False, x.shape[0], nt)
+        bad = lb.run(x, self.W.data, dy, None, nt)
+        if bad:
+            raise FloatingPointError(f"Linear.weight_grad: dy contains {bad} NaN/Inf value(s)")
+        self._weight_grad_from(lb, x)
+        return self.W.grad
+
+    def _weight_grad_from(self, lb, x):
+        """W.grad from the buffers mp_layer_backward left in plan lb (input x)."""
+        n_in, n_out = self.n_in, self.n_out
+        a = lb.arrays
         if not self.sparse:
             self.W.grad = RowGrad(None, a["gw"][:n_out * n_in].reshape(n_out, n_in))
         elif self.mode == "unified":
@@ -238,20 +277,22 @@ class Linear(Module):
             values = self._ws.get("values", (lb.r, n_in), np.float32)
             self.W.grad = RowGrad._factored(a["rows"][:lb.r], x, a["offsets"], a["pair_b"],
                                             a["pair_v"], values)
-        return a["dx"][:B * n_in].reshape(B, n_in) if self.needs_input_grad else None
 
     def __getstate__(self):
         """Copies and pickles leave out the backward's C buffers (rebuilt on the
         next backward): the layer copies like the plain arrays it holds."""
         state = self.__dict__.copy()
-        state["_plans"], state["_plan"] = {}, None
+        state["_plans"], state["_plan"], state["_dy"] = {}, None, None
         return state
 
     def selection(self, B):
         """(idx, val) int32 / float32 (B, k): the per-example top-k (or random-k)
         entries of dy that the last backward of B rows kept (not for the
-        unified, masked or dense backward)."""
+        unified, batch, masked or dense backward)."""
         k = self.k
+        if self.mode in ("batch_dw", "unified", "dense"):
+            raise ValueError(f"Linear.selection: mode {self.mode!r} keeps no per-example "
+                             f"selection")
         if self.mode == "random":
             return self._ws.get("idx", (B, k), np.int32), self._ws.get("val", (B, k), np.float32)
         a = self._plan.arrays

@@ -88,12 +88,15 @@ class MePropLinear(nn.Module):
     (out_features,): the parameters, state-dict keys and initialisation of
     ``nn.Linear``, so a state dict moves between the two either way.
 
-    Backward keeps only ``k`` entries of each example's output gradient and
-    runs this library's sparse kernels on the tensors' memory with
+    Backward keeps only ``k`` entries per example of the output gradient (on
+    average over the batch, or exactly, by mode) and runs this library's sparse kernels on the tensors' memory with
     ``torch.get_num_threads()`` threads (the GIL released):
 
-    * ``mode="topk_dw"`` (the library's default): the per-example top-k
-      weight gradient of ``"topk"``, the exact input gradient ``dy W``;
+    * ``mode="batch_dw"`` (the library's default): the ``B*k`` largest
+      ``|dy|`` entries of the batch of B rows form the weight gradient, the
+      input gradient is the exact ``dy W``;
+    * ``"topk_dw"``: the per-example top-k weight gradient of ``"topk"``, the
+      exact input gradient;
     * ``"topk"``: per-example top-k by magnitude (the paper's meProp), for
       both gradients;
     * ``"unified"``: one index set for the batch (largest column sums of |dy|);
