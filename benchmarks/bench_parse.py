@@ -152,12 +152,16 @@ def train_torch(parser, X, y, tb, epochs, batch, seed, lr, on_epoch=None):
 
 # ------------------------------------------------------------------ this library
 
-# k of each variant; its mode: the default (topk_dw) unless MODES says otherwise
+# k of each variant; its mode: the library's default (batch_dw; files written before
+# it became the default ran topk_dw: each file records its "modes") unless MODES says
+# otherwise
 VARIANTS = {"torch": None, "dense": None, "k10": 10, "k20": 20, "k40": 40, "mesimp": 20,
-            "k20p": 20, "k20h": 20}
-MODES = {"k20p": "topk"}     # the paper's meProp on every hidden layer
+            "k20p": 20, "k20h": 20, "k20t": 20}
+MODES = {"k20p": "topk",     # the paper's meProp on every hidden layer
+         "k20t": "topk_dw"}  # per-example top-k for the weight gradient, exact dx
 # k20h: the paper's top-k on the first hidden layer (whose input gradient goes to the
-# embeddings: sparse, cheap), topk_dw above it (the exact input gradient for that layer)
+# embeddings: sparse, cheap), the default mode above it (the exact input gradient for
+# that layer)
 FIRST_LAYER_MODE = {"k20h": "topk"}
 
 
@@ -278,7 +282,8 @@ def part_speed(args, vocab, ex, tb):
                                       **{k: h[k] for k in ("time_epoch", "time_forward",
                                                            "time_backward", "time_update",
                                                            "time_backward_linear")},
-                                      "dev_uas_after_1_epoch": h["dev"]["uas"]})
+                                      "dev_uas_after_1_epoch": h["dev"]["uas"],
+                                      "modes": r.get("modes")})
                 save(args, res)
         # parsing speed: a fresh dense model (every sentence takes 2n transitions whatever
         # the weights, so the cost does not depend on training)

@@ -11,9 +11,10 @@ import os
 import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ORDER = ["torch", "dense", "k10", "k20", "k20h", "k20p", "k40", "mesimp"]
+ORDER = ["torch", "dense", "k10", "k20", "k20t", "k20h", "k20p", "k40", "mesimp"]
 NAMES = {"torch": "PyTorch dense", "dense": "meprop_cpu dense", "k10": "meProp k = 10",
-         "k20": "meProp k = 20 (topk_dw)", "k20h": "meProp k = 20 (topk first layer, topk_dw above)",
+         "k20": "meProp k = 20 (batch_dw)", "k20t": "meProp k = 20 (topk_dw)",
+         "k20h": "meProp k = 20 (topk first layer, topk_dw above)",
          "k20p": "meProp k = 20 (paper topk)", "k40": "meProp k = 40",
          "mesimp": "meSimp (k = 20, prune 0.1)"}
 
@@ -27,6 +28,15 @@ def _ms(xs):
     return f"{np.mean(xs):.2f} ± {np.std(xs, ddof=1):.2f}"
 
 
+def _variant_of(entry):
+    """The variant key of a run or speed entry: "k20" files written while topk_dw
+    was the default mode record no modes (or topk_dw ones): they are "k20t"."""
+    v, modes = entry["variant"], entry.get("modes")
+    if v == "k20" and (modes is None or "topk_dw" in modes):
+        return "k20t"
+    return v
+
+
 def load(d):
     train, speed = [], None
     for f in sorted(glob.glob(os.path.join(d, "*.json"))):
@@ -34,13 +44,14 @@ def load(d):
             r = json.load(fh)
         if r.get("part") == "train":
             for run in r["runs"]:
+                run["variant"] = _variant_of(run)
                 run["file"] = os.path.basename(f)
                 run["machine"] = r["machine"]
                 train.append(run)
         elif r.get("part") == "speed":      # several files (one per thread count) merge
             if speed is None:
                 speed = {"epochs": [], "parse": [], "argv": [], "files": []}
-            speed["epochs"] += r["epochs"]
+            speed["epochs"] += [dict(e, variant=_variant_of(e)) for e in r["epochs"]]
             speed["parse"] += r["parse"]
             speed["argv"].append(" ".join(r["argv"]))
             speed["files"].append(os.path.basename(f))

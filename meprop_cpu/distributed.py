@@ -23,6 +23,17 @@ How gradients are combined (one step)
       ``B (n_in + 2k) * 4`` instead of ``n_out * n_in * 4``. The first layer's
       input is the training batch itself, which every rank holds: it is not
       sent (``B * 2k * 4`` bytes).
+    * **batch top-k layers** (mode ``"batch_dw"``, the default): the selection
+      is over the whole global batch, so no rank can make it alone. Each rank
+      sends its layer input ``x`` and its output gradient ``dy`` (B_r, n_out)
+      in the same ``Allgatherv``; every rank concatenates them in rank order
+      and forms the gradient of the ``B k`` largest ``|dy|`` of the global
+      batch with the kernels a single process runs (``Linear.weight_grad``).
+      Bytes per rank: ``B (n_in + n_out) * 4`` (``B n_out * 4`` for the first
+      layer). Where a dense Allreduce is cheaper (large global batches) the
+      layer's own gradient goes that way, and the selection is then each
+      rank's ``B_r k`` over its share. meSimp's activeness counts of these
+      layers are each rank's own selections, summed.
     * **other row-sparse gradients** (unified top-k, the masked top-k form,
       any RowGrad of another model): ``(rows, values)`` of every rank are
       gathered (``Allgatherv``) and summed in rank order into the union of

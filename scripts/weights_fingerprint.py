@@ -1,5 +1,5 @@
 """A digest of the weights and optimizer state after fixed MNIST runs: dense,
-topk_dw, topk, topk + dropout, unified, each on the module and the fused path
+topk_dw, batch_dw, topk, topk + dropout, unified, each on the module and the fused path
 (2 threads), and meSimp with compaction. Prints one sha256 prefix per run as
 JSON; run it before and after a change that must not change results, and diff:
 
@@ -40,7 +40,8 @@ for split in ("train", "dev", "test"):
     small[split] = (X[:n], y[:n])
 out = {}
 mp.set_num_threads(2)
-for name, kw in [("dense", dict(k=None)), ("topk_dw", dict(k=20)), ("topk", dict(k=20, mode="topk")),
+for name, kw in [("dense", dict(k=None)), ("topk_dw", dict(k=20, mode="topk_dw")),
+                 ("batch_dw", dict(k=20, mode="batch_dw")), ("topk", dict(k=20, mode="topk")),
                  ("topk_drop", dict(k=20, mode="topk", dropout=0.2)), ("unified", dict(k=20, mode="unified"))]:
     for fused in (False, True):
         model = nn.MLP([784, 200, 200, 10], seed=1, **kw)

@@ -265,3 +265,16 @@ def test_fused_exact_dx_modes_thread_independent_and_differ_from_topk(mode):
     tr.fit()
     # the input gradient differs, so the first layer's weights do
     assert _state(tr)[0][0] != _state(a)[0][0]
+
+
+def test_batch_selection_plan_errors():
+    from meprop_cpu import _core
+    with pytest.raises(ValueError, match="needs exact_dx"):
+        _core.LinearBackward(4, 8, 2, False, False, True, True, False, 4, 1)
+    with pytest.raises(ValueError, match="exclude each other"):
+        _core.LinearBackward(4, 8, 2, True, True, True, True, False, 4, 1)
+    with pytest.raises(ValueError, match="batch \\* n_out < 2\\^31"):   # checked before allocating
+        _core.LinearBackward(4, 2**21, 1, False, True, True, True, False, 2**11, 1)
+    lin = nn.Linear(6, 9, k=2, mode="batch_dw", seed=0)
+    with pytest.raises(ValueError, match="keeps no per-example selection"):
+        lin.selection(3)

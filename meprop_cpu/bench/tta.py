@@ -66,6 +66,7 @@ def _variants(batch, k, mesimp_k):
     out = [_v("PyTorch dense", "torch", "dense"),
            _v("meprop_cpu dense", "meprop_cpu", "dense"),
            _v(f"meProp k={k} (default: {DEFAULT_MODE})", "meprop_cpu", None, k),
+           _v(f"meProp k={k} topk_dw", "meprop_cpu", "topk_dw", k),
            _v(f"meProp k={k} paper (topk)", "meprop_cpu", "topk", k),
            _v(f"meProp k={k} unified", "meprop_cpu", "unified", k),
            _v("meprop_cpu dense, dropout 0.2", "meprop_cpu", "dense", None, 0.2),
