@@ -589,8 +589,13 @@ register_subcommand(add_parse_parser)
 
 def main(argv=None):
     """Run the command line; returns the exit code."""
-    parser = build_parser()
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    if argv[:1] == ["bench"]:   # `bench --parse ...` / `--pos ...`: their own options
+        from .bench.driver import handover
+        code = handover(argv[1:])
+        if code is not None:
+            return code
+    parser = build_parser()
     try:
         args, extra = parser.parse_known_args(argv)
         args.argv = argv

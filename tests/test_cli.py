@@ -213,3 +213,20 @@ def test_demo_subcommand_passes_options_through(capsys):
     assert cli.main(["demo", "--k", "0"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1] == "meprop-cpu demo: error: --k must be >= 1"
+
+
+def test_bench_handover_options(capsys):
+    """`bench --parse` / `--pos` take their own options, so they come first."""
+    from meprop_cpu import cli
+    assert cli.main(["bench", "--parse", "--help"]) == 0
+    assert "meprop-cpu bench --parse" in capsys.readouterr().out
+    assert cli.main(["bench", "--pos", "--help"]) == 0
+    assert "meprop-cpu bench --pos" in capsys.readouterr().out
+    assert cli.main(["bench", "--parse", "--variants", "k99"]) == 2
+    assert "unknown variant(s) ['k99']" in capsys.readouterr().err
+    assert cli.main(["bench", "--pos", "speed", "--k", "0"]) == 2
+    assert "--k" in capsys.readouterr().err
+    assert cli.main(["bench", "--no-plots", "--parse"]) == 2
+    assert "--parse takes its own options, so it must come first" in capsys.readouterr().err
+    assert cli.main(["bench", "--parse", "--epochs", "0"]) == 2
+    assert "--epochs" in capsys.readouterr().err

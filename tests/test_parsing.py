@@ -462,3 +462,22 @@ def test_turkish_web_treebank_trains(tmp_path):
     s = t.fit()
     assert t.oracle_stats["non_projective"] > 0          # the treebank has some
     assert s["best_dev"] > 50.0, s["best_dev"]           # far above chance after 2 epochs
+
+
+@pytest.mark.network
+@pytest.mark.skipif(not (os.environ.get("MEPROP_TEST_NETWORK") == "1" or _HAVE_TWT),
+                    reason="set MEPROP_TEST_NETWORK=1 (or have the treebank in the cache)")
+def test_bench_parse_trains_and_writes_json(tmp_path, capsys):
+    """`meprop-cpu bench --parse` end to end on a slice of the treebank."""
+    from meprop_cpu import cli
+    code = cli.main(["bench", "--parse", "--part", "train", "--variants", "dense,k20",
+                     "--epochs", "1", "--max-train", "60", "--hidden", "40", "--threads", "1",
+                     "--batch-size", "200", "--out", str(tmp_path), "--name", "t"])
+    assert code == 0
+    with open(tmp_path / "t.json") as f:
+        doc = json.load(f)
+    assert doc["part"] == "train" and [r["variant"] for r in doc["runs"]] == ["dense", "k20"]
+    for r in doc["runs"]:
+        assert len(r["history"]) == 1 and 0.0 <= r["best"]["dev_uas"] <= 100.0
+        assert 0.0 <= r["best"]["test"]["uas"] <= 100.0
+    assert doc["runs"][1]["modes"][:2] == ["batch_dw", "batch_dw"]

@@ -82,6 +82,13 @@ def add_arguments(p):
                         "(with and without dropout) and unified, 3 seeds; quick: MNIST batch 10, "
                         "8 epochs (~12 min on 2 cores); full: 20 epochs; batch100: batch 100 "
                         "with meSimp; fashion: Fashion-MNIST (see meprop_cpu.bench.tta)")
+    g.add_argument("--parse", action="store_true",
+                   help="the dependency-parser benchmark instead (Turkish Web Treebank, this "
+                        "library vs PyTorch); it has its own options, so --parse must come "
+                        "first: meprop-cpu bench --parse --help")
+    g.add_argument("--pos", action="store_true",
+                   help="the LSTM POS-tagger benchmark instead (CoNLL-2003, this library vs "
+                        "PyTorch); its own options, --pos first: meprop-cpu bench --pos --help")
     g.add_argument("--contention", dest="profile", action="store_const", const="contention",
                    help="MNIST training (batch 10, meProp k=20 and dense, dropout 0.2; PyTorch) "
                         "at 1 thread, all threads and the default, quiet and while child "
@@ -182,8 +189,31 @@ def report_only(outdir, plots=True, log=print):
     return 0
 
 
+#: The benchmarks with options of their own: ``bench --parse ...`` hands the rest of
+#: the command line to the module's main().
+HANDOVER = {"--parse": "parse", "--pos": "pos"}
+
+
+def handover(argv):
+    """If ``argv`` (the arguments after ``bench``) starts with a HANDOVER option, run
+    that benchmark on the rest and return its exit code; else None."""
+    if not argv or argv[0] not in HANDOVER:
+        return None
+    import importlib
+    mod = importlib.import_module(f"{__package__}.{HANDOVER[argv[0]]}")
+    try:
+        return int(mod.main(list(argv[1:])) or 0)
+    except SystemExit as e:   # --help, or a usage error argparse reported
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
+
+
 def run_cli(args, parser=None, set_before_numpy=False, log=print):
     """Run the benchmark described by parsed ``args``; returns the exit code."""
+    if getattr(args, "parse", False) or getattr(args, "pos", False):
+        opt = "--parse" if args.parse else "--pos"
+        print(f"bench: error: {opt} takes its own options, so it must come first "
+              f"(meprop-cpu bench {opt} --help)", file=sys.stderr)
+        return 2
     outdir = args.out or _default_out()
     if args.report_only:
         if not os.path.isdir(outdir):
@@ -311,6 +341,9 @@ def run_cli(args, parser=None, set_before_numpy=False, log=print):
 
 def main(argv=None, set_before_numpy=False):
     """``python -m meprop_cpu.bench`` / scripts: parse ``argv`` and run."""
+    code = handover(sys.argv[1:] if argv is None else list(argv))
+    if code is not None:
+        return code
     doc = sys.modules[__package__].__doc__      # the package's: this module's says less
     p = argparse.ArgumentParser(prog="meprop-cpu bench", description=doc.split("\n\n")[0])
     add_arguments(p)
