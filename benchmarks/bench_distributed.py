@@ -49,10 +49,11 @@ def _env():
             "machine": MACHINE}
 
 
-def _model(sizes, k):
+def _model(sizes, k, mode="topk"):
     if len(sizes) == 2:   # one wide layer, its input gradient not needed
-        return nn.Sequential(nn.Linear(sizes[0], sizes[1], k=k, seed=0, needs_input_grad=False))
-    return nn.MLP(sizes, k=k, mode="topk", seed=0)
+        return nn.Sequential(nn.Linear(sizes[0], sizes[1], k=k, mode=mode, seed=0,
+                                       needs_input_grad=False))
+    return nn.MLP(sizes, k=k, mode=mode, seed=0)
 
 
 def cmd_exchange(args):
@@ -64,7 +65,7 @@ def cmd_exchange(args):
     mn = mpdata.mnist()["train"]
     rows = []
     for name, sizes, k, b in EXCHANGE_CONFIGS:
-        model = _model(sizes, k)
+        model = _model(sizes, k, args.mode)
         opt = build_optimizer("adam", model.parameters())
         rng = np.random.default_rng(100 + rank)
         first = None
@@ -97,7 +98,8 @@ def cmd_exchange(args):
                 opt.zero_grad()
             t = np.array(comm.allreduce(t[reps // 3:], op=MPI.SUM)).reshape(-1)
             st = dist.last
-            rows.append({"config": name, "sizes": sizes, "k": k, "batch_per_rank": b,
+            rows.append({"config": name, "sizes": sizes, "k": k, "mode": args.mode,
+                         "batch_per_rank": b,
                          "load_average": os.getloadavg(),
                          "ranks": size, "exchange": exchange, "methods": st["methods"],
                          "recv_bytes": st["recv"], "payload_bytes": st["payload"],
@@ -115,7 +117,7 @@ def cmd_exchange(args):
                           "mpi": MPI.Get_library_version().splitlines()[0], "rows": rows,
                           "command": "mpiexec -n 2 python -m mpi4py "
                                      "benchmarks/bench_distributed.py exchange "
-                                     f"--reps {args.reps} " + args.out})
+                                     f"--reps {args.reps} --mode {args.mode} " + args.out})
 
 
 def cmd_steps(args):
@@ -256,6 +258,18 @@ def _ratio_lines(steps):
             f"({med(auto[:n]):.2f} / {med(fused[:n]):.2f} ms)."]
 
 
+def _exchange_table(rows):
+    out = ["| layers | k | batch/rank | exchange | methods | recv bytes | dense bytes | "
+           "fewer | MPI calls | median ms |", "|---|---:|---:|---|---|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        meth = ", ".join(f"{k} {v}" for k, v in sorted(r["methods"].items()))
+        out.append(f"| {r['config']} | {r['k']} | {r['batch_per_rank']} | {r['exchange']} | "
+                   f"{meth} | {r['recv_bytes']:,} | {r['dense_allreduce_recv_bytes']:,} | "
+                   f"{r['dense_allreduce_recv_bytes'] / r['recv_bytes']:.1f}x | {r['calls']} | "
+                   f"{r['median_ms']:.3f} |")
+    return out
+
+
 def cmd_report(args):
     d = args.dir
     ex = json.load(open(os.path.join(d, "exchange.json")))
@@ -271,14 +285,14 @@ def cmd_report(args):
              "shared CPU lock on a machine with a load average of "
              f"{min(r['load_average'][0] for r in ex['rows']):.0f}-"
              f"{max(r['load_average'][0] for r in ex['rows']):.0f} (2 cores).", "",
-             "| layers | k | batch/rank | exchange | methods | recv bytes | dense bytes | "
-             "fewer | MPI calls | median ms |", "|---|---:|---:|---|---|---:|---:|---:|---:|---:|"]
-    for r in ex["rows"]:
-        meth = ", ".join(f"{k} {v}" for k, v in sorted(r["methods"].items()))
-        lines.append(f"| {r['config']} | {r['k']} | {r['batch_per_rank']} | {r['exchange']} | "
-                     f"{meth} | {r['recv_bytes']:,} | {r['dense_allreduce_recv_bytes']:,} | "
-                     f"{r['dense_allreduce_recv_bytes'] / r['recv_bytes']:.1f}x | {r['calls']} | "
-                     f"{r['median_ms']:.3f} |")
+             ] + _exchange_table(ex["rows"])
+    bd = os.path.join(d, "exchange_batch_dw.json")
+    if os.path.exists(bd):
+        exb = json.load(open(bd))
+        lines += ["", "### The default mode, batch_dw", "",
+                  f"`{exb['command']}`: the selection is over the global batch, so every "
+                  "rank sends its layer input and output gradient (method `dy`) instead of "
+                  "its own selection.", ""] + _exchange_table(exb["rows"])
     steps = sorted((json.load(open(os.path.join(d, f))) for f in os.listdir(d)
                     if f.startswith("steps_") and f.endswith(".json")),
                    key=lambda s: (s.get("order", 0), s["command"]))
@@ -328,6 +342,9 @@ def main():
     p = sub.add_parser("exchange")
     p.add_argument("out")
     p.add_argument("--reps", type=int, default=30)
+    p.add_argument("--mode", default="topk", choices=("topk", "topk_dw", "batch_dw"),
+                   help="the meProp mode of the hidden layers (batch_dw, the library's "
+                        "default, exchanges (x, dy): docs in meprop_cpu.distributed)")
     p = sub.add_parser("steps")
     p.add_argument("out")
     p.add_argument("--threads", type=int, default=1)

@@ -18,6 +18,7 @@ cd /tmp   # run the installed package, not the source folder
 R=$OLDPWD
 MPIEXEC=${MPIEXEC:-$R/$(dirname "$PY")/mpiexec}
 $LOCK "$MPIEXEC" -n 2 "$R/$PY" -m mpi4py "$R/$B" exchange "$R/$OUT/exchange.json"
+$LOCK "$MPIEXEC" -n 2 "$R/$PY" -m mpi4py "$R/$B" exchange "$R/$OUT/exchange_batch_dw.json" --mode batch_dw
 o=0
 for round in $(seq 1 "${ROUNDS:-5}"); do
     o=$((o + 1)); $LOCK "$R/$PY" "$R/$B" steps "$R/$OUT/steps_1x2_fused_r$round.json" --threads 2 --max-train 20000 --order $o
