@@ -256,14 +256,22 @@ def _summary_lines(s):
     return lines
 
 
+def paper_mode(args):
+    """--mode with --paper folded in (--paper is --mode topk); None when neither
+    is given."""
+    if args.paper:
+        if args.mode not in (None, "topk"):
+            raise CliError(f"--paper is --mode topk; it cannot be combined with --mode {args.mode}")
+        return "topk"
+    return args.mode
+
+
 def _train_mode(args):
     """The --mode of a non-dense run (--paper is --mode topk). Without either,
     meSimp runs take "topk" (at its k = 160 of 500 it is stable, and it
     prunes further than topk_dw: docs/stability.md), other runs DEFAULT_MODE."""
     if args.paper:
-        if args.mode not in (None, "topk"):
-            raise CliError(f"--paper is --mode topk; it cannot be combined with --mode {args.mode}")
-        return "topk"
+        return paper_mode(args)
     if args.mode is None and args.resume is not None:
         # a run continues in the mode it was started in (checkpoints of 0.2
         # and earlier were trained with the then-default "topk")

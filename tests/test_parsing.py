@@ -413,6 +413,7 @@ def test_cli_train_save_and_parse(tmp_path, capsys):
     out = capsys.readouterr().out
     assert rc == 0, out
     assert "best dev UAS" in out and "transition examples" in out
+    assert "k 4 (topk_dw)" in out                      # the parser's default mode
     rc = _cli("parse", model, b, "--output", tmp_path / "out.conllu", "--eval")
     err = capsys.readouterr().err
     assert rc == 0 and "UAS" in err and "sentences/s" in err
@@ -427,6 +428,7 @@ def test_cli_train_save_and_parse(tmp_path, capsys):
     (["train", "--task", "parse", "--dataset", "conllu"], "needs --train FILE and --dev FILE", 2),
     (["train", "--dataset", "mnist", "--hidden", "5"], "apply to --task parse only", 2),
     (["train", "--task", "parse", "--sizes", "784,10"], "--sizes is for the MLP", 2),
+    (["train", "--task", "parse", "--paper", "--mode", "batch_dw"], "--paper is --mode topk", 2),
     (["train", "--task", "classify", "--dataset", "conllu"], "is a treebank", 2),
     (["parse", "nope.npz", "x.conllu"], "does not exist", 1),
 ])
@@ -470,14 +472,16 @@ def test_turkish_web_treebank_trains(tmp_path):
 def test_bench_parse_trains_and_writes_json(tmp_path, capsys):
     """`meprop-cpu bench --parse` end to end on a slice of the treebank."""
     from meprop_cpu import cli
-    code = cli.main(["bench", "--parse", "--part", "train", "--variants", "dense,k20",
+    code = cli.main(["bench", "--parse", "--part", "train", "--variants", "dense,k20,k20b",
                      "--epochs", "1", "--max-train", "60", "--hidden", "40", "--threads", "1",
                      "--batch-size", "200", "--out", str(tmp_path), "--name", "t"])
     assert code == 0
     with open(tmp_path / "t.json") as f:
         doc = json.load(f)
-    assert doc["part"] == "train" and [r["variant"] for r in doc["runs"]] == ["dense", "k20"]
+    assert doc["part"] == "train" and [r["variant"] for r in doc["runs"]] == ["dense", "k20",
+                                                                              "k20b"]
     for r in doc["runs"]:
         assert len(r["history"]) == 1 and 0.0 <= r["best"]["dev_uas"] <= 100.0
         assert 0.0 <= r["best"]["test"]["uas"] <= 100.0
-    assert doc["runs"][1]["modes"][:2] == ["batch_dw", "batch_dw"]
+    assert doc["runs"][1]["modes"][:2] == ["topk_dw", "topk_dw"]     # the parser's default
+    assert doc["runs"][2]["modes"][:2] == ["batch_dw", "batch_dw"]

@@ -153,13 +153,12 @@ def train_torch(parser, X, y, tb, epochs, batch, seed, lr, on_epoch=None):
 
 # ------------------------------------------------------------------ this library
 
-# k of each variant; its mode: the library's default (batch_dw; files written before
-# it became the default ran topk_dw: each file records its "modes") unless MODES says
-# otherwise
+# k of each variant; its mode: the parser's default (topk_dw, parsing.model.DEFAULT_MODE;
+# each file records its "modes") unless MODES says otherwise
 VARIANTS = {"torch": None, "dense": None, "k10": 10, "k20": 20, "k40": 40, "mesimp": 20,
-            "k20p": 20, "k20h": 20, "k20t": 20}
-MODES = {"k20p": "topk",     # the paper's meProp on every hidden layer
-         "k20t": "topk_dw"}  # per-example top-k for the weight gradient, exact dx
+            "k20p": 20, "k20h": 20, "k20b": 20}
+MODES = {"k20p": "topk",      # the paper's meProp on every hidden layer
+         "k20b": "batch_dw"}  # the MLP's default: batch-wide top-k, exact dx
 # k20h: the paper's top-k on the first hidden layer (whose input gradient goes to the
 # embeddings: sparse, cheap), the default mode above it (the exact input gradient for
 # that layer)
@@ -344,9 +343,9 @@ def build_argparser():
                                  description=__doc__.split("\n\n")[0])
     ap.add_argument("--part", choices=("train", "speed"), default="train")
     ap.add_argument("--variants", type=_variant_list, default="torch,dense,k10,k20,k40,mesimp",
-                    help="some of " + ", ".join(VARIANTS) + " (k20: the default mode, "
-                         "k20t: topk_dw, k20p: the paper's topk, k20h: topk in the first "
-                         "hidden layer; default torch,dense,k10,k20,k40,mesimp)")
+                    help="some of " + ", ".join(VARIANTS) + " (k20: the parser's default "
+                         "mode topk_dw, k20b: batch_dw, k20p: the paper's topk, k20h: topk "
+                         "in the first hidden layer; default torch,dense,k10,k20,k40,mesimp)")
     ap.add_argument("--seeds", type=_int_list("--seeds", 0), default="1")
     ap.add_argument("--epochs", type=_positive_int, default=8)
     ap.add_argument("--threads", type=_int_list("--threads", 1), default="2")

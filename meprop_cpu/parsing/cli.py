@@ -110,7 +110,7 @@ def run_train_parse(args, parser, CliError):
     from ..data import DataError
     from ..train import build_optimizer
     from .conllu import CoNLLUError
-    from .model import Parser
+    from .model import DEFAULT_MODE, Parser
     from .train import DEFAULT_BATCH_SIZE, ParserTrainer
     from .transition import Vocab, make_examples
 
@@ -122,6 +122,12 @@ def run_train_parse(args, parser, CliError):
         raise CliError("--sizes is for the MLP; the parser's hidden widths are --hidden")
     if args.batch_size is None:
         args.batch_size = DEFAULT_BATCH_SIZE
+    # --paper is topk; without a mode, the parser's default (topk_dw, not the MLP's)
+    mode = cli.paper_mode(args)
+    if args.dense or mode == "dense":
+        mode = "dense"
+    elif mode is None:
+        mode = DEFAULT_MODE
     with cli.threads_option(args.threads):
         try:
             tb = _load_treebank(args, CliError)
@@ -132,10 +138,10 @@ def run_train_parse(args, parser, CliError):
             tb = dict(tb, train=tb["train"][:args.max_train])
         vocab = Vocab.build(tb["train"], min_count=_opt(args, "min_count"),
                             pos_field=_opt(args, "pos_field"))
-        dense = args.dense or args.mode == "dense"
+        dense = mode == "dense"
         hidden = _resume_hidden(args, list(_opt(args, "hidden")))
         p = Parser.create(vocab, hidden=hidden, dim=_opt(args, "embed_dim"),
-                          k=None if dense else args.k, mode="dense" if dense else args.mode,
+                          k=None if dense else args.k, mode=mode,
                           activation=_opt(args, "activation"), dropout=args.dropout,
                           topk_output=args.topk_output, seed=args.seed)
         p.n_precompute = max(0, int(_opt(args, "precompute_words")))
@@ -167,7 +173,7 @@ def run_train_parse(args, parser, CliError):
               f"{len(tb['test']) if tb.get('test') else 0} test; vocabulary "
               f"{len(vocab.words)} words, {len(vocab.tags)} tags, {vocab.n_labels} labels; "
               f"hidden {hidden} {_opt(args, 'activation')}, "
-              f"{'dense backprop' if dense else f'k {args.k} ({args.mode})'}, "
+              f"{'dense backprop' if dense else f'k {args.k} ({mode})'}, "
               f"{args.optimizer} lr {opt.lr:g}, batch {args.batch_size}, "
               f"threads {get_num_threads()}", flush=True)
         rc, s = cli.fit_from_cli(args, parser, trainer)
