@@ -46,6 +46,10 @@ def test_profiles():
         names = [v["name"] for v in cfg["variants"]]
         assert len(set(names)) == len(names)
         assert "PyTorch dense" in names and "meprop_cpu dense" in names
+        assert any(v["mode"] is None for v in cfg["variants"])       # the default meProp
+        assert any(v["mode"] == "topk" and not v["dropout"] for v in cfg["variants"])
+    quick, full = tta.tta_profile("quick"), tta.tta_profile("full")
+    assert len(quick["variants"]) == 7 and len(full["variants"]) == 9
     with pytest.raises(ValueError, match="unknown time-to-accuracy profile"):
         tta.tta_profile("nope")
 
