@@ -588,3 +588,15 @@ def test_repeated_end_to_end_runs_report_the_median_total():
     assert cell.startswith(report._fmt_t(sorted(totals)[1])) and "[" in cell
     assert report._total_cell({"total_time_train": 2.5}) == "2.50 s"
     assert bench.profile("mesimp", nproc=2)["e2e_repeats"] == 3
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["/usr/bin/meprop-cpu", "bench", "--tta", "quick"], "meprop-cpu bench --tta quick"),
+    (["/x/site-packages/meprop_cpu/__main__.py", "bench", "--quick"],
+     "python -m meprop_cpu bench --quick"),
+    (["benchmarks/bench_parse.py", "--part", "train"], "python benchmarks/bench_parse.py --part train"),
+])
+def test_command_line_is_what_a_user_typed(monkeypatch, argv, expected):
+    from meprop_cpu.bench.environment import command_line
+    monkeypatch.setattr(sys, "argv", argv)
+    assert command_line() == expected

@@ -14,7 +14,7 @@ import numpy as np
 from .._options import _nonneg_float, _nonneg_int, _positive_int as _pos_int
 from .end_to_end import mesimp_available, run_e2e
 from .environment import (BUSY_SHARE, ENV_COMMAND, ENV_RELAUNCHED, ENV_TIMEOUT, Settler,
-                          _import_torch, _loadavg, _share, _threadpoolctl,
+                          _import_torch, command_line, _loadavg, _share, _threadpoolctl,
                           default_thread_controls, machine_info, needs_relaunch,
                           wait_for_quiet)
 from .layers import run_layer
@@ -225,8 +225,7 @@ def run_cli(args, parser=None, set_before_numpy=False, log=print):
         env = dict(os.environ)
         env[ENV_TIMEOUT] = env.get(ENV_TIMEOUT, "4")
         env[ENV_RELAUNCHED] = "1"
-        env[ENV_COMMAND] = " ".join(["meprop-cpu"] + sys.argv[1:]) \
-            if os.path.basename(sys.argv[0]).startswith("meprop-cpu") else " ".join(sys.argv)
+        env[ENV_COMMAND] = command_line()
         cmd = [sys.executable, "-m", "meprop_cpu", "bench"] + _argv_from_args(parser, args)
         log(f"restarting with {ENV_TIMEOUT}={env[ENV_TIMEOUT]} (numpy's OpenBLAS reads it "
             "when it loads): " + " ".join(cmd[2:]))

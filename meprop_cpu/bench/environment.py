@@ -161,13 +161,25 @@ def _threadpoolctl():
     return threadpoolctl
 
 
+def command_line():
+    """How this process was started, as a user would type it: ``meprop-cpu ...``
+    for the console script, ``python -m meprop_cpu ...`` for the module,
+    ``python SCRIPT ...`` otherwise."""
+    argv0 = sys.argv[0] if sys.argv else ""
+    rest = sys.argv[1:]
+    if os.path.basename(argv0).startswith("meprop-cpu"):
+        return " ".join(["meprop-cpu"] + rest)
+    if argv0.replace(os.sep, "/").endswith("meprop_cpu/__main__.py"):
+        return " ".join(["python -m meprop_cpu"] + rest)
+    return " ".join(["python", argv0] + rest)
+
+
 def machine_info(torch_mod=None, set_before_numpy=False, command=None):
     """A JSON-able description of the machine, libraries and environment."""
     import meprop_cpu
     cpu = _cpu_info()
     info = {"date": _now(),
-            "command": command or os.environ.get(ENV_COMMAND) or " ".join(
-                [os.path.basename(sys.executable)] + sys.argv),
+            "command": command or os.environ.get(ENV_COMMAND) or command_line(),
             "relaunched": bool(os.environ.get(ENV_RELAUNCHED)),
             "hostname": platform.node(), "platform": platform.platform(),
             "python": platform.python_version(),

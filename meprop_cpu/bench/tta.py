@@ -39,8 +39,8 @@ import time
 import numpy as np
 
 from .end_to_end import _torch_accuracy, _torch_adam, _torch_adam_impl, _torch_mlp_like_ours
-from .environment import (ENV_COMMAND, ThreadSetting, _import_torch, default_thread_controls,
-                          machine_info)
+from .environment import (ENV_COMMAND, ThreadSetting, _import_torch, command_line,
+                          default_thread_controls, machine_info)
 from .profiles import _nproc
 from .report import _atomic_write, _default_out
 
@@ -419,9 +419,7 @@ def run_cli(args, log=print):
         f"{cfg['epochs']} epochs, seeds {cfg['seeds']}, {threads} thread(s), target "
         f"{cfg['target']}% dev")
     doc = run(cfg, threads, torch_mod, log=log)
-    doc["command"] = os.environ.get(ENV_COMMAND) or (
-        " ".join(["meprop-cpu"] + sys.argv[1:])
-        if os.path.basename(sys.argv[0]).startswith("meprop-cpu") else " ".join(sys.argv))
+    doc["command"] = os.environ.get(ENV_COMMAND) or command_line()
     name = args.name or f"tta_{cfg['name']}"
     paths = write(doc, args.out or _default_out(), name)
     for s in doc["summary"]:
