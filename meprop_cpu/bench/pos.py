@@ -46,6 +46,7 @@ from meprop_cpu.tagging.model import FEATURE_DIM, N_FEATURES, PosTagger, Vocab, 
 from meprop_cpu.train import build_optimizer
 
 from .._options import _positive_int, _nonneg_int
+from .environment import command_line
 from .report import _default_out
 
 CONLL_TRAIN_TOKENS = 203621
@@ -192,7 +193,7 @@ def speed(args):
                               for k, x in rec.items() if k != "block_s_all_rounds"}), flush=True)
     backprop = lstm_backward_times(args, vocab, block, variants)
     bound = forward_bound(args, vocab, block)
-    meta = {"command": " ".join(["python"] + sys.argv), "date":
+    meta = {"command": command_line(), "date":
             datetime.datetime.now().isoformat(timespec="seconds"),
             "machine": platform.processor() or platform.machine(),
             "load_average": os.getloadavg(), "config": mp.show_config(),
@@ -369,7 +370,7 @@ def train_torch(args):
         if first > args.epochs:
             return
         s = {"event": "summary", "best_dev": best[0], "test_at_best_dev": best[1],
-             "best_epoch": best[2], "command": " ".join(["python"] + sys.argv)}
+             "best_epoch": best[2], "command": command_line()}
         log.write(json.dumps(s) + "\n")
         print(json.dumps(s))
 
@@ -401,7 +402,7 @@ def tag_speed(args):
                          "tokens_per_s": tokens / float(np.median(times[n])),
                          "all_s": times[n]})
             print(json.dumps(rows[-1]), flush=True)
-    out = {"meta": {"command": " ".join(["python"] + sys.argv),
+    out = {"meta": {"command": command_line(),
                     "date": datetime.datetime.now().isoformat(timespec="seconds"),
                     "machine": platform.processor() or platform.machine(),
                     "load_average": os.getloadavg()}, "results": rows}
