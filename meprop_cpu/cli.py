@@ -114,6 +114,10 @@ def add_train_parser(subparsers):
     _add_mesimp_options(p)
     from .parsing.cli import add_parse_train_options
     add_parse_train_options(p)
+    g = p.add_argument_group("POS tagging (--task pos)")
+    g.add_argument("--bidirectional", action="store_true",
+                   help="a second LSTM reads each sentence right to left; the output layer "
+                        "sees both states (default: one left-to-right LSTM, the paper's)")
     p.set_defaults(func=run_train)
     return p
 
@@ -301,6 +305,8 @@ def run_train(args, parser):
         return run_pos_train(args, parser, CliError)
     if args.dataset in POS_DATASETS:
         raise CliError(f"--dataset {args.dataset} is a POS corpus: use --task pos")
+    if getattr(args, "bidirectional", False):
+        raise CliError("--bidirectional applies to --task pos only")
     if args.task == "parse" or (args.task is None and args.dataset in PARSE_DATASETS):
         from .parsing.cli import run_train_parse
         return run_train_parse(args, parser, CliError)

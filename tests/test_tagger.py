@@ -277,3 +277,152 @@ def test_mesimp_shrinks_and_resumes(tmp_path, capsys):
     assert width < 40 and any(r["event"] == "simplify" for r in recs)
     assert main(args + ["--epochs", "2", "--resume", str(tmp_path / "s.npz")]) == 0
     assert f"hidden {width}" in capsys.readouterr().out
+
+
+# -- bidirectional tagger -------------------------------------------------------------
+
+def _bi(k=None, hidden=6, seed=1):
+    v = Vocab.build(SENTS)
+    return v, PosTagger(v, hidden=hidden, k=k, seed=seed, bidirectional=True)
+
+
+def test_bidirectional_forward_is_two_lstms_side_by_side():
+    from meprop_cpu.nn import LSTM
+    v, m = _bi(hidden=5)
+    uni = PosTagger(v, hidden=5, seed=1)
+    for a, b in zip(uni.parameters()[:5], m.parameters()[:5]):   # same forward direction
+        np.testing.assert_array_equal(a.data, b.data)
+    assert m.hidden_sizes == [5, 5] and m.out.W.data.shape == (len(v.tags), 10)
+    assert [n for n, _ in m.named_parameters()] == [
+        "Ew", "Ef", "lstm.W", "lstm.U", "lstm.b", "lstm_b.W", "lstm_b.U", "lstm_b.b",
+        "out.W", "out.b"]
+    wid, fid, _ = encode(SENTS[:1], v)[0]
+    X = m._inputs(wid, fid).copy()
+    ref_b = LSTM(X.shape[1], 5, seed=0)
+    for p, q in zip(ref_b.parameters(), m.lstm_b.parameters()):
+        p.data = q.data.copy()
+    Hf = m.lstm.forward(X).copy()
+    Hb = ref_b.forward(np.ascontiguousarray(X[::-1]))[::-1]
+    want = np.concatenate([Hf, Hb], axis=1) @ m.out.W.data.T + m.out.b.data
+    np.testing.assert_allclose(m.logits(wid, fid), want, rtol=1e-5, atol=1e-6)
+
+
+def test_bidirectional_gradients_match_finite_differences():
+    v, m = _bi()
+    wid, fid, tid = encode(SENTS[:1], v)[0]
+    m.forward_loss(wid, fid, tid)
+    m.backward()
+    g_ew = m.Ew.grad.to_dense(len(v.words))
+    g_wb = m.lstm_b.W.grad.to_dense(m.lstm_b.W.data.shape[0])
+    eps = 1e-2
+
+    def num(p, idx):
+        old = p.data[idx]
+        p.data[idx] = old + eps
+        lp = m.forward_loss(wid, fid, tid)
+        p.data[idx] = old - eps
+        lm = m.forward_loss(wid, fid, tid)
+        p.data[idx] = old
+        return (lp - lm) / (2 * eps)
+
+    for row in np.unique(wid)[:3]:
+        for col in (0, 7):
+            n = num(m.Ew, (row, col))
+            assert abs(n - g_ew[row, col]) <= 1e-3 + 3e-2 * abs(n)
+    for idx in ((0, 0), (7, 3), (20, 60)):          # the right-to-left LSTM's input weights
+        n = num(m.lstm_b.W, idx)
+        assert abs(n - g_wb[idx]) <= 1e-3 + 3e-2 * abs(n)
+
+
+@pytest.mark.parametrize("k", [2, 6])
+def test_bidirectional_backward_feeds_each_direction_its_half(k):
+    """Each direction's gradients equal those of a lone LSTM given that half of
+    dH (the right-to-left one reversed in time); dX is the sum of both."""
+    from meprop_cpu.nn import LSTM
+    v, m = _bi(k=k)
+    wid, fid, tid = encode(SENTS[:1], v)[0]
+    m.forward_loss(wid, fid, tid)
+    X = m._inputs(wid, fid).copy()
+    dH = m.out.backward(m.loss_fn.backward()).copy()
+    m.forward_loss(wid, fid, tid)
+    m.backward()
+    dx = np.zeros_like(X)
+    for d, (lstm, sl) in enumerate(((m.lstm, slice(0, 6)), (m.lstm_b, slice(6, 12)))):
+        ref = LSTM(X.shape[1], 6, k=k, seed=0)
+        for p, q in zip(ref.parameters(), lstm.parameters()):
+            p.data = q.data.copy()
+        xs, dh = (X, dH[:, sl]) if d == 0 else (X[::-1], dH[::-1, sl])
+        ref.forward(np.ascontiguousarray(xs))
+        part = ref.backward(np.ascontiguousarray(dh))
+        dx += part if d == 0 else part[::-1]
+        for p, q in zip(ref.parameters()[:2], lstm.parameters()[:2]):
+            np.testing.assert_allclose(p.grad.to_dense(p.data.shape[0]),
+                                       q.grad.to_dense(q.data.shape[0]), rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(ref.b.grad, lstm.b.grad, rtol=1e-6, atol=1e-7)
+    want = np.zeros((len(v.words), 50), dtype=np.float32)   # the word rows of dX, summed
+    np.add.at(want, wid, dx[:, :50])
+    np.testing.assert_allclose(m.Ew.grad.to_dense(len(v.words)), want, rtol=1e-5, atol=1e-7)
+
+
+def test_bidirectional_compact_save_load_and_bad_direction(tmp_path):
+    from meprop_cpu.tagging.simplify import compact_lstm
+    v, m = _bi(k=2, hidden=8)
+    wid, fid, _ = encode(SENTS[:1], v)[0]
+    drop = [2, 7]
+    keep = np.setdiff1d(np.arange(8), drop)
+    m.lstm_b.U.data[:, drop] = 0.0           # the dropped units feed nothing
+    m.out.W.data[:, [8 + j for j in drop]] = 0.0
+    before = m.logits(wid, fid).copy()
+    assert compact_lstm(m, keep, direction=1) == 2
+    assert m.hidden_sizes == [8, 6] and m.out.W.data.shape[1] == 14
+    np.testing.assert_allclose(m.logits(wid, fid), before, rtol=1e-5, atol=1e-6)
+    m.save(tmp_path / "bi.npz")
+    m2 = load_tagger(tmp_path / "bi.npz")
+    assert m2.bidirectional and m2.hidden_sizes == [8, 6]
+    np.testing.assert_array_equal(m2.logits(wid, fid), m.logits(wid, fid))
+    with pytest.raises(ValueError, match="direction must be 0 or 1"):
+        compact_lstm(m, keep, direction=2)
+    with pytest.raises(ValueError, match="direction must be 0, got 1"):
+        compact_lstm(PosTagger(v, hidden=8, seed=1), keep, direction=1)
+    with pytest.raises(TypeError, match="bidirectional must be True or False"):
+        PosTagger(v, hidden=8, bidirectional="yes")
+
+
+def test_bidirectional_trainer_resumes_bit_identically(tmp_path):
+    def make(epochs, name):
+        v = Vocab.build(SENTS)
+        data = {"train": encode(SENTS, v), "dev": encode(SENTS[:4], v)}
+        m = PosTagger(v, hidden=10, k=2, seed=3, bidirectional=True)
+        opt = build_optimizer("adam", m.parameters(), lr=0.01)
+        return PosTrainer(m, opt, data, epochs=epochs, seed=0,
+                          checkpoint=tmp_path / f"{name}.npz")
+    full = make(3, "full")
+    s = full.fit()
+    assert s["best_dev"] > 80.0
+    part = make(1, "part")
+    part.fit()
+    rest = make(3, "rest")
+    rest.fit(resume=tmp_path / "part.npz")
+    for a, b in zip(full.model.parameters(), rest.model.parameters()):
+        np.testing.assert_array_equal(a.data, b.data)
+
+
+def test_cli_bidirectional_mesimp_shrinks_both_and_resumes(tmp_path, capsys):
+    d = _write_conll(tmp_path / "c")
+    args = ["train", "--task", "pos", "--data-dir", str(d), "--hidden", "40", "--k", "2",
+            "--bidirectional", "--mesimp", "--prune-rate", "0.2", "--cycle-epochs", "1"]
+    rc = main(args + ["--epochs", "1", "--checkpoint", str(tmp_path / "s.npz"),
+                      "--log-json", str(tmp_path / "s.jsonl"), "--save-model",
+                      str(tmp_path / "m.npz")])
+    out = capsys.readouterr()
+    assert rc == 0, out.err
+    assert "bidirectional LSTM" in out.out
+    recs = [json.loads(x) for x in open(tmp_path / "s.jsonl")]
+    widths = recs[-1]["hidden_sizes"]
+    assert len(widths) == 2 and max(widths) < 40
+    assert load_tagger(tmp_path / "m.npz").hidden_sizes == widths
+    assert main(args + ["--epochs", "2", "--resume", str(tmp_path / "s.npz")]) == 0
+    assert f"resuming a simplified tagger: hidden {widths}" in capsys.readouterr().out
+    # the flag belongs to the tagger
+    assert main(["train", "--dataset", "synthetic", "--bidirectional"]) == 2
+    assert "--bidirectional applies to --task pos only" in capsys.readouterr().err

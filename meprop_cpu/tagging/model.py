@@ -137,13 +137,21 @@ class PosTagger:
     """Embeddings (word 50 + 7 features x 20) -> LSTM(hidden, k) -> dense softmax.
 
     vocab: a :class:`Vocab`. k: per-gate top-k of the LSTM's backward (None:
-    dense). seed: initial weights."""
+    dense). seed: initial weights. bidirectional: a second LSTM of the same
+    width and k reads the sentence right to left (``lstm_b``); the output
+    layer sees both hidden states side by side (forward first), 2 * hidden
+    wide. The forward direction's initial weights are those of the
+    unidirectional tagger with the same seed."""
 
-    def __init__(self, vocab, hidden=500, k=None, mode=DEFAULT_LSTM_MODE, seed=0):
+    def __init__(self, vocab, hidden=500, k=None, mode=DEFAULT_LSTM_MODE, seed=0,
+                 bidirectional=False):
         if not isinstance(vocab, Vocab):
             raise TypeError(f"PosTagger: vocab must be a Vocab, got {type(vocab).__name__}")
         if seed is not None:
             seed = kernels._check_int(seed, "seed", 0, 2**63 - 1)
+        if not isinstance(bidirectional, (bool, np.bool_)):
+            raise TypeError(f"PosTagger: bidirectional must be True or False, got "
+                            f"{bidirectional!r}")
         self.vocab = vocab
         ss = np.random.SeedSequence(seed)
         s = [int(x.generate_state(1, np.uint64)[0] >> 1) for x in ss.spawn(4)]
@@ -152,9 +160,12 @@ class PosTagger:
         self.Ef = Parameter(rng.uniform(-0.1, 0.1, (vocab.n_feat_rows, FEATURE_DIM)), "Ef")
         n_in = WORD_DIM + N_FEATURES * FEATURE_DIM
         self.lstm = LSTM(n_in, hidden, k=k, mode=mode, seed=s[1])
-        self.out = Linear(hidden, len(vocab.tags), k=None, mode="dense", seed=s[2])
+        self.lstm_b = LSTM(n_in, hidden, k=k, mode=mode, seed=s[3]) if bidirectional else None
+        n_out_in = hidden * (2 if bidirectional else 1)
+        self.out = Linear(n_out_in, len(vocab.tags), k=None, mode="dense", seed=s[2])
         self.loss_fn = SoftmaxCrossEntropy()
-        self.config = {"hidden": int(hidden), "k": k, "mode": mode, "seed": seed}
+        self.config = {"hidden": int(hidden), "k": k, "mode": mode, "seed": seed,
+                       "bidirectional": bool(bidirectional)}
         self._X = {}
 
     @property
@@ -162,15 +173,26 @@ class PosTagger:
         return self.lstm.n_in
 
     @property
+    def bidirectional(self):
+        return self.lstm_b is not None
+
+    @property
+    def lstms(self):
+        """The LSTM layers: [forward] or [forward, backward direction]."""
+        return [self.lstm] if self.lstm_b is None else [self.lstm, self.lstm_b]
+
+    @property
     def hidden_sizes(self):
-        return [self.lstm.hidden]
+        return [lstm.hidden for lstm in self.lstms]
 
     def parameters(self):
-        return [self.Ew, self.Ef] + self.lstm.parameters() + self.out.parameters()
+        return [p for _, p in self.named_parameters()]
 
     def named_parameters(self):
-        return [(p.name if i < 2 else ("lstm." + p.name if i < 5 else "out." + p.name), p)
-                for i, p in enumerate(self.parameters())]
+        out = [("Ew", self.Ew), ("Ef", self.Ef)]
+        for prefix, lstm in zip(("lstm.", "lstm_b."), self.lstms):
+            out += [(prefix + p.name, p) for p in lstm.parameters()]
+        return out + [("out." + p.name, p) for p in self.out.parameters()]
 
     def state_dict(self):
         return {n: p.data.copy() for n, p in self.named_parameters()}
@@ -197,9 +219,17 @@ class PosTagger:
         X[:, WORD_DIM:] = self.Ef.data[fid].reshape(T, N_FEATURES * FEATURE_DIM)
         return X
 
+    def _hidden(self, X):
+        """The LSTM states (T, hidden or 2 * hidden) of the input rows X."""
+        H = self.lstm.forward(X)
+        if self.lstm_b is None:
+            return H
+        Hb = self.lstm_b.forward(np.ascontiguousarray(X[::-1]))
+        return np.concatenate([H, Hb[::-1]], axis=1)
+
     def logits(self, wid, fid):
         """Tag scores (T, n_tags) of one encoded sentence (no state kept for backward)."""
-        H = self.lstm.forward(self._inputs(wid, fid))
+        H = self._hidden(self._inputs(wid, fid))
         self.out.training = False
         try:
             return self.out.forward(H)
@@ -220,14 +250,20 @@ class PosTagger:
     # -- training: forward + loss, backward (sets every parameter's grad) -----------
     def forward_loss(self, wid, fid, tid):
         X = self._inputs(wid, fid)
-        H = self.lstm.forward(X)
+        H = self._hidden(X)
         logits = self.out.forward(H)
         self._ids = (wid, fid)
         return self.loss_fn.forward(logits, tid)
 
     def backward(self):
         dH = self.out.backward(self.loss_fn.backward())
-        dX = self.lstm.backward(dH)
+        if self.lstm_b is None:
+            dX = self.lstm.backward(dH)
+        else:
+            h = self.lstm.hidden
+            dX = self.lstm.backward(np.ascontiguousarray(dH[:, :h]))
+            dXb = self.lstm_b.backward(np.ascontiguousarray(dH[::-1, h:]))
+            dX = dX + dXb[::-1]
         wid, fid = self._ids
         T = wid.shape[0]
         self.Ew.grad = _row_grad(wid, dX[:, :WORD_DIM])
@@ -257,8 +293,14 @@ def load_tagger(path):
         cfg = arch["config"]
     except Exception as e:
         raise ValueError(f"tagger file {path} is not a meprop_cpu tagger file ({e})") from e
-    model = PosTagger(vocab, hidden=arrays["lstm.U"].shape[1], k=None, mode="dense",
-                      seed=cfg.get("seed", 0))
+    try:
+        model = PosTagger(vocab, hidden=arrays["lstm.U"].shape[1], k=None, mode="dense",
+                          seed=cfg.get("seed", 0), bidirectional=bool(cfg.get("bidirectional")))
+        if model.bidirectional:          # meSimp may leave the directions at other widths
+            from .simplify import compact_lstm
+            compact_lstm(model, np.arange(arrays["lstm_b.U"].shape[1]), direction=1)
+    except KeyError as e:
+        raise ValueError(f"tagger file {path} lacks the array {e}") from None
     model.load_state_dict(arrays)
     return model
 

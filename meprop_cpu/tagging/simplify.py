@@ -6,8 +6,9 @@ least one of its four gates (with a non-zero gradient), and ``seen`` counts
 the time steps (dense backward: any non-zero gate gradient counts).
 
 Removing unit j deletes rows j, h+j, 2h+j, 3h+j of ``W``, ``U`` and ``b``,
-column j of ``U`` and column j of the output layer's ``W``, with the matching
-optimizer state, so the compacted tagger computes exactly the function of the
+column j of ``U`` and column j of the output layer's ``W`` (of that
+direction's block in a bidirectional tagger, whose two LSTMs are simplified
+each by its own counts), with the matching optimizer state, so the compacted tagger computes exactly the function of the
 tagger with that unit's output and cell forced to zero. The rule and the
 schedule are those of the MLP (:mod:`meprop_cpu.simplify`): unit j goes if
 ``hits[j] < floor(prune_rate * seen)``, cycles of epochs alternate
@@ -22,10 +23,15 @@ from ..simplify import CycleSchedule, Schedule, Simplifier, _check_int, _check_r
 __all__ = ["compact_lstm", "TaggerSimplifier"]
 
 
-def compact_lstm(model, keep, optimizer=None):
-    """Keep only the hidden units ``keep`` (sorted indices) of the tagger's LSTM.
-    Returns the number of units removed."""
-    lstm = model.lstm
+def compact_lstm(model, keep, optimizer=None, direction=0):
+    """Keep only the hidden units ``keep`` (sorted indices) of one of the
+    tagger's LSTMs (direction 0: the forward one, 1: the right-to-left one of
+    a bidirectional tagger). Returns the number of units removed."""
+    lstms = model.lstms
+    if isinstance(direction, bool) or direction not in range(len(lstms)):
+        raise ValueError(f"compact_lstm: direction must be "
+                         f"{'0 or 1' if len(lstms) == 2 else '0'}, got {direction!r}")
+    lstm = lstms[direction]
     h = lstm.hidden
     keep = np.asarray(keep, dtype=np.int64)
     if keep.ndim != 1 or keep.size == 0 or keep.min() < 0 or keep.max() >= h \
@@ -33,8 +39,12 @@ def compact_lstm(model, keep, optimizer=None):
         raise ValueError(f"compact_lstm: keep must be ascending unit indices in [0, {h}), "
                          f"non-empty")
     rows = np.concatenate([q * h + keep for q in range(4)])
+    # the output layer's columns: the forward states first, then the backward ones
+    start = sum(x.hidden for x in lstms[:direction])
+    total = model.out.W.data.shape[1]
+    out_cols = np.concatenate([np.arange(start), start + keep, np.arange(start + h, total)])
     for p, kr, kc in ((lstm.W, rows, None), (lstm.U, rows, keep), (lstm.b, rows, None),
-                      (model.out.W, None, keep)):
+                      (model.out.W, None, out_cols)):
         new = p.data if kr is None else p.data[kr]
         if kc is not None:
             new = new[:, kc]
@@ -68,25 +78,28 @@ class TaggerSimplifier(Simplifier):
 
     @property
     def layers(self):
-        return [self.model.lstm]
+        return self.model.lstms
 
     @property
     def hidden_sizes(self):
-        return [self.model.lstm.hidden]
+        return self.model.hidden_sizes
 
     def simplify(self, global_step=None, epoch=None, step=None):
-        lstm = self.model.lstm
-        keep = select_keep(lstm.hits, lstm.seen, self.prune_rate, self.min_width)
-        removed = compact_lstm(self.model, keep, self.optimizer)
-        lstm.hits = np.zeros(lstm.hidden, dtype=np.int64)
-        lstm.seen = 0
+        removed, dense = [], []
+        for d, lstm in enumerate(self.model.lstms):
+            keep = select_keep(lstm.hits, lstm.seen, self.prune_rate, self.min_width)
+            removed.append(compact_lstm(self.model, keep, self.optimizer, direction=d))
+            lstm.hits = np.zeros(lstm.hidden, dtype=np.int64)
+            lstm.seen = 0
+            if not lstm.sparse:
+                dense.append(d)
         rec = {"global_step": global_step, "epoch": epoch, "step": step,
-               "hidden_sizes": self.hidden_sizes, "removed": [removed],
-               "dense_layers": [] if lstm.sparse else [0], "became_dense": []}
+               "hidden_sizes": self.hidden_sizes, "removed": removed,
+               "dense_layers": dense, "became_dense": []}
         self.log.append(rec)
         if self.verbose:
-            print(f"meSimp: step {global_step}: hidden {self.hidden_sizes} (removed {removed})",
-                  flush=True)
+            print(f"meSimp: step {global_step}: hidden {self.hidden_sizes} (removed "
+                  f"{', '.join(map(str, removed))})", flush=True)
         return rec
 
     def __call__(self, trainer, epoch, step):

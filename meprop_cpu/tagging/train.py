@@ -31,6 +31,9 @@ from ..train.checkpoint import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, _from_jso
 
 __all__ = ["PosTrainer"]
 
+# checkpoint names of the tagger's LSTMs (PosTagger.lstms order)
+_LSTM_NAMES = ("lstm", "lstm_b")
+
 
 class PosTrainer:
     """Train a :class:`~meprop_cpu.tagger.PosTagger`.
@@ -181,7 +184,7 @@ class PosTrainer:
     def save_checkpoint(self, path):
         """Everything needed to resume bit-identically, written atomically."""
         osd = self.optimizer.state_dict()
-        lstm = self.model.lstm
+        lstms = self.model.lstms
         meta = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
                 "saved_at": time.time(),
                 "model": {"class": "PosTagger", "config": _to_json(self.model.config),
@@ -201,13 +204,14 @@ class PosTrainer:
                             "wsj_at_best_dev": self.wsj_at_best_dev,
                             "best_epoch": self.best_epoch, "history": self.history},
                 "rng": {"shuffle": _to_json(self._rng.bit_generator.state),
-                        "lstm_seen": int(lstm.seen)}}
+                        **{f"{n}_seen": int(x.seen) for n, x in zip(_LSTM_NAMES, lstms)}}}
         arrays = {"param:" + n: a for n, a in self.model.state_dict().items()}
         for i, st in enumerate(osd["params"]):
             if st is not None:
                 for j, a in enumerate(st["arrays"]):
                     arrays[f"opt:{i}:{j}"] = a
-        arrays["hits:lstm"] = lstm.hits
+        for n, x in zip(_LSTM_NAMES, lstms):
+            arrays["hits:" + n] = x.hits
         arrays["meta"] = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
         atomic_savez(path, arrays)
         return path
@@ -247,10 +251,10 @@ class PosTrainer:
                  for k, x in _from_json(om.get("hyper", {})).items()}
         self.optimizer.load_state_dict({"kind": om["kind"], "hyper": hyper,
                                         "steps": om.get("steps", 0), "params": params_sd})
-        lstm = self.model.lstm
-        if "hits:lstm" in arrays and arrays["hits:lstm"].shape == lstm.hits.shape:
-            lstm.hits = np.array(arrays["hits:lstm"], dtype=np.int64)
-        lstm.seen = int(meta["rng"].get("lstm_seen", 0))
+        for n, x in zip(_LSTM_NAMES, self.model.lstms):
+            if "hits:" + n in arrays and arrays["hits:" + n].shape == x.hits.shape:
+                x.hits = np.array(arrays["hits:" + n], dtype=np.int64)
+            x.seen = int(meta["rng"].get(n + "_seen", 0))
         self._rng.bit_generator.state = _from_json(meta["rng"]["shuffle"])
         self.epoch, self.global_step = int(tm["epoch"]), int(tm["global_step"])
         self.best_dev, self.test_at_best_dev = tm.get("best_dev"), tm.get("test_at_best_dev")
@@ -297,13 +301,19 @@ def run_pos_train(args, parser, CliError):
         vocab = Vocab.build(raw["train"])
         data = {name: encode(sents, vocab) for name, sents in raw.items()}
         model = PosTagger(vocab, hidden=args.hidden, k=None if dense else args.k,
-                          mode="dense" if dense else mode, seed=args.seed)
+                          mode="dense" if dense else mode, seed=args.seed,
+                          bidirectional=getattr(args, "bidirectional", False))
         if args.resume is not None:   # a meSimp run resumes at its shrunk width
-            shape = dict(read_checkpoint(args.resume)[0]["model"].get("params", [])).get("lstm.U")
-            if shape and shape[1] < args.hidden:
-                from .simplify import compact_lstm
-                compact_lstm(model, np.arange(shape[1]))
-                print(f"resuming a simplified tagger: hidden {shape[1]}", flush=True)
+            shapes = dict(read_checkpoint(args.resume)[0]["model"].get("params", []))
+            from .simplify import compact_lstm
+            for d, n in enumerate(_LSTM_NAMES[:len(model.lstms)]):
+                shape = shapes.get(n + ".U")
+                if shape and shape[1] < args.hidden:
+                    compact_lstm(model, np.arange(shape[1]), direction=d)
+            hs = model.hidden_sizes
+            if hs != [args.hidden] * len(hs):
+                print(f"resuming a simplified tagger: hidden {hs[0] if len(hs) == 1 else hs}",
+                      flush=True)
         opt = build_optimizer(args.optimizer, model.parameters(), lr=args.lr,
                               sparse=not args.dense_update, clip=args.clip)
         ckpt = args.checkpoint if args.checkpoint is not None else args.resume
@@ -332,7 +342,8 @@ def run_pos_train(args, parser, CliError):
               f"/ {len(data['dev'])} dev / {len(data['test'])} test"
               f"{' / %d wsj' % len(data['wsj']) if 'wsj' in data else ''}; vocab "
               f"{len(vocab.words)} words, {vocab.n_feat_rows} feature values, "
-              f"{len(vocab.tags)} tags; LSTM {model.n_in}-{args.hidden}, "
+              f"{len(vocab.tags)} tags; {'bidirectional ' if model.bidirectional else ''}"
+              f"LSTM {model.n_in}-{args.hidden}, "
               f"{'dense backprop' if dense else f'k {args.k} per gate'}, {args.optimizer} "
               f"lr {opt.lr:g}, threads {get_num_threads()}", flush=True)
         rc, s = cli.fit_from_cli(args, parser, trainer)
