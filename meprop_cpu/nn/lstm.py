@@ -1,6 +1,8 @@
 """An LSTM layer with meProp backward through time (C kernels in include/meprop/lstm.h).
 
-One layer over one sequence ``X`` (T, n_in) at a time. Gates are stacked in
+One layer over one sequence ``X`` (T, n_in) at a time, or over B sequences
+side by side (``forward(X, lengths)``: minibatches of sentences, one (B, h) x
+(h, 4h) product per step; see :meth:`LSTM.forward`). Gates are stacked in
 PyTorch's order i, f, g, o: ``W`` (4h, n_in), ``U`` (4h, h), one bias ``b``
 (4h)::
 
@@ -86,6 +88,7 @@ class LSTM(Module):
         self._wsW = Workspace()
         self._wsU = Workspace()
         self._T = None
+        self._B, self._pad, self._n_real = 1, None, 0
         self.track_hits = False
         self.hits = np.zeros(hidden, dtype=np.int64)
         self.seen = 0
@@ -113,44 +116,85 @@ class LSTM(Module):
             raise ValueError(f"{who}: {name} must have shape (T >= 1, {n}), got {X.shape}")
         return np.ascontiguousarray(X)
 
-    def forward(self, X):
-        X = self._check_x(X, "X", self.n_in, "LSTM.forward")
-        T, h = X.shape[0], self.hidden
+    def forward(self, X, lengths=None):
+        """H (T, hidden) of one sequence X (T, n_in); or, with ``lengths`` (B
+        ints >= 1), of B sequences side by side: X (T*B, n_in) time major (row
+        t*B + b = step t of sequence b, T = max(lengths), the rows past a
+        sequence's length are padding, any values) -> H (T*B, hidden) in the
+        same layout (padded rows meaningless). One step of the B sequences is
+        one (B, h) x (h, 4h) product."""
+        if lengths is None:
+            X = self._check_x(X, "X", self.n_in, "LSTM.forward")
+            T, B = X.shape[0], 1
+        else:
+            lengths = self._check_lengths(lengths)
+            B, T = lengths.shape[0], int(lengths.max())
+            X = self._check_x(X, "X", self.n_in, "LSTM.forward")
+            if X.shape[0] != T * B:
+                raise ValueError(f"LSTM.forward: X must have max(lengths) * len(lengths) = "
+                                 f"{T * B} rows (time major), got {X.shape[0]}")
+        h, n = self.hidden, T * B
         ws = self._ws
-        XP = ws.get("XP", (T, 4 * h), np.float32)
-        Z = ws.get("Z", (T, 4 * h), np.float32)
-        H = ws.get("H", (T + 1, h), np.float32)
-        C = ws.get("C", (T + 1, h), np.float32)
-        TC = ws.get("TC", (T, h), np.float32)
-        H[0] = 0.0
-        C[0] = 0.0
-        _core.lstm_forward(X, self.W.data, self.b.data, self.U.data, XP, Z, H, C, TC,
-                      get_num_threads())
-        self._X, self._T = X, T
-        return H[1:]
+        XP = ws.get("XP", (n, 4 * h), np.float32)
+        Z = ws.get("Z", (n, 4 * h), np.float32)
+        H = ws.get("H", (n + B, h), np.float32)
+        C = ws.get("C", (n + B, h), np.float32)
+        TC = ws.get("TC", (n, h), np.float32)
+        H[:B] = 0.0
+        C[:B] = 0.0
+        if lengths is None:
+            _core.lstm_forward(X, self.W.data, self.b.data, self.U.data, XP, Z, H, C, TC,
+                               get_num_threads())
+            self._pad = None
+        else:
+            _core.lstm_forward_batch(X, self.W.data, self.b.data, self.U.data, XP, Z, H, C, TC,
+                                     B, get_num_threads())
+            steps = np.arange(T)[:, None]
+            pad = np.flatnonzero((steps >= lengths[None, :]).ravel())
+            self._pad = pad if pad.size else None
+        self._X, self._T, self._B = X, T, B
+        self._n_real = n if lengths is None else int(lengths.sum())
+        return H[B:]
+
+    @staticmethod
+    def _check_lengths(lengths):
+        a = np.asarray(lengths)
+        if a.ndim != 1 or a.size == 0 or a.dtype.kind not in "iu" or (a < 1).any():
+            raise ValueError(f"LSTM.forward: lengths must be a non-empty 1-D sequence of ints "
+                             f">= 1, got {lengths!r}")
+        return a.astype(np.int64)
 
     def backward(self, dH):
         if self._T is None:
             raise RuntimeError("LSTM.backward called without a forward pass")
-        T, h = self._T, self.hidden
+        T, B, h = self._T, self._B, self.hidden
+        n = T * B
         dH = self._check_x(dH, "dH", h, "LSTM.backward")
-        if dH.shape[0] != T:
+        if dH.shape[0] != n:
             raise ValueError(f"LSTM.backward: dH has {dH.shape[0]} rows, the forward "
-                             f"sequence had {T}")
+                             f"{'sequence had' if B == 1 else 'batch had T*B ='} {n}")
+        if self._pad is not None:      # padded steps get no gradient from above
+            dH = dH.copy()
+            dH[self._pad] = 0.0
         ws, nt = self._ws, get_num_threads()
-        Z, H, C, TC = ws.get("Z", (T, 4 * h), np.float32), ws.get("H", (T + 1, h), np.float32), \
-            ws.get("C", (T + 1, h), np.float32), ws.get("TC", (T, h), np.float32)
-        dZ = ws.get("dZ", (T, 4 * h), np.float32)
-        dh = ws.get("dh", (h,), np.float32)
-        dc = ws.get("dc", (h,), np.float32)
+        Z, H, C, TC = ws.get("Z", (n, 4 * h), np.float32), ws.get("H", (n + B, h), np.float32), \
+            ws.get("C", (n + B, h), np.float32), ws.get("TC", (n, h), np.float32)
+        dZ = ws.get("dZ", (n, 4 * h), np.float32)
+        dh = ws.get("dh", (B, h), np.float32)
+        dc = ws.get("dc", (B, h), np.float32)
         dh[...] = 0.0
         dc[...] = 0.0
-        X, Hprev = self._X, H[:T]
+        X, Hprev = self._X, H[:n]
         if not self.sparse:
             one_i = ws.get("one_i", (1, 1), np.int32)
             one_f = ws.get("one_f", (1, 1), np.float32)
             one_w = ws.get("one_w", (1,), np.int64)
-            _core.lstm_backward(Z, C, TC, self.U.data, dH, 0, dZ, one_i, one_f, dh, dc, one_w, nt)
+            if B == 1:
+                _core.lstm_backward(Z, C, TC, self.U.data, dH, 0, dZ, one_i, one_f, dh[0], dc[0],
+                                    one_w, nt)
+            else:
+                _core.lstm_backward_batch(Z, C, TC, self.U.data, dH, B, 0, dZ, one_i, one_f, dh,
+                                          dc, one_w, ws.get("dzs", (B, h), np.float32), nt)
             self.b.grad = dZ.sum(axis=0)
             gW = self._wsW.get("gW", self.W.data.shape, np.float32)
             gU = self._wsU.get("gU", self.U.data.shape, np.float32)
@@ -159,30 +203,38 @@ class LSTM(Module):
             self.W.grad, self.U.grad = RowGrad(None, gW), RowGrad(None, gU)
             dX = None
             if self.needs_input_grad:
-                dX = ws.get("dX", (T, self.n_in), np.float32)
+                dX = ws.get("dX", (n, self.n_in), np.float32)
                 _core.matmul_nn(dZ, self.W.data, dX, nt)
             if self.track_hits:
-                g = np.abs(dZ).reshape(T, 4, h).max(axis=1)
+                g = np.abs(dZ).reshape(n, 4, h).max(axis=1)
                 self.hits += np.count_nonzero(g, axis=0)
-                self.seen += T
+                self.seen += self._n_real
             return dX
         k = self.k
-        idx = ws.get("idx", (T, 4 * k), np.int32)
-        val = ws.get("val", (T, 4 * k), np.float32)
-        heap = ws.get("heap", (_core.lstm_topk_ws_entries(k),), np.int64)
-        bad = _core.lstm_backward(Z, C, TC, self.U.data, dH, k, dZ, idx, val, dh, dc, heap, nt)
+        idx = ws.get("idx", (n, 4 * k), np.int32)
+        val = ws.get("val", (n, 4 * k), np.float32)
+        if B == 1:
+            heap = ws.get("heap", (_core.lstm_topk_ws_entries(k),), np.int64)
+            bad = _core.lstm_backward(Z, C, TC, self.U.data, dH, k, dZ, idx, val, dh[0], dc[0],
+                                      heap, nt)
+        else:
+            heap = ws.get("heap_b", (nt * _core.thread_stride(_core.lstm_topk_ws_entries(k)),),
+                          np.int64)
+            one_f = ws.get("one_f", (1, 1), np.float32)
+            bad = _core.lstm_backward_batch(Z, C, TC, self.U.data, dH, B, k, dZ, idx, val, dh,
+                                            dc, heap, one_f, nt)
         if bad:
             raise FloatingPointError(f"LSTM.backward: the gradient holds {bad} NaN/Inf value(s)")
         self.b.grad = dZ.sum(axis=0)
         if self.track_hits:
-            hit = np.zeros((T, h), dtype=bool)   # unit j selected in some gate at step t
+            hit = np.zeros((n, h), dtype=bool)   # unit j selected in some gate at step t
             sel = val.ravel() != 0.0
-            hit[np.repeat(np.arange(T), 4 * k)[sel], (idx.ravel() % h)[sel]] = True
+            hit[np.repeat(np.arange(n), 4 * k)[sel], (idx.ravel() % h)[sel]] = True
             self.hits += hit.sum(axis=0)
-            self.seen += T
+            self.seen += self._n_real
         dX, self.W.grad = kernels.sparse_backward_into(X, self.W.data, idx, val, self._wsW, nt,
                                                        self.needs_input_grad, factored=True)
-        # H[:T] (the leading rows of H) is contiguous: the factored dU reads it in place
+        # H[:n] (the leading rows of H) is contiguous: the factored dU reads it in place
         _, self.U.grad = kernels.sparse_backward_into(Hprev, self.U.data, idx, val, self._wsU, nt,
                                                       False, factored=True)
         return dX

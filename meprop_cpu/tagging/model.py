@@ -167,6 +167,7 @@ class PosTagger:
         self.config = {"hidden": int(hidden), "k": k, "mode": mode, "seed": seed,
                        "bidirectional": bool(bidirectional)}
         self._X = {}
+        self._batch = None
 
     @property
     def n_in(self):
@@ -227,6 +228,78 @@ class PosTagger:
         Hb = self.lstm_b.forward(np.ascontiguousarray(X[::-1]))
         return np.concatenate([H, Hb[::-1]], axis=1)
 
+    # -- minibatches of sentences -------------------------------------------------
+    @staticmethod
+    def _layout(sents):
+        """Time-major padded layout of B encoded sentences: lengths (B,), word
+        ids (T*B,), feature rows (T*B, 7), tag ids (T*B,) and the real rows
+        (ascending indices of row t*B + b with t < length b)."""
+        lengths = np.array([s[0].shape[0] for s in sents], dtype=np.int64)
+        if lengths.size == 0 or lengths.min() < 1:
+            raise ValueError("PosTagger: a minibatch needs sentences of at least one token")
+        B, T = lengths.size, int(lengths.max())
+        wid = np.zeros((T, B), dtype=np.int32)
+        fid = np.zeros((T, B, N_FEATURES), dtype=np.int32)
+        tid = np.zeros((T, B), dtype=np.int64)
+        for b, (w, f, t) in enumerate(sents):
+            L = w.shape[0]
+            wid[:L, b], fid[:L, b], tid[:L, b] = w, f, t
+        real = np.flatnonzero((np.arange(T)[:, None] < lengths[None, :]).ravel())
+        return lengths, wid.ravel(), fid.reshape(T * B, N_FEATURES), tid.ravel(), real
+
+    @staticmethod
+    def _reverse_rows(lengths):
+        """The row permutation (an involution) that reverses every sentence of a
+        time-major padded batch within its own length; padded rows stay."""
+        B, T = lengths.size, int(lengths.max())
+        t = np.arange(T)[:, None]
+        src = np.where(t < lengths[None, :], lengths[None, :] - 1 - t, t)
+        return (src * B + np.arange(B)[None, :]).ravel()
+
+    def _hidden_batch(self, X, lengths):
+        H = self.lstm.forward(X, lengths)
+        if self.lstm_b is None:
+            return H
+        rev = self._reverse_rows(lengths)
+        Hb = self.lstm_b.forward(np.ascontiguousarray(X[rev]), lengths)
+        return np.concatenate([H, Hb[rev]], axis=1)
+
+    def _batch_inputs(self, wid, fid):
+        n = wid.shape[0]
+        X = np.empty((n, self.n_in), dtype=np.float32)
+        X[:, :WORD_DIM] = self.Ew.data[wid]
+        X[:, WORD_DIM:] = self.Ef.data[fid].reshape(n, N_FEATURES * FEATURE_DIM)
+        return X
+
+    def logits_batch(self, sents):
+        """Tag scores of B encoded sentences run side by side: a list of (T_b,
+        n_tags) arrays (the same values as :meth:`logits` up to float rounding)."""
+        lengths, wid, fid, _, real = self._layout(sents)
+        H = self._hidden_batch(self._batch_inputs(wid, fid), lengths)
+        self.out.training = False
+        try:
+            L = self.out.forward(H[real])
+        finally:
+            self.out.training = True
+        # real rows are time major: sentence b's tokens are every B-th row
+        B = lengths.size
+        order = np.argsort(real % B, kind="stable")
+        starts = np.concatenate([[0], np.cumsum(lengths)])
+        Ls = L[order]
+        return [Ls[starts[b]:starts[b + 1]] for b in range(B)]
+
+    def forward_loss_batch(self, sents):
+        """Mean cross-entropy over every token of the B encoded sentences
+        ``sents`` ((wid, fid, tid) each), run side by side through the LSTM;
+        :meth:`backward` then sets the gradients of the batch."""
+        lengths, wid, fid, tid, real = self._layout(sents)
+        X = self._batch_inputs(wid, fid)
+        H = self._hidden_batch(X, lengths)
+        logits = self.out.forward(np.ascontiguousarray(H[real]))
+        self._ids = (wid[real], fid[real])
+        self._batch = (lengths, real, H.shape)
+        return self.loss_fn.forward(logits, tid[real])
+
     def logits(self, wid, fid):
         """Tag scores (T, n_tags) of one encoded sentence (no state kept for backward)."""
         H = self._hidden(self._inputs(wid, fid))
@@ -239,12 +312,22 @@ class PosTagger:
     def predict(self, wid, fid):
         return self.logits(wid, fid).argmax(axis=1)
 
-    def accuracy(self, encoded):
-        """Token accuracy (percent) over encoded sentences."""
+    def accuracy(self, encoded, batch_size=1):
+        """Token accuracy (percent) over encoded sentences; batch_size > 1 runs
+        that many sentences (of similar lengths) side by side."""
+        batch_size = kernels._check_int(batch_size, "batch_size", 1, 2**31 - 1)
         right = total = 0
-        for wid, fid, tid in encoded:
-            right += int(np.count_nonzero(self.predict(wid, fid) == tid))
-            total += tid.shape[0]
+        if batch_size == 1:
+            for wid, fid, tid in encoded:
+                right += int(np.count_nonzero(self.predict(wid, fid) == tid))
+                total += tid.shape[0]
+        else:
+            order = np.argsort([s[0].shape[0] for s in encoded], kind="stable")
+            for i in range(0, len(order), batch_size):
+                sents = [encoded[j] for j in order[i:i + batch_size]]
+                for s, L in zip(sents, self.logits_batch(sents)):
+                    right += int(np.count_nonzero(L.argmax(axis=1) == s[2]))
+                    total += s[2].shape[0]
         return 100.0 * right / max(total, 1)
 
     # -- training: forward + loss, backward (sets every parameter's grad) -----------
@@ -253,14 +336,26 @@ class PosTagger:
         H = self._hidden(X)
         logits = self.out.forward(H)
         self._ids = (wid, fid)
+        self._batch = None
         return self.loss_fn.forward(logits, tid)
 
     def backward(self):
+        """The gradients of the last forward_loss / forward_loss_batch."""
         dH = self.out.backward(self.loss_fn.backward())
-        if self.lstm_b is None:
+        h = self.lstm.hidden
+        if self._batch is not None:                       # a minibatch: pad, run, unpad
+            lengths, real, shape = self._batch
+            full = np.zeros(shape, dtype=np.float32)
+            full[real] = dH
+            dX = self.lstm.backward(np.ascontiguousarray(full[:, :h]))
+            if self.lstm_b is not None:
+                rev = self._reverse_rows(lengths)
+                dXb = self.lstm_b.backward(np.ascontiguousarray(full[rev, h:]))
+                dX = dX + dXb[rev]
+            dX = dX[real]
+        elif self.lstm_b is None:
             dX = self.lstm.backward(dH)
         else:
-            h = self.lstm.hidden
             dX = self.lstm.backward(np.ascontiguousarray(dH[:, :h]))
             dXb = self.lstm_b.backward(np.ascontiguousarray(dH[::-1, h:]))
             dX = dX + dXb[::-1]

@@ -60,7 +60,7 @@ class TaggerSimplifier(Simplifier):
     """meSimp for a :class:`~meprop_cpu.tagger.PosTagger` trained by a
     :class:`~meprop_cpu.tagger.PosTrainer` (pass it in ``callbacks``). Same
     arguments as :class:`~meprop_cpu.simplify.Simplifier`; the schedule counts
-    sentences as its minibatches."""
+    the trainer's steps (sentences, or minibatches of them)."""
 
     def __init__(self, model, optimizer=None, prune_rate=0.01, min_width=1, schedule=None,
                  verbose=False):
@@ -103,7 +103,7 @@ class TaggerSimplifier(Simplifier):
         return rec
 
     def __call__(self, trainer, epoch, step):
-        rec = self.after_step(epoch, step, trainer.n_train, trainer.global_step)
+        rec = self.after_step(epoch, step, trainer.steps_per_epoch, trainer.global_step)
         if rec is not None and hasattr(trainer, "_write"):
             trainer._write(trainer._record("simplify", epoch, None, None, dict.fromkeys(
                 ("time_epoch", "time_forward", "time_backward", "time_update")),

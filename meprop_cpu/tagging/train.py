@@ -43,10 +43,16 @@ class PosTrainer:
     resuming). seed: the shuffle generator (one permutation of the training
     sentences per epoch). log_json, checkpoint: paths (see the module
     docstring). on_epoch: ``f(trainer, record)`` after each epoch. callbacks:
-    ``cb(trainer, epoch, step)`` after every optimizer step."""
+    ``cb(trainer, epoch, step)`` after every optimizer step. batch_size:
+    sentences per step (1, the default and the papers' setting: one sentence
+    at a time). Larger minibatches run side by side through the LSTM; each
+    epoch's permutation is cut into windows of 20 batches, sorted by length
+    within a window (so the sentences of a batch have similar lengths and
+    little padding), cut into batches, and the batches are shuffled;
+    evaluation runs in batches too."""
 
     def __init__(self, model, optimizer, data, epochs, seed=0, log_json=None, checkpoint=None,
-                 on_epoch=None, callbacks=()):
+                 on_epoch=None, callbacks=(), batch_size=1):
         if not isinstance(data, dict) or not data.get("train") or not data.get("dev"):
             raise ValueError("PosTrainer: data must be a dict with non-empty 'train' and 'dev' "
                              "lists of encoded sentences")
@@ -58,12 +64,17 @@ class PosTrainer:
                 raise ValueError("PosTrainer: a training sentence is empty or has a tag outside "
                                  "the model's tag set")
         self.model, self.optimizer, self.data = model, optimizer, data
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
+                or batch_size < 1:
+            raise ValueError(f"PosTrainer: batch_size must be an int >= 1, got {batch_size!r}")
+        self.batch_size = int(batch_size)
         self.epochs, self.seed = epochs, int(seed)
         self.log_json = None if log_json is None else os.fspath(log_json)
         self.checkpoint = None if checkpoint is None else os.fspath(checkpoint)
         self.on_epoch, self.callbacks = on_epoch, list(callbacks)
         self.n_train = len(data["train"])
         self.n_tokens = int(sum(s[2].shape[0] for s in data["train"]))
+        self.steps_per_epoch = -(-self.n_train // self.batch_size)
         self._rng = np.random.default_rng(self.seed)
         self.epoch = self.global_step = 0
         self.best_dev = self.test_at_best_dev = self.wsj_at_best_dev = self.best_epoch = None
@@ -115,14 +126,17 @@ class PosTrainer:
         model, opt = self.model, self.optimizer
         train = self.data["train"]
         perm = self._rng.permutation(self.n_train)
+        steps = perm if self.batch_size == 1 else self._batches(perm)
         pc = time.perf_counter
         t_f = t_b = t_u = 0.0
         loss_sum = 0.0
         t0 = pc()
-        for step, s in enumerate(perm, 1):
-            wid, fid, tid = train[s]
+        for step, s in enumerate(steps, 1):
             a = pc()
-            loss = model.forward_loss(wid, fid, tid)
+            if self.batch_size == 1:
+                loss = model.forward_loss(*train[s])
+            else:
+                loss = model.forward_loss_batch([train[i] for i in s])
             b = pc()
             if not math.isfinite(loss):
                 raise FloatingPointError(f"training diverged at epoch {epoch}, step {step}: the "
@@ -135,7 +149,7 @@ class PosTrainer:
             t_f += b - a
             t_b += c - b
             t_u += d - c
-            loss_sum += loss
+            loss_sum += loss * (1 if self.batch_size == 1 else len(s))
             self.global_step += 1
             for cb in self.callbacks:
                 cb(self, epoch, step)
@@ -145,14 +159,15 @@ class PosTrainer:
                 raise FloatingPointError(f"training diverged in epoch {epoch}: parameter "
                                          f"{p.name} holds NaN/Inf")
         te = pc()
-        dev = model.accuracy(self.data["dev"])
+        eb = self.batch_size
+        dev = model.accuracy(self.data["dev"], eb)
         extra = {}
         if self.best_dev is None or dev > self.best_dev:
             self.best_dev, self.best_epoch = dev, epoch
             if self.data.get("test"):
-                self.test_at_best_dev = model.accuracy(self.data["test"])
+                self.test_at_best_dev = model.accuracy(self.data["test"], eb)
             if self.data.get("wsj"):
-                self.wsj_at_best_dev = model.accuracy(self.data["wsj"])
+                self.wsj_at_best_dev = model.accuracy(self.data["wsj"], eb)
         times = {"time_epoch": t_epoch, "time_forward": t_f, "time_backward": t_b,
                  "time_update": t_u}
         rec = self._record("epoch", epoch, loss_sum / self.n_train, dev, times,
@@ -161,6 +176,17 @@ class PosTrainer:
         self.history.append(rec)
         self._write(rec)
         return rec
+
+    def _batches(self, perm):
+        """The minibatches of one epoch from its permutation (see the class
+        docstring); draws the batch order from the trainer's generator."""
+        B, train = self.batch_size, self.data["train"]
+        out = []
+        for w in range(0, len(perm), 20 * B):
+            win = perm[w:w + 20 * B]
+            win = win[np.argsort([train[i][0].shape[0] for i in win], kind="stable")]
+            out += [win[i:i + B] for i in range(0, len(win), B)]
+        return [out[i] for i in self._rng.permutation(len(out))]
 
     def summary(self):
         ends = [r for r in self.history if r["event"] == "epoch"]
@@ -176,7 +202,7 @@ class PosTrainer:
                     "mean_time_forward": means["time_forward"],
                     "mean_time_backward": means["time_backward"],
                     "mean_time_update": means["time_update"],
-                    "batch_size": 1, "steps_per_epoch": self.n_train,
+                    "batch_size": self.batch_size, "steps_per_epoch": self.steps_per_epoch,
                     "train_tokens": self.n_tokens})
         return out
 
@@ -200,6 +226,7 @@ class PosTrainer:
                                               for st in osd["params"]]},
                 "trainer": {"epoch": self.epoch, "global_step": self.global_step,
                             "epochs": self.epochs, "seed": self.seed, "n_train": self.n_train,
+                            "batch_size": self.batch_size,
                             "best_dev": self.best_dev, "test_at_best_dev": self.test_at_best_dev,
                             "wsj_at_best_dev": self.wsj_at_best_dev,
                             "best_epoch": self.best_epoch, "history": self.history},
@@ -232,6 +259,10 @@ class PosTrainer:
         if tm.get("n_train") != self.n_train:
             raise ValueError(f"checkpoint {path} was trained on {tm.get('n_train')} sentences, "
                              f"this run has {self.n_train}")
+        if tm.get("batch_size", 1) != self.batch_size:
+            raise ValueError(f"checkpoint {path} was trained with batch size "
+                             f"{tm.get('batch_size', 1)}, this run has {self.batch_size} "
+                             "(resume with the same --batch-size)")
         if om.get("kind") != type(self.optimizer).__name__:
             raise ValueError(f"checkpoint {path} holds {om.get('kind')} state, the optimizer "
                              f"is {type(self.optimizer).__name__}")
@@ -337,7 +368,7 @@ def run_pos_train(args, parser, CliError):
 
         trainer = PosTrainer(model, opt, data, epochs=args.epochs, seed=args.seed,
                              log_json=args.log_json, checkpoint=ckpt, on_epoch=on_epoch,
-                             callbacks=callbacks)
+                             callbacks=callbacks, batch_size=args.batch_size or 1)
         print(f"train pos conll2003: {len(data['train'])} sentences ({trainer.n_tokens} tokens) "
               f"/ {len(data['dev'])} dev / {len(data['test'])} test"
               f"{' / %d wsj' % len(data['wsj']) if 'wsj' in data else ''}; vocab "
@@ -345,7 +376,8 @@ def run_pos_train(args, parser, CliError):
               f"{len(vocab.tags)} tags; {'bidirectional ' if model.bidirectional else ''}"
               f"LSTM {model.n_in}-{args.hidden}, "
               f"{'dense backprop' if dense else f'k {args.k} per gate'}, {args.optimizer} "
-              f"lr {opt.lr:g}, threads {get_num_threads()}", flush=True)
+              f"lr {opt.lr:g}, {trainer.batch_size} sentence(s) per step, threads "
+              f"{get_num_threads()}", flush=True)
         rc, s = cli.fit_from_cli(args, parser, trainer)
         if rc:
             return rc
