@@ -41,6 +41,30 @@ def accuracy_table(d):
     return rows
 
 
+def summary_table(acc):
+    """Mean ± sd over seeds per (variant, training sentences)."""
+    import statistics as st
+    groups = {}
+    for r in acc:
+        groups.setdefault((r["variant"], r["n"]), []).append(r)
+
+    def ms(xs):
+        xs = [x for x in xs if x is not None]
+        if not xs:
+            return "-"
+        return f"{st.mean(xs):.2f}" + (f" ± {st.stdev(xs):.2f}" if len(xs) > 1 else "")
+    out = []
+    for (v, n), rs in sorted(groups.items(), key=lambda kv: (-kv[0][1], kv[0][0])):
+        out.append({"variant": v, "n": n, "seeds": [r["seed"] for r in rs],
+                    "epochs": max(r["epochs"] for r in rs),
+                    "dev": ms([r["dev"] for r in rs]), "test": ms([r["test"] for r in rs]),
+                    "wsj": ms([r["wsj"] for r in rs]),
+                    "test_mean": st.mean(r["test"] for r in rs),
+                    "hidden": "; ".join(str(r["hidden"]) for r in rs),
+                    "best_epochs": ", ".join(str(r["best_epoch"]) for r in rs)})
+    return out
+
+
 PAPER_ROWS = [
     ("paper (ICML Table 1, C#, 1 thread), AdaGrad", "baseline h=500", "17,534", "", "96.93"),
     ("paper (ICML Table 1, C#, 1 thread), AdaGrad", "meProp k=5", "253", "69.2x", "97.25"),
@@ -78,10 +102,10 @@ def paper_table(d, acc):
     if sp:
         s = json.load(open(sp))
         tok = {r["variant"]: r["tokens"] for r in s["results"]}
-        best = {}
-        for r in acc:
-            if r["seed"] == 0:
-                best.setdefault(r["variant"], r)
+        best = {}     # per variant: the runs on the most training sentences, mean over seeds
+        for r in summary_table(acc):
+            if r["variant"] not in best or r["n"] > best[r["variant"]]["n"]:
+                best[r["variant"]] = dict(r, test=r["test_mean"], epochs=r["epochs"])
         names = {"pytorch": "torch", "dense": "dense", "k=5": "k5", "k=10": "k10", "k=20": "k20"}
         base = {r["threads"]: r["lstm_backward_s"] for r in s.get("lstm_backward", [])
                 if r["variant"] == "pytorch"}
@@ -113,11 +137,24 @@ def main():
              "ran; each speed file records the load average at its start.\n"]
     acc = accuracy_table(d)
     if acc:
-        lines += ["## Accuracy (test at the best dev epoch)\n",
+        lines += ["## Accuracy summary (mean ± sd over seeds, test at the best dev epoch)\n",
+                  "`n` = training sentences (14,041 = all of CoNLL-2003 train). Variants: "
+                  "`dense`, `k5`, `k10` (meProp k per gate), `mesimp10` (meSimp, k = 5, prune "
+                  "rate 0.1), `torch` (the PyTorch tagger, `bench --pos train-torch`); a suffix "
+                  "`b16` = 16 sentences per step (`--batch-size 16`), else one sentence per "
+                  "step.\n",
+                  "| variant | n | seeds | epochs | dev | test | wsj | best epochs | hidden |",
+                  "|---|---:|---|---:|---:|---:|---:|---|---|"]
+        for r in summary_table(acc):
+            lines.append(f"| {r['variant']} | {r['n']} | {', '.join(map(str, r['seeds']))} | "
+                         f"{r['epochs']} | {r['dev']} | {r['test']} | {r['wsj']} | "
+                         f"{r['best_epochs']} | {r['hidden']} |")
+        lines.append("")
+        lines += ["## Accuracy per run (test at the best dev epoch)\n",
                   "Training logs `<variant>_n<N>_s<seed>.jsonl` (`sh benchmarks/pos_accuracy.sh N "
-                  "EPOCHS SEED VARIANTS`): the first N sentences of CoNLL-2003 train, vocabulary "
-                  "from them, full dev (3,250) and test (3,453) sets, Adam lr 0.001, one sentence "
-                  "per step, h = 500. `wsj` = the gold WSJ sample (out of domain) at the best "
+                  "EPOCHS SEED VARIANTS`, or the `meprop-cpu train --task pos` command in the notes "
+                  "below): the first N sentences of CoNLL-2003 train, vocabulary "
+                  "from them, full dev (3,250) and test (3,453) sets, Adam lr 0.001, h = 500. `wsj` = the gold WSJ sample (out of domain) at the best "
                   "dev epoch. Timings in these logs were taken under load and are not speed "
                   "results (see below).\n",
                   "| variant | train sentences | seed | epochs | best epoch | dev | test | wsj | "
@@ -134,18 +171,25 @@ def main():
     if sp:
         lines += [f"## Training speed (`{os.path.basename(sp)}`)\n",
                   open(sp).read().split("\n", 1)[1]]
-    ts = os.path.join(d, "tag_speed.json")
-    if os.path.exists(ts):
+    for sb in sorted(glob.glob(os.path.join(d, "speed_b*.md"))):
+        lines += [f"## Training speed in minibatches (`{os.path.basename(sb)}`)\n",
+                  open(sb).read().split("\n", 1)[1]]
+    for ts in sorted(glob.glob(os.path.join(d, "tag_speed*.json"))):
         t = json.load(open(ts))
-        lines += ["## Tagging the test set (inference)\n",
+        lines += [f"## Tagging the test set (inference, `{os.path.basename(ts)}`)\n",
                   f"`{t['meta']['command']}` ({t['meta']['date']}, load average "
                   f"{t['meta']['load_average'][0]:.2f}); median of the rounds.\n",
-                  "| model | hidden | threads | test acc | seconds | tokens/s |",
-                  "|---|---:|---:|---:|---:|---:|"]
+                  "| model | hidden | threads | sentences at once | test acc | seconds | "
+                  "tokens/s |",
+                  "|---|---|---:|---:|---:|---:|---:|"]
         for r in t["results"]:
             lines.append(f"| {r['model']} | {r['hidden']} | {r['threads']} | "
-                         f"{fmt(r['test_acc'])} | {r['tag_s']:.2f} | {r['tokens_per_s']:,.0f} |")
+                         f"{r.get('batch', 1)} | {fmt(r['test_acc'])} | {r['tag_s']:.2f} | "
+                         f"{r['tokens_per_s']:,.0f} |")
         lines.append("")
+    notes = os.path.join(d, "notes.md")
+    if os.path.exists(notes):
+        lines += [open(notes).read()]
     with open(os.path.join(d, "README.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))
@@ -159,12 +203,15 @@ def main():
         print("matplotlib not installed: no plots")
         return
     fig, ax = plt.subplots(figsize=(6, 4))
-    for r in acc:
-        ax.plot(range(1, len(r["curve"]) + 1), r["curve"], marker="o",
-                label=f"{r['variant']} (n={r['n']}, seed {r['seed']})")
+    n_max = max(r["n"] for r in acc)       # the runs on the most data, one line per variant
+    for v in sorted({r["variant"] for r in acc if r["n"] == n_max}):
+        curves = [r["curve"] for r in acc if r["variant"] == v and r["n"] == n_max]
+        m = min(len(c) for c in curves)
+        mean = [sum(c[e] for c in curves) / len(curves) for e in range(m)]
+        ax.plot(range(1, m + 1), mean, marker="o", label=f"{v} ({len(curves)} seeds)")
     ax.set_xlabel("epoch")
     ax.set_ylabel("dev accuracy (%)")
-    ax.set_title("LSTM POS tagger, CoNLL-2003 dev")
+    ax.set_title(f"LSTM POS tagger, CoNLL-2003 dev (n = {n_max}, mean over seeds)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()

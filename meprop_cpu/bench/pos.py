@@ -439,7 +439,8 @@ def train_torch(args):
 
 def tag_speed(args):
     """Time tagging the CoNLL-2003 test set with saved taggers (--models, files written
-    by `meprop-cpu train --task pos --save-model`), interleaved, median of --rounds."""
+    by `meprop-cpu train --task pos --save-model`), interleaved, median of --rounds;
+    --batch sentences side by side (1: one at a time)."""
     from meprop_cpu.tagging import load_tagger
     raw = pos_data.conll2003()
     models = {os.path.basename(f): load_tagger(f) for f in args.models.split(",")}
@@ -451,14 +452,15 @@ def tag_speed(args):
         mp.set_num_threads(nt)
         times = {n: [] for n in models}
         for n, m in models.items():
-            m.accuracy(enc[n][:50])   # warm-up
+            m.accuracy(enc[n][:50], args.batch)   # warm-up
         for _ in range(args.rounds):
             for n, m in models.items():
                 t0 = time.perf_counter()
-                m.accuracy(enc[n])
+                m.accuracy(enc[n], args.batch)
                 times[n].append(time.perf_counter() - t0)
         for n, m in models.items():
-            rows.append({"model": n, "hidden": m.lstm.hidden, "threads": nt,
+            rows.append({"model": n, "hidden": m.hidden_sizes, "threads": nt,
+                         "batch": args.batch,
                          "test_acc": accs[n],
                          "tag_s": float(np.median(times[n])), "tokens": tokens,
                          "tokens_per_s": tokens / float(np.median(times[n])),
