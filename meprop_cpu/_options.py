@@ -67,3 +67,17 @@ def _sizes(text):
     if any(s < 1 for s in sizes):
         raise argparse.ArgumentTypeError(f"layer sizes must be >= 1, got {text!r}")
     return sizes
+
+
+def _int_list(what, low):
+    """An argparse type: comma-separated integers >= low (``what`` names the option)."""
+    def parse(text):
+        try:
+            xs = [int(t) for t in text.split(",") if t.strip()]
+        except ValueError:
+            xs = []
+        if not xs or min(xs) < low:
+            raise argparse.ArgumentTypeError(
+                f"{what}: expected comma-separated integers >= {low}, got {text!r}")
+        return xs
+    return parse

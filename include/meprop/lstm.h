@@ -194,6 +194,33 @@ static void mp_lstm_axpy(float *MP_RESTRICT y, const float *MP_RESTRICT x, float
 /* Scratch of mp_lstm_backward's selection, in 8-byte entries. */
 static inline int64_t mp_lstm_topk_ws_entries(int64_t k) { return mp_topk_ws_entries(k); }
 
+/* meProp's part of one step of the sparse backward: in each gate's h entries
+ * of dz (4h) the k of largest |dz| -> ii (4k rows of the 4h, gate q's at
+ * q*k.., ascending overall) and vv = dz there; dh (h) = the sum over them of
+ * dz[r] U[r, :], in the selection's order. ws: mp_lstm_topk_ws_entries(k).
+ * Returns the number of non-finite entries met (the indices stay in range). */
+static int64_t mp_lstm_select_step(const float *dz, const float *U, int64_t h, int64_t k,
+                                   int32_t *ii, float *vv, float *dh, mp_entry *ws,
+                                   int avx512) {
+    int64_t bad = 0;
+    for (int64_t q = 0; q < 4; q++) {
+        int32_t *iq = ii + q * k;
+        int64_t rb = mp_topk_row(dz + q * h, h, k, ws, iq, avx512, NULL);
+        if (rb) {
+            for (int64_t s = 0; s < k; s++) iq[s] = (int32_t)s;
+            bad += rb;
+        }
+        for (int64_t s = 0; s < k; s++) iq[s] += (int32_t)(q * h);
+    }
+    memset(dh, 0, (size_t)h * sizeof(float));
+    for (int64_t s = 0; s < 4 * k; s++) {
+        float v = dz[ii[s]];
+        vv[s] = v;
+        if (v != 0.0f) mp_lstm_axpy(dh, U + (int64_t)ii[s] * h, v, h);
+    }
+    return bad;
+}
+
 /* Backward through time.
  * IN  Z, C, TC as mp_lstm_forward left them; U (4h, h); dH (T, h) = dL/dh_t
  *     from above (not through the recurrence); k: per-gate top-k (k <= 0 or
@@ -223,23 +250,8 @@ static int64_t mp_lstm_backward(const float *Z, const float *C, const float *TC,
             mp_lstm_gemv_t(U, dz, dh, G, h, nthreads);   /* dh_{t-1} = U^T dz */
             continue;
         }
-        int32_t *ii = idx + t * 4 * k;
-        float *vv = val + t * 4 * k;
-        for (int64_t q = 0; q < 4; q++) {
-            int32_t *iq = ii + q * k;
-            int64_t rb = mp_topk_row(dz + q * h, h, k, ws, iq, avx512, NULL);
-            if (rb) {
-                for (int64_t s = 0; s < k; s++) iq[s] = (int32_t)s;
-                bad += rb;
-            }
-            for (int64_t s = 0; s < k; s++) iq[s] += (int32_t)(q * h);
-        }
-        memset(dh, 0, (size_t)h * sizeof(float));
-        for (int64_t s = 0; s < 4 * k; s++) {
-            float v = dz[ii[s]];
-            vv[s] = v;
-            if (v != 0.0f) mp_lstm_axpy(dh, U + (int64_t)ii[s] * h, v, h);
-        }
+        bad += mp_lstm_select_step(dz, U, h, k, idx + t * 4 * k, val + t * 4 * k, dh,
+                                   (mp_entry *)ws, avx512);
     }
     return bad;
 }
@@ -320,23 +332,8 @@ static int64_t mp_lstm_backward_batch(const float *Z, const float *C, const floa
                 mp_lstm_cell_backward(Z + row * G, C + row * h, TC + row * h, dhb, dc + b * h,
                                       dzb, h);
                 if (!sparse) continue;
-                int32_t *ii = idx + row * 4 * k;
-                float *vv = val + row * 4 * k;
-                for (int64_t q = 0; q < 4; q++) {
-                    int32_t *iq = ii + q * k;
-                    int64_t rb = mp_topk_row(dzb + q * h, h, k, w, iq, avx512, NULL);
-                    if (rb) {
-                        for (int64_t s = 0; s < k; s++) iq[s] = (int32_t)s;
-                        bad_t += rb;
-                    }
-                    for (int64_t s = 0; s < k; s++) iq[s] += (int32_t)(q * h);
-                }
-                memset(dhb, 0, (size_t)h * sizeof(float));
-                for (int64_t s = 0; s < 4 * k; s++) {
-                    float v = dzb[ii[s]];
-                    vv[s] = v;
-                    if (v != 0.0f) mp_lstm_axpy(dhb, U + (int64_t)ii[s] * h, v, h);
-                }
+                bad_t += mp_lstm_select_step(dzb, U, h, k, idx + row * 4 * k, val + row * 4 * k,
+                                             dhb, w, avx512);
             }
         }
         bad += bad_t;

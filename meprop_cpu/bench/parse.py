@@ -45,7 +45,7 @@ from meprop_cpu.parsing.train import ParserTrainer
 from meprop_cpu.simplify import CycleSchedule, Simplifier
 from meprop_cpu.train import build_optimizer
 
-from .._options import _positive_float, _positive_int, _probability
+from .._options import _int_list, _positive_float, _positive_int, _probability
 from .report import _default_out
 
 
@@ -314,19 +314,6 @@ def save(args, res):
     with open(tmp, "w") as f:
         json.dump(res, f, indent=1)
     os.replace(tmp, path)
-
-
-def _int_list(what, low):
-    def parse(text):
-        try:
-            xs = [int(t) for t in text.split(",") if t.strip()]
-        except ValueError:
-            xs = []
-        if not xs or min(xs) < low:
-            raise argparse.ArgumentTypeError(
-                f"{what}: expected comma-separated integers >= {low}, got {text!r}")
-        return xs
-    return parse
 
 
 def _variant_list(text):

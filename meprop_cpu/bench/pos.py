@@ -45,7 +45,7 @@ from meprop_cpu import pos_data
 from meprop_cpu.tagging.model import FEATURE_DIM, N_FEATURES, PosTagger, Vocab, encode
 from meprop_cpu.train import build_optimizer
 
-from .._options import _positive_int, _nonneg_int
+from .._options import _int_list, _nonneg_int, _positive_int
 from .environment import command_line
 from .report import _default_out
 
@@ -100,6 +100,12 @@ class TorchRunner:
         logits = self.m(torch.from_numpy(wid.astype(np.int64)),
                         torch.from_numpy(fid.astype(np.int64)))
         loss = torch.nn.functional.cross_entropy(logits, torch.from_numpy(tid))
+        return self._backward_update(loss, a)
+
+    def _backward_update(self, loss, a):
+        """Backward and optimizer steps after a forward that began at ``a``:
+        the (forward, backward, update) seconds."""
+        pc = time.perf_counter
         b = pc()
         for o in self.opts:
             o.zero_grad(set_to_none=True)
@@ -131,15 +137,7 @@ class TorchRunner:
         logits = m.out(H.reshape(T * B, -1))
         loss = torch.nn.functional.cross_entropy(logits, torch.from_numpy(tid.ravel()),
                                                  ignore_index=-100)
-        b = pc()
-        for o in self.opts:
-            o.zero_grad(set_to_none=True)
-        loss.backward()
-        c = pc()
-        for o in self.opts:
-            o.step()
-        d = pc()
-        return b - a, c - b, d - c
+        return self._backward_update(loss, a)
 
     def accuracy(self, enc):
         torch = self.torch
@@ -161,21 +159,16 @@ class MepropRunner:
         self.opt = build_optimizer("adam", model.parameters())
 
     def step(self, wid, fid, tid):
-        pc = time.perf_counter
-        a = pc()
-        self.m.forward_loss(wid, fid, tid)
-        b = pc()
-        self.m.backward()
-        c = pc()
-        self.opt.step()
-        self.opt.zero_grad()
-        d = pc()
-        return b - a, c - b, d - c
+        return self._timed(self.m.forward_loss, wid, fid, tid)
 
     def step_batch(self, sents):
+        return self._timed(self.m.forward_loss_batch, sents)
+
+    def _timed(self, forward_loss, *args):
+        """One training step: the (forward, backward, update) seconds."""
         pc = time.perf_counter
         a = pc()
-        self.m.forward_loss_batch(sents)
+        forward_loss(*args)
         b = pc()
         self.m.backward()
         c = pc()
@@ -473,19 +466,6 @@ def tag_speed(args):
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out + ".json", "w") as f:
         json.dump(out, f, indent=1)
-
-
-def _int_list(what, low):
-    def parse(text):
-        try:
-            xs = [int(t) for t in text.split(",") if t.strip()]
-        except ValueError:
-            xs = []
-        if not xs or min(xs) < low:
-            raise argparse.ArgumentTypeError(
-                f"{what}: expected comma-separated integers >= {low}, got {text!r}")
-        return xs
-    return parse
 
 
 def build_argparser():
