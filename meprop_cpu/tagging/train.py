@@ -1,4 +1,5 @@
-"""The training loop of the POS tagger (one sentence per step).
+"""The training loop of the POS tagger (one sentence per step, or minibatches of
+sentences with ``batch_size``).
 
 Same protocol, log fields and checkpoint safety as :class:`meprop_cpu.train.Trainer`:
 dev accuracy after every epoch, test (and the out-of-domain WSJ sample, when
