@@ -114,7 +114,8 @@ def paper_table(d, acc):
                 continue
             per_epoch = r["lstm_backward_s"] * 203621 / tok[r["variant"]]
             a = best.get(names.get(r["variant"]))
-            lines.append(f"| this library (1 thread; CoNLL-2003, {a['n'] if a else '-'} train "
+            who = "PyTorch" if r["variant"] == "pytorch" else "this library"
+            lines.append(f"| {who} (1 thread; CoNLL-2003, {a['n'] if a else '-'} train "
                          f"sentences, {a['epochs'] if a else '-'} epochs) | {r['variant']} | "
                          f"{per_epoch:.1f} | {base[1] / r['lstm_backward_s']:.1f}x vs PyTorch | "
                          f"{fmt(a['test']) if a else '-'} |")
