@@ -131,7 +131,7 @@ def cmd_steps(args):
         X, y = data["train"]
         data = dict(data, train=(np.ascontiguousarray(X[:args.max_train]),
                                  np.ascontiguousarray(y[:args.max_train])))
-    model = nn.MLP([784, 500, 500, 10], k=args.k, mode="topk", dropout=args.dropout, seed=0)
+    model = nn.MLP([784, 500, 500, 10], k=args.k, mode=args.mode, dropout=args.dropout, seed=0)
     opt = build_optimizer("adam", model.parameters())
     stamps, exch = [], []
 
@@ -150,6 +150,7 @@ def cmd_steps(args):
     step_ms = 1e3 * float(np.median(d[keep]))
     out = {"kind": "steps", "env": _env(), "threads": args.threads,
            "ranks": 1 if dist is None else dist.size, "batch_global": args.batch, "k": args.k,
+           "mode": args.mode,
            "path": tr.step_path, "exchange": None if dist is None else args.exchange,
            "dropout": args.dropout, "order": args.order,
            "epochs": args.epochs, "median_step_ms": step_ms,
@@ -243,8 +244,15 @@ def _load(s):
 
 
 def _ratio_lines(steps):
-    """2 x 1 (auto exchange) against 1 x 2 (fused), round by round: the runs with
-    the same position in consecutive groups of four."""
+    """2 x 1 (auto exchange) against 1 x 2 (fused), round by round (the runs with
+    the same position in the rounds), per meProp mode."""
+    out = []
+    for mode in sorted({s.get("mode", "topk") for s in steps}):
+        out += _ratio_line([s for s in steps if s.get("mode", "topk") == mode], mode)
+    return out
+
+
+def _ratio_line(steps, mode):
     fused = [s["median_step_ms"] for s in steps if s["ranks"] == 1 and s["path"] == "fused"]
     auto = [s["median_step_ms"] for s in steps if s["ranks"] == 2 and s["exchange"] == "auto"]
     n = min(len(fused), len(auto))
@@ -252,7 +260,7 @@ def _ratio_lines(steps):
         return []
     ratios = [a / f for a, f in zip(auto[:n], fused[:n])]
     med = statistics.median
-    return ["", f"2 x 1 (auto exchange) / 1 x 2 (fused), per round: "
+    return ["", f"Mode {mode}: 2 x 1 (auto exchange) / 1 x 2 (fused), per round: "
             f"{', '.join(f'{r:.2f}' for r in ratios)}; median of the rounds' ratios "
             f"{med(ratios):.2f}x; ratio of the medians {med(auto[:n]) / med(fused[:n]):.2f}x "
             f"({med(auto[:n]):.2f} / {med(fused[:n]):.2f} ms)."]
@@ -306,11 +314,12 @@ def cmd_report(args):
                   f"{min(_load(s) for s in steps):.1f}-{max(_load(s) for s in steps):.1f} "
                   "(2 cores; the runs themselves are the load). The variants alternate "
                   "round by round, so a slow spell of the shared VM hits every variant.", "",
-                  "| ranks x threads | path | exchange | median ms / step | of which exchange | "
-                  "epoch s | dev % | test % at best dev | load avg after | command |",
-                  "|---|---|---|---:|---:|---:|---:|---:|---:|---|"]
+                  "| mode | ranks x threads | path | exchange | median ms / step | "
+                  "of which exchange | epoch s | dev % | test % at best dev | load avg after | "
+                  "command |",
+                  "|---|---|---|---|---:|---:|---:|---:|---:|---:|---|"]
         for s in steps:
-            lines.append(f"| {s['ranks']} x {s['threads']} | {s['path']} | "
+            lines.append(f"| {s.get('mode', 'topk')} | {s['ranks']} x {s['threads']} | {s['path']} | "
                          f"{s['exchange'] or '-'} | {s['median_step_ms']:.2f} | "
                          f"{s['median_exchange_ms']:.2f} | {s['mean_time_epoch_s']:.2f} | "
                          f"{s['best_dev']:.2f} | {s['test_at_best_dev']:.2f} | "
@@ -356,6 +365,8 @@ def main():
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--dropout", type=float, default=0.2)
     p.add_argument("--order", type=int, default=0, help="row order in the report")
+    p.add_argument("--mode", default="topk", choices=("topk", "topk_dw", "batch_dw"),
+                   help="the hidden layers' meProp mode (topk: the earlier runs' setting)")
     p.add_argument("--max-train", type=int, default=None, help="train on the first N examples")
     p = sub.add_parser("apply")
     p.add_argument("out")

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Every measurement of benchmarks/results/distributed/ (about 4 minutes on the
-# shared 2-core VM with ROUNDS=5 rounds of the four step-time variants), all
+# Every measurement of benchmarks/results/distributed/ (about 6 minutes on the
+# shared 2-core VM with ROUNDS=5 rounds of the four topk step-time variants and
+# the two batch_dw ones), all
 # under one hold of the project's exclusive CPU lock (MEPROP_LOCKED=1 skips
 # taking it). Runs the installed package: `pip install .` first.
 # Needs mpi4py and an MPI (pip install 'meprop_cpu[distributed]' mpich).
@@ -25,6 +26,11 @@ for round in $(seq 1 "${ROUNDS:-5}"); do
     o=$((o + 1)); $LOCK "$MPIEXEC" -n 2 "$R/$PY" -m mpi4py "$R/$B" steps "$R/$OUT/steps_2x1_auto_r$round.json" --threads 1 --distributed --max-train 20000 --order $o
     o=$((o + 1)); $LOCK "$R/$PY" "$R/$B" steps "$R/$OUT/steps_1x2_modules_r$round.json" --threads 2 --no-fused --max-train 20000 --order $o
     o=$((o + 1)); $LOCK "$MPIEXEC" -n 2 "$R/$PY" -m mpi4py "$R/$B" steps "$R/$OUT/steps_2x1_dense_r$round.json" --threads 1 --distributed --exchange dense --max-train 20000 --order $o
+done
+# the default mode, batch_dw (each rank sends x and dy; every rank selects over the global batch)
+for round in $(seq 1 "${ROUNDS:-5}"); do
+    o=$((o + 1)); $LOCK "$R/$PY" "$R/$B" steps "$R/$OUT/steps_bdw_1x2_fused_r$round.json" --threads 2 --max-train 20000 --order $o --mode batch_dw
+    o=$((o + 1)); $LOCK "$MPIEXEC" -n 2 "$R/$PY" -m mpi4py "$R/$B" steps "$R/$OUT/steps_bdw_2x1_auto_r$round.json" --threads 1 --distributed --max-train 20000 --order $o --mode batch_dw
 done
 $LOCK "$R/$PY" "$R/$B" apply "$R/$OUT/apply.json"
 "$R/$PY" "$R/$B" report "$R/$OUT"
