@@ -71,13 +71,7 @@ def test_topk_dw_is_topk_weight_grad_and_exact_dx(k, sparse_grad):
     assert torch.equal(gwa, gwb) and torch.equal(dba, dbb)
     _close(dxa, dxl)
     assert a.mode == "topk_dw"
-    ref = mp_nn.Linear(11, 16, k=k, mode="topk_dw")
-    ref.W.data = a.weight.detach().numpy().copy()
-    ref.b.data = a.bias.detach().numpy().copy()
-    ref.forward(x.numpy())
-    rdx = ref.backward(dy.numpy())
-    assert np.array_equal(rdx, dxa.numpy())
-    assert np.array_equal(ref.W.grad.to_dense(16), gwa.numpy())
+    _assert_is_library_linear(a, k, x, dy, dxa, gwa)
 
 
 @pytest.mark.parametrize("k", [2, 5])
@@ -96,13 +90,19 @@ def test_batch_dw_is_the_library_linear(k, sparse_grad):
     mask[torch.from_numpy(ex).long(), torch.from_numpy(idx).long()] = 1.0
     _, rgw, _ = _masked_ref(a, x, dy, mask)
     _close(gwa, rgw)
-    ref = mp_nn.Linear(11, 16, k=k, mode="batch_dw")
+    _assert_is_library_linear(a, k, x, dy, dxa, gwa)
+
+
+def _assert_is_library_linear(a, k, x, dy, dxa, gwa):
+    """MePropLinear a's input and weight gradients (dxa, gwa) equal, bit for bit,
+    those of the library's own Linear with the same weights, k and mode."""
+    ref = mp_nn.Linear(a.in_features, a.out_features, k=k, mode=a.mode)
     ref.W.data = a.weight.detach().numpy().copy()
     ref.b.data = a.bias.detach().numpy().copy()
     ref.forward(x.numpy())
     rdx = ref.backward(dy.numpy())
     assert np.array_equal(rdx, dxa.numpy())
-    assert np.array_equal(ref.W.grad.to_dense(16), gwa.numpy())
+    assert np.array_equal(ref.W.grad.to_dense(a.out_features), gwa.numpy())
 
 
 def test_same_parameters_keys_and_init_as_nn_linear():
