@@ -88,7 +88,8 @@ def _loads(train):
 
 
 def _name(key):
-    """The table name of a variant key such as "mesimp+prune0.05" or "k20+dropout0.2" or "mesimp+prune0.05+batch_dw"."""
+    """The table name of a variant key such as "mesimp+prune0.05", "k20+dropout0.2"
+    or "mesimp+prune0.05+batch_dw"."""
     base, *extra = key.split("+")
     name = NAMES[base]
     for e in extra:

@@ -388,6 +388,20 @@ def test_bidirectional_compact_save_load_and_bad_direction(tmp_path):
         PosTagger(v, hidden=8, bidirectional="yes")
 
 
+def _assert_resume_is_bit_identical(make, epochs, part_epochs, tmp_path):
+    """make(epochs, name) -> a PosTrainer checkpointing to tmp_path/name.npz.
+    Training `epochs` straight and `part_epochs` then resumed give the same
+    weights; returns the straight run's trainer and summary."""
+    full = make(epochs, "full")
+    s = full.fit()
+    make(part_epochs, "part").fit()
+    rest = make(epochs, "rest")
+    rest.fit(resume=tmp_path / "part.npz")
+    for a, b in zip(full.model.parameters(), rest.model.parameters()):
+        np.testing.assert_array_equal(a.data, b.data)
+    return full, s
+
+
 def test_bidirectional_trainer_resumes_bit_identically(tmp_path):
     def make(epochs, name):
         v = Vocab.build(SENTS)
@@ -396,15 +410,8 @@ def test_bidirectional_trainer_resumes_bit_identically(tmp_path):
         opt = build_optimizer("adam", m.parameters(), lr=0.01)
         return PosTrainer(m, opt, data, epochs=epochs, seed=0,
                           checkpoint=tmp_path / f"{name}.npz")
-    full = make(3, "full")
-    s = full.fit()
+    full, s = _assert_resume_is_bit_identical(make, 3, 1, tmp_path)
     assert s["best_dev"] > 80.0
-    part = make(1, "part")
-    part.fit()
-    rest = make(3, "rest")
-    rest.fit(resume=tmp_path / "part.npz")
-    for a, b in zip(full.model.parameters(), rest.model.parameters()):
-        np.testing.assert_array_equal(a.data, b.data)
 
 
 def test_cli_bidirectional_mesimp_shrinks_both_and_resumes(tmp_path, capsys):
@@ -469,16 +476,9 @@ def test_batch_trainer_learns_resumes_and_refuses_another_batch_size(tmp_path):
         opt = build_optimizer("adam", m.parameters(), lr=0.02)
         return PosTrainer(m, opt, data, epochs=epochs, seed=0, batch_size=batch_size,
                           checkpoint=tmp_path / f"{name}.npz")
-    full = make(6, "full")
-    s = full.fit()
+    full, s = _assert_resume_is_bit_identical(make, 6, 3, tmp_path)
     assert full.steps_per_epoch == 3 and s["batch_size"] == 4
     assert s["best_dev"] > 90.0
-    part = make(3, "part")
-    part.fit()
-    rest = make(6, "rest")
-    rest.fit(resume=tmp_path / "part.npz")
-    for a, b in zip(full.model.parameters(), rest.model.parameters()):
-        np.testing.assert_array_equal(a.data, b.data)
     with pytest.raises(ValueError, match="trained with batch size 4, this run has 2"):
         make(6, "other", batch_size=2).load_checkpoint(tmp_path / "part.npz")
     with pytest.raises(ValueError, match="batch_size must be an int >= 1"):

@@ -122,20 +122,19 @@ class TorchRunner:
         torch, pc = self.torch, time.perf_counter
         from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
         a = pc()
-        lengths = [w.shape[0] for w, _, _ in sents]
-        T, B = max(lengths), len(sents)
-        wid = np.zeros((T, B), dtype=np.int64)
-        fid = np.zeros((T, B, N_FEATURES), dtype=np.int64)
-        tid = np.full((T, B), -100, dtype=np.int64)
-        for b, (w, f, t) in enumerate(sents):
-            wid[:len(w), b], fid[:len(w), b], tid[:len(w), b] = w, f, t
+        # the same time-major padded layout this library's tagger builds
+        lengths, wid, fid, tid, real = PosTagger._layout(sents)
+        B, T = lengths.size, int(lengths.max())
+        tgt = np.full(T * B, -100, dtype=np.int64)     # padding: ignored by the loss
+        tgt[real] = tid[real]
         m = self.m
-        x = torch.cat([m.ew(torch.from_numpy(wid)),
-                       m.ef(torch.from_numpy(fid)).reshape(T, B, N_FEATURES * FEATURE_DIM)], 2)
-        packed = pack_padded_sequence(x, torch.tensor(lengths), enforce_sorted=False)
+        x = torch.cat([m.ew(torch.from_numpy(wid.astype(np.int64)).reshape(T, B)),
+                       m.ef(torch.from_numpy(fid.astype(np.int64))).reshape(
+                           T, B, N_FEATURES * FEATURE_DIM)], 2)
+        packed = pack_padded_sequence(x, torch.from_numpy(lengths), enforce_sorted=False)
         H, _ = pad_packed_sequence(m.lstm(packed)[0], total_length=T)
         logits = m.out(H.reshape(T * B, -1))
-        loss = torch.nn.functional.cross_entropy(logits, torch.from_numpy(tid.ravel()),
+        loss = torch.nn.functional.cross_entropy(logits, torch.from_numpy(tgt),
                                                  ignore_index=-100)
         return self._backward_update(loss, a)
 

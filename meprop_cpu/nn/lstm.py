@@ -173,9 +173,9 @@ class LSTM(Module):
         if dH.shape[0] != n:
             raise ValueError(f"LSTM.backward: dH has {dH.shape[0]} rows, the forward "
                              f"{'sequence had' if B == 1 else 'batch had T*B ='} {n}")
-        if self._pad is not None:      # padded steps get no gradient from above
-            dH = dH.copy()
-            dH[self._pad] = 0.0
+        if self._pad is not None and dH[self._pad].any():   # padding gets no gradient
+            dH = dH.copy()                  # (a caller that zeroes it, as PosTagger does,
+            dH[self._pad] = 0.0             # is not copied)
         ws, nt = self._ws, get_num_threads()
         Z, H, C, TC = ws.get("Z", (n, 4 * h), np.float32), ws.get("H", (n + B, h), np.float32), \
             ws.get("C", (n + B, h), np.float32), ws.get("TC", (n, h), np.float32)

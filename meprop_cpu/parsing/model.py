@@ -134,8 +134,8 @@ class ParserNet(Sequential):
     hidden: hidden widths (default two of 500); k, mode: meProp on the hidden
     layers (as :class:`~meprop_cpu.nn.MLP`; mode None: this module's DEFAULT_MODE,
     topk_dw); activation: "cube" | "relu" | "tanh"; dropout: after each hidden
-    activation; topk_output: meProp on the output layer too. embed_init: the embeddings start uniform in
-    [-embed_init, embed_init] (0.3: with two cube layers, Adam at lr 0.001
+    activation; topk_output: meProp on the output layer too. embed_init: the
+    embeddings start uniform in [-embed_init, embed_init] (0.3: with two cube layers, Adam at lr 0.001
     trains from there; AdaGrad at lr 0.01 overshoots in its first steps and
     the cube amplifies it: use relu or a smaller lr with AdaGrad)."""
 

@@ -211,22 +211,32 @@ class PosTagger:
             p.data = np.ascontiguousarray(state[n], dtype=np.float32).copy()
             p.grad = None
 
-    def _inputs(self, wid, fid):
-        T = wid.shape[0]
-        X = self._X.get(T)
+    def _inputs(self, wid, fid, X=None):
+        """The LSTM input rows of word ids wid (n,) and feature rows fid (n, 7),
+        into X (n, n_in); X None: a buffer kept per n (one sentence's length)."""
+        n = wid.shape[0]
         if X is None:
-            X = self._X[T] = np.empty((T, self.n_in), dtype=np.float32)
+            X = self._X.get(n)
+            if X is None:
+                X = self._X[n] = np.empty((n, self.n_in), dtype=np.float32)
         X[:, :WORD_DIM] = self.Ew.data[wid]
-        X[:, WORD_DIM:] = self.Ef.data[fid].reshape(T, N_FEATURES * FEATURE_DIM)
+        X[:, WORD_DIM:] = self.Ef.data[fid].reshape(n, N_FEATURES * FEATURE_DIM)
         return X
 
-    def _hidden(self, X):
-        """The LSTM states (T, hidden or 2 * hidden) of the input rows X."""
-        H = self.lstm.forward(X)
+    def _reversal(self, lengths):
+        """The rows the right-to-left LSTM reads, as an index: one sentence
+        reversed (lengths None) or every sentence of a batch within its length."""
+        return slice(None, None, -1) if lengths is None else self._reverse_rows(lengths)
+
+    def _hidden(self, X, lengths=None):
+        """The LSTM states (rows of X, hidden or 2 * hidden) of the input rows X:
+        one sentence, or a time-major batch with ``lengths``."""
+        H = self.lstm.forward(X, lengths)
         if self.lstm_b is None:
             return H
-        Hb = self.lstm_b.forward(np.ascontiguousarray(X[::-1]))
-        return np.concatenate([H, Hb[::-1]], axis=1)
+        rev = self._reversal(lengths)
+        Hb = self.lstm_b.forward(np.ascontiguousarray(X[rev]), lengths)
+        return np.concatenate([H, Hb[rev]], axis=1)
 
     # -- minibatches of sentences -------------------------------------------------
     @staticmethod
@@ -256,26 +266,15 @@ class PosTagger:
         src = np.where(t < lengths[None, :], lengths[None, :] - 1 - t, t)
         return (src * B + np.arange(B)[None, :]).ravel()
 
-    def _hidden_batch(self, X, lengths):
-        H = self.lstm.forward(X, lengths)
-        if self.lstm_b is None:
-            return H
-        rev = self._reverse_rows(lengths)
-        Hb = self.lstm_b.forward(np.ascontiguousarray(X[rev]), lengths)
-        return np.concatenate([H, Hb[rev]], axis=1)
-
     def _batch_inputs(self, wid, fid):
-        n = wid.shape[0]
-        X = np.empty((n, self.n_in), dtype=np.float32)
-        X[:, :WORD_DIM] = self.Ew.data[wid]
-        X[:, WORD_DIM:] = self.Ef.data[fid].reshape(n, N_FEATURES * FEATURE_DIM)
-        return X
+        # a fresh array: padded batches come in many sizes, not worth a cache each
+        return self._inputs(wid, fid, np.empty((wid.shape[0], self.n_in), dtype=np.float32))
 
     def logits_batch(self, sents):
         """Tag scores of B encoded sentences run side by side: a list of (T_b,
         n_tags) arrays (the same values as :meth:`logits` up to float rounding)."""
         lengths, wid, fid, _, real = self._layout(sents)
-        H = self._hidden_batch(self._batch_inputs(wid, fid), lengths)
+        H = self._hidden(self._batch_inputs(wid, fid), lengths)
         self.out.training = False
         try:
             L = self.out.forward(H[real])
@@ -293,9 +292,8 @@ class PosTagger:
         ``sents`` ((wid, fid, tid) each), run side by side through the LSTM;
         :meth:`backward` then sets the gradients of the batch."""
         lengths, wid, fid, tid, real = self._layout(sents)
-        X = self._batch_inputs(wid, fid)
-        H = self._hidden_batch(X, lengths)
-        logits = self.out.forward(np.ascontiguousarray(H[real]))
+        H = self._hidden(self._batch_inputs(wid, fid), lengths)
+        logits = self.out.forward(H[real])
         self._ids = (wid[real], fid[real])
         self._batch = (lengths, real, H.shape)
         return self.loss_fn.forward(logits, tid[real])
@@ -342,23 +340,19 @@ class PosTagger:
     def backward(self):
         """The gradients of the last forward_loss / forward_loss_batch."""
         dH = self.out.backward(self.loss_fn.backward())
-        h = self.lstm.hidden
-        if self._batch is not None:                       # a minibatch: pad, run, unpad
+        lengths = None
+        if self._batch is not None:       # a minibatch: the padded rows get zeros
             lengths, real, shape = self._batch
-            full = np.zeros(shape, dtype=np.float32)
-            full[real] = dH
-            dX = self.lstm.backward(np.ascontiguousarray(full[:, :h]))
-            if self.lstm_b is not None:
-                rev = self._reverse_rows(lengths)
-                dXb = self.lstm_b.backward(np.ascontiguousarray(full[rev, h:]))
-                dX = dX + dXb[rev]
-            dX = dX[real]
-        elif self.lstm_b is None:
+            dH, dH_real = np.zeros(shape, dtype=np.float32), dH
+            dH[real] = dH_real
+        if self.lstm_b is None:
             dX = self.lstm.backward(dH)
         else:
+            h, rev = self.lstm.hidden, self._reversal(lengths)
             dX = self.lstm.backward(np.ascontiguousarray(dH[:, :h]))
-            dXb = self.lstm_b.backward(np.ascontiguousarray(dH[::-1, h:]))
-            dX = dX + dXb[::-1]
+            dX = dX + self.lstm_b.backward(np.ascontiguousarray(dH[rev, h:]))[rev]
+        if self._batch is not None:
+            dX = dX[real]
         wid, fid = self._ids
         T = wid.shape[0]
         self.Ew.grad = _row_grad(wid, dX[:, :WORD_DIM])

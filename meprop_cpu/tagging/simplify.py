@@ -8,9 +8,9 @@ the time steps (dense backward: any non-zero gate gradient counts).
 Removing unit j deletes rows j, h+j, 2h+j, 3h+j of ``W``, ``U`` and ``b``,
 column j of ``U`` and column j of the output layer's ``W`` (of that
 direction's block in a bidirectional tagger, whose two LSTMs are simplified
-each by its own counts), with the matching optimizer state, so the compacted tagger computes exactly the function of the
-tagger with that unit's output and cell forced to zero. The rule and the
-schedule are those of the MLP (:mod:`meprop_cpu.simplify`): unit j goes if
+each by its own counts), with the matching optimizer state, so the
+compacted tagger computes exactly the function of the tagger with that
+unit's output and cell forced to zero. The rule and the schedule are those of the MLP (:mod:`meprop_cpu.simplify`): unit j goes if
 ``hits[j] < floor(prune_rate * seen)``, cycles of epochs alternate
 simplifying and normal training, the optimizer is reset at cycle ends.
 With k per gate the selection covers at most 4k of h units per step, so the
