@@ -39,6 +39,10 @@ cdef extern from "meprop/sparse_linear.h":
     int64_t mp_group_pairs(const int32_t *idx, const float *val, int64_t B, int64_t k,
                            int64_t n_out, int32_t *cursor, int32_t *rows, int32_t *offsets,
                            int32_t *pair_b, float *pair_v) nogil
+    int64_t mp_group_ids(const int32_t *ids, int64_t n, int64_t n_rows, int64_t w,
+                         int64_t stride, int64_t off, uint64_t *keys, uint64_t *tmp,
+                         int32_t *rows, int32_t *offsets, int32_t *pair_b,
+                         float *pair_v) nogil
     void mp_sparse_dw(const float *x, int64_t n_in, int64_t r, const int32_t *offsets,
                       const int32_t *pair_b, const float *pair_v, float *values,
                       int nthreads) nogil

@@ -126,6 +126,34 @@ def group_pairs(const int32_t[:, ::1] idx, const float[:, ::1] val, int64_t n_ou
     return r
 
 
+def group_ids(const int32_t[::1] ids, int64_t n_rows, int64_t w, int64_t stride, int64_t off,
+              uint64_t[::1] keys, int32_t[::1] rows, int32_t[::1] offsets,
+              int32_t[::1] pair_b, float[::1] pair_v):
+    """The uses of embedding rows grouped by row (see mp_group_ids): returns r;
+    ValueError when an id lies outside [0, n_rows). keys: 2 * len(ids) entries."""
+    cdef int64_t r, n = ids.shape[0]
+    if n == 0:
+        offsets[0] = 0
+        return 0
+    if w < 1 or stride < w or off < 0 or off + w > stride:
+        raise ValueError(f"group_ids: need 1 <= w, off >= 0 and off + w <= stride, got w={w}, "
+                         f"stride={stride}, off={off}")
+    if n >= 2**31 or (n - 1) // w * stride + off + w > 2**31 - 1:
+        raise ValueError(f"group_ids: {n} ids (w={w}, stride={stride}) name gradient rows past "
+                         f"2^31 - 1")
+    _check_ws(keys.shape[0], 2 * n, "keys")
+    _check_ws(rows.shape[0], n, "rows")
+    _check_ws(offsets.shape[0], n + 1, "offsets")
+    _check_ws(pair_b.shape[0], n, "pair_b")
+    _check_ws(pair_v.shape[0], n, "pair_v")
+    with nogil:
+        r = mp_group_ids(&ids[0], n, n_rows, w, stride, off, &keys[0], &keys[n], &rows[0],
+                         &offsets[0], &pair_b[0], &pair_v[0])
+    if r < 0:
+        raise ValueError(f"group_ids: ids hold a row outside [0, {n_rows})")
+    return r
+
+
 def backward_masked(int64_t k, int64_t n_out):
     """Whether the meProp backward of a layer with n_out outputs and k kept
     entries per example runs as masked dense products (see sparse_linear.h)."""

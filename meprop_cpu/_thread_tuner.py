@@ -13,7 +13,7 @@ that is fastest there. The timings are means over windows of at least
 ``probe_s`` seconds, so a thread descheduled for a scheduler quantum shows.
 """
 
-__all__ = ["ThreadTuner", "candidates"]
+__all__ = ["ThreadTuner", "candidates", "auto_tuner"]
 
 
 def candidates(n):
@@ -110,3 +110,23 @@ class ThreadTuner:
         """A summary for logs: choice, probe rounds, switches, last mean step times."""
         return {"threads": self.choice, "probes": self.probes, "switches": self.switches,
                 "step_s": {str(k): v for k, v in sorted(self.last.items())}}
+
+
+def auto_tuner(tuner):
+    """The ThreadTuner a training loop uses now: ``tuner`` (or a new one when it
+    is None or was made for another CPU count) while the thread count is
+    automatic, None when it is fixed or only one CPU is usable."""
+    from . import _config
+    n = _config._auto_threads()
+    if n is None or n < 2:
+        return None
+    if tuner is None or tuner.cands[0] != n:
+        return ThreadTuner(candidates(n))
+    return tuner
+
+
+def restore_auto(tuner):
+    """After a loop that tuned: the automatic count again (every usable CPU)."""
+    from . import _config
+    if tuner is not None and _config._auto_threads() is not None:
+        _config._use_threads(_config._auto_threads())

@@ -342,6 +342,24 @@ def group_pairs_into(n_out, idx, val, ws):
     return r, rows, offsets, pair_b, pair_v
 
 
+def embedding_grad(ids, grad_rows, n_rows, ws, name, w=1, stride=1, off=0):
+    """Unchecked: the gradient of a table lookup as a factored RowGrad (formed in
+    the optimizer's kernel, never as a dense table). ids (n,) int32: the rows
+    read; use p's gradient is row (p // w) * stride + off + p % w of grad_rows
+    (N, dim) float32 C-contiguous (w = stride = 1: row p). Buffers in ``ws``
+    under ``name``; the result stays valid until the next call with that name.
+    Rows appearing several times sum their uses in the order of the uses."""
+    n = ids.shape[0]
+    keys = ws.get(name + "keys", (2 * n,), np.uint64)
+    rows = ws.get(name + "rows", (n,), np.int32)
+    offsets = ws.get(name + "offsets", (n + 1,), np.int32)
+    pair_b = ws.get(name + "pair_b", (n,), np.int32)
+    pair_v = ws.get(name + "pair_v", (n,), np.float32)
+    r = _core.group_ids(ids, n_rows, w, stride, off, keys, rows, offsets, pair_b, pair_v)
+    out = ws.get(name + "values", (r, grad_rows.shape[1]), np.float32)
+    return RowGrad._factored(rows[:r], grad_rows, offsets, pair_b, pair_v, out)
+
+
 def sparse_dw_into(x, n_out, idx, val, ws, nthreads, factored=False):
     """Unchecked weight gradient of the sparse backward as a RowGrad (in ``ws``):
     the non-zero pairs regrouped by output row, then one sum of x rows per row."""

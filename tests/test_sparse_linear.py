@@ -287,3 +287,68 @@ def test_property_sparse_backward(seed):
     assert_bit_equal(dx1, dx2)
     assert_bit_equal(g1.rows, g2.rows)
     assert_bit_equal(g1.values, g2.values)
+
+
+# ---------------------------------------------------------------- embedding gradients
+
+def _ref_group_ids(ids, w, stride, off):
+    """Distinct ids ascending, and each one's gradient rows in the order of its uses."""
+    rows = sorted(set(ids.tolist()))
+    uses = {r: [] for r in rows}
+    for p, i in enumerate(ids.tolist()):
+        uses[i].append((p // w) * stride + off + p % w)
+    return rows, uses
+
+
+@pytest.mark.parametrize("n, n_rows, w, stride, off", [
+    (1, 1, 1, 1, 0), (14, 20000, 1, 1, 0), (64, 5, 1, 1, 0), (65, 5, 1, 1, 0),
+    (98, 300, 7, 7, 0), (500, 256, 1, 1, 0), (500, 257, 1, 1, 0), (3000, 70000, 18, 48, 0),
+    (1200, 40, 12, 48, 36), (2000, 2**31 - 1, 5, 9, 4)])
+def test_group_ids_matches_the_reference(n, n_rows, w, stride, off):
+    rng = np.random.default_rng(n + n_rows)
+    hi = min(n_rows, 3 * n)          # repeats, and ids spread over the table's top byte too
+    ids = rng.integers(0, hi, n).astype(np.int32)
+    ids[rng.integers(0, n, max(1, n // 10))] = n_rows - 1
+    keys = np.empty(2 * n, np.uint64)
+    rows, offsets = np.empty(n, np.int32), np.empty(n + 1, np.int32)
+    pair_b, pair_v = np.empty(n, np.int32), np.empty(n, np.float32)
+    r = mp._core.group_ids(ids, n_rows, w, stride, off, keys, rows, offsets, pair_b, pair_v)
+    want_rows, uses = _ref_group_ids(ids, w, stride, off)
+    assert rows[:r].tolist() == want_rows
+    assert offsets[0] == 0 and offsets[r] == n
+    for q, row in enumerate(want_rows):
+        assert pair_b[offsets[q]:offsets[q + 1]].tolist() == uses[row]
+    assert (pair_v == 1.0).all()
+
+
+def test_embedding_grad_sums_the_uses_of_each_row():
+    rng = np.random.default_rng(3)
+    B, width, off, stride, d, n_rows = 30, 7, 5, 12, 4, 40
+    ids = rng.integers(0, n_rows, (B, width)).astype(np.int32)
+    grads = rng.standard_normal((B * stride, d)).astype(np.float32)
+    g = K.embedding_grad(ids.reshape(-1), grads, n_rows, K.Workspace(), "e", w=width,
+                         stride=stride, off=off)
+    want = np.zeros((n_rows, d))
+    np.add.at(want, ids, grads.reshape(B, stride, d)[:, off:off + width].astype(np.float64))
+    assert g.rows.tolist() == np.unique(ids).tolist()
+    np.testing.assert_allclose(g.to_dense(n_rows), want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("ids, kw, match", [
+    ([0, 5], {}, r"outside \[0, 5\)"), ([-1], {}, r"outside \[0, 5\)"),
+    ([0, 1], {"w": 0}, "w=0"), ([0, 1], {"w": 2, "stride": 3, "off": 2}, "off=2"),
+    ([0, 1], {"w": 3, "stride": 2}, "stride=2")])
+def test_group_ids_refuses_bad_ids_and_layouts(ids, kw, match):
+    ids = np.array(ids, np.int32)
+    n = ids.shape[0]
+    args = dict(w=1, stride=1, off=0)
+    args.update(kw)
+    with pytest.raises(ValueError, match=match):
+        mp._core.group_ids(ids, 5, args["w"], args["stride"], args["off"],
+                           np.empty(2 * n, np.uint64), np.empty(n, np.int32),
+                           np.empty(n + 1, np.int32), np.empty(n, np.int32),
+                           np.empty(n, np.float32))
+    with pytest.raises(ValueError, match="keys"):
+        mp._core.group_ids(np.zeros(3, np.int32), 5, 1, 1, 0, np.empty(5, np.uint64),
+                           np.empty(3, np.int32), np.empty(4, np.int32), np.empty(3, np.int32),
+                           np.empty(3, np.float32))

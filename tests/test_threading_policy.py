@@ -250,3 +250,41 @@ def test_contention_summary_and_report():
                       "load_procs": 1}, "results": res, "summary": s, "notes": []}
     md = render_markdown(doc)
     assert "DIFFERENT" in md and "1.09x" in md and "4.00x" in md
+
+
+def test_tagger_trainer_auto_threads_bit_identical(thread_state, monkeypatch):
+    """PosTrainer tunes the thread count as Trainer does (a meSimp tagger that
+    shrinks to a few dozen units is fastest on one thread); the weights equal
+    those of fixed 1 and 2 threads, and fit leaves the automatic default."""
+    import meprop_cpu._thread_tuner as tt
+    from meprop_cpu.tagging import PosTagger, PosTrainer, Vocab, encode
+    from meprop_cpu.train import build_optimizer
+    words = "the a cat dog sat ran on to mat park . fast".split()
+    rng = np.random.default_rng(1)
+    sents = [([words[i] for i in rng.integers(0, len(words), int(n))],
+              ["NN"] * int(n)) for n in rng.integers(3, 12, 24)]
+    for s in sents:
+        s[1][0] = "DT"
+    vocab = Vocab.build(sents, min_count=1)
+    data = {"train": encode(sents, vocab), "dev": encode(sents[:4], vocab)}
+
+    def run(threads):
+        mp.set_num_threads(threads)
+        m = PosTagger(vocab, hidden=200, k=7, seed=2)   # products wide enough for 2-thread teams
+        opt = build_optimizer("adam", m.parameters(), lr=1e-3)
+        tr = PosTrainer(m, opt, data, epochs=2, seed=1)
+        tr.fit()
+        return tr, [p.data.copy() for p in m.parameters()]
+
+    ref = [run(t)[1] for t in (1, 2)]
+    monkeypatch.setattr(tt.ThreadTuner.__init__, "__defaults__", (2, 0.0, 0.0, 5, 1.5))
+    monkeypatch.setattr(_config, "_default_threads_cpus", lambda: 2)
+    tr, got = run("auto")
+    assert tr.thread_tuner is not None and tr.thread_tuner.probes >= 3
+    assert "thread_tuner" in tr.history[-1]
+    assert mp.get_num_threads() == 2
+    for a, b, c in zip(ref[0], ref[1], got):
+        assert np.array_equal(a, b) and np.array_equal(a, c)
+    mp.set_num_threads(1)
+    tr, _ = run(1)
+    assert tr.thread_tuner is None and "thread_tuner" not in tr.history[-1]

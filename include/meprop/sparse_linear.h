@@ -198,6 +198,58 @@ static int64_t mp_group_pairs_ex(const int32_t *idx, const float *val, const int
     return r;
 }
 
+/* Group the uses of embedding rows by row (the gradient of a table lookup).
+ * IN  ids (n,): the table row read at use p; n_rows; the use p's gradient is
+ *     row (p / w) * stride + off + p % w of the caller's gradient matrix (the
+ *     uses of one lookup of w ids per example, placed at column off of
+ *     examples stride wide: w = stride = 1, off = 0 for one id per row)
+ * OUT rows[0:r] the distinct ids ascending; offsets[0:r+1]; pair_b[0:n] the
+ *     gradient rows of the uses in id order, stable in p (so the sums over a
+ *     row run in the order of its uses), pair_v[0:n] = 1
+ * WS  keys, tmp: n uint64 each. Returns r, or -1 (nothing written past the
+ *     work space) when an id lies outside [0, n_rows). Serial; O(n log n) by
+ *     insertion for short inputs, an LSD radix sort on the id's bytes (as
+ *     many passes as n_rows - 1 has bytes) otherwise: never O(n_rows). */
+static int64_t mp_group_ids(const int32_t *ids, int64_t n, int64_t n_rows, int64_t w,
+                            int64_t stride, int64_t off, uint64_t *keys, uint64_t *tmp,
+                            int32_t *rows, int32_t *offsets, int32_t *pair_b, float *pair_v) {
+    for (int64_t p = 0; p < n; p++) {
+        if (ids[p] < 0 || (int64_t)ids[p] >= n_rows) return -1;
+        keys[p] = ((uint64_t)(uint32_t)ids[p] << 32) | (uint64_t)p;
+    }
+    if (n <= 64) {
+        for (int64_t i = 1; i < n; i++) {           /* keys are distinct: stable */
+            uint64_t v = keys[i];
+            int64_t j = i - 1;
+            while (j >= 0 && keys[j] > v) { keys[j + 1] = keys[j]; j--; }
+            keys[j + 1] = v;
+        }
+    } else {
+        int passes = 0;
+        for (uint64_t m = (uint64_t)(n_rows > 1 ? n_rows - 1 : 0); m; m >>= 8) passes++;
+        uint64_t *src = keys, *dst = tmp;
+        for (int ps = 0; ps < passes; ps++) {
+            int64_t count[257] = {0};
+            int shift = 32 + 8 * ps;
+            for (int64_t p = 0; p < n; p++) count[((src[p] >> shift) & 255) + 1]++;
+            for (int d = 0; d < 256; d++) count[d + 1] += count[d];
+            for (int64_t p = 0; p < n; p++) dst[count[(src[p] >> shift) & 255]++] = src[p];
+            uint64_t *t = src; src = dst; dst = t;
+        }
+        if (src != keys) memcpy(keys, src, (size_t)n * sizeof(uint64_t));
+    }
+    int64_t r = 0;
+    for (int64_t q = 0; q < n; q++) {
+        int32_t id = (int32_t)(keys[q] >> 32);
+        int64_t p = (int64_t)(keys[q] & 0xffffffffu);
+        if (q == 0 || id != rows[r - 1]) { rows[r] = id; offsets[r] = (int32_t)q; r++; }
+        pair_b[q] = (int32_t)((p / w) * stride + off + p % w);
+        pair_v[q] = 1.0f;
+    }
+    offsets[r] = (int32_t)n;
+    return r;
+}
+
 /* mp_group_pairs_ex for the (B, k) pairs of a per-example top-k. */
 static inline int64_t mp_group_pairs(const int32_t *idx, const float *val, int64_t B,
                                      int64_t k, int64_t n_out, int32_t *cursor, int32_t *rows,

@@ -23,7 +23,7 @@ import numpy as np
 from .. import _core
 from .._config import get_num_threads
 from .._io import atomic_savez, read_npz
-from ..kernels import RowGrad, Workspace, _check_int
+from ..kernels import Workspace, _check_int, embedding_grad
 from ..nn import Cube, Dropout, Linear, Module, MODES, Parameter, ReLU, Sequential, Tanh
 from . import transition as tr
 from .conllu import Sentence
@@ -108,21 +108,11 @@ class FeatureEmbedding(Module):
             raise ValueError(f"FeatureEmbedding.backward: dx must be float32 ({B}, {nf * d}), "
                              f"got {dx.dtype} {dx.shape}")
         x2 = np.ascontiguousarray(dx).reshape(B * nf, d)
-        ws = self._ws
         for t, ((a, b), E) in enumerate(zip(_SPANS, self.tables)):
-            ids = X[:, a:b].reshape(-1)
-            order = np.argsort(ids, kind="stable").astype(np.int32)
-            sid = ids[order]
-            starts = np.flatnonzero(np.diff(sid)) + 1
-            rows = np.ascontiguousarray(sid[np.concatenate(([0], starts))], dtype=np.int32)
-            offsets = np.concatenate(([0], starts, [sid.shape[0]])).astype(np.int32)
-            # position of each (example, feature) pair in x2: example * 48 + column
-            pos = (order // (b - a)) * nf + (order % (b - a)) + a
-            pair_b = np.ascontiguousarray(pos, dtype=np.int32)
-            pair_v = ws.get(f"ones{t}", (pair_b.shape[0],), np.float32)
-            pair_v[...] = 1.0
-            out = ws.get(f"g{t}", (rows.shape[0], d), np.float32)
-            E.grad = RowGrad._factored(rows, x2, offsets, pair_b, pair_v, out)
+            # use (example e, column c) of this table reads row e * 48 + a + c of x2
+            E.grad = embedding_grad(np.ascontiguousarray(X[:, a:b]).reshape(-1), x2,
+                                    E.data.shape[0], self._ws, f"t{t}", w=b - a, stride=nf,
+                                    off=a)
         return None
 
 

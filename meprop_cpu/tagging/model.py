@@ -34,7 +34,6 @@ import numpy as np
 
 from .. import kernels
 from .._io import atomic_savez, read_npz
-from ..kernels import RowGrad
 from ..nn import DEFAULT_LSTM_MODE, LSTM, Linear, Parameter, SoftmaxCrossEntropy
 
 __all__ = ["Vocab", "PosTagger", "PosTrainer", "encode", "N_FEATURES", "WORD_DIM",
@@ -125,14 +124,6 @@ def encode(sentences, vocab):
     return out
 
 
-def _row_grad(ids, d):
-    """RowGrad of an embedding table from the gradients d (n, dim) of the rows ids (n,)."""
-    rows, inv = np.unique(ids, return_inverse=True)
-    vals = np.zeros((rows.shape[0], d.shape[1]), dtype=np.float32)
-    np.add.at(vals, inv.ravel(), d)
-    return RowGrad(rows.astype(np.int32), vals)
-
-
 class PosTagger:
     """Embeddings (word 50 + 7 features x 20) -> LSTM(hidden, k) -> dense softmax.
 
@@ -167,6 +158,7 @@ class PosTagger:
         self.config = {"hidden": int(hidden), "k": k, "mode": mode, "seed": seed,
                        "bidirectional": bool(bidirectional)}
         self._X = {}
+        self._ws = kernels.Workspace()   # the embeddings' gradient buffers
         self._batch = None
 
     @property
@@ -354,10 +346,13 @@ class PosTagger:
         if self._batch is not None:
             dX = dX[real]
         wid, fid = self._ids
-        T = wid.shape[0]
-        self.Ew.grad = _row_grad(wid, dX[:, :WORD_DIM])
-        self.Ef.grad = _row_grad(fid.ravel(), dX[:, WORD_DIM:].reshape(T * N_FEATURES,
-                                                                        FEATURE_DIM))
+        T, ws = wid.shape[0], self._ws
+        dw = np.ascontiguousarray(dX[:, :WORD_DIM])
+        df = np.ascontiguousarray(dX[:, WORD_DIM:]).reshape(T * N_FEATURES, FEATURE_DIM)
+        self.Ew.grad = kernels.embedding_grad(np.ascontiguousarray(wid, dtype=np.int32), dw,
+                                              self.Ew.data.shape[0], ws, "w")
+        self.Ef.grad = kernels.embedding_grad(np.ascontiguousarray(fid, dtype=np.int32).reshape(-1), df,
+                                              self.Ef.data.shape[0], ws, "f")
 
     # -- export ------------------------------------------------------------------
     def save(self, path):

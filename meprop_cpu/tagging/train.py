@@ -7,8 +7,12 @@ given) measured whenever dev improves, the reported score being test at the
 best dev; JSON-lines records with ``LOG_KEYS`` (accuracies in percent,
 ``time_epoch`` = the epoch's training wall time, evaluation excluded, and
 its forward / backward / update parts, plus ``tokens_per_s``); checkpoints
-written atomically after every epoch that resume bit-identically (same seed
-and thread count).
+written atomically after every epoch that resume bit-identically (same seed;
+any thread count). When the thread count is automatic (no ``OMP_NUM_THREADS``,
+no ``--threads`` / ``set_num_threads(n)``), the steps are timed at a few
+thread counts and the fastest is kept, re-checked as training goes (see
+:mod:`meprop_cpu._thread_tuner`): a meSimp tagger that shrinks to ~60 units
+moves to one thread, where its small products run fastest.
 
 Timings: ``time_forward`` = embedding gather, LSTM forward, output layer and
 loss; ``time_backward`` = the backward passes (output layer, BPTT with the
@@ -24,7 +28,8 @@ import time
 
 import numpy as np
 
-from .._config import get_num_threads
+from .._config import _use_threads, get_num_threads
+from .._thread_tuner import auto_tuner, restore_auto
 from .._io import atomic_savez
 from ..train import LOG_KEYS
 from ..train.checkpoint import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, _from_json, _to_json,
@@ -81,6 +86,7 @@ class PosTrainer:
         self.best_dev = self.test_at_best_dev = self.wsj_at_best_dev = self.best_epoch = None
         self.history = []
         self._log = None
+        self.thread_tuner = None   # a ThreadTuner while the thread count is automatic
 
     # -- protocol ---------------------------------------------------------------------
     def _record(self, event, epoch, loss, dev, times, **extra):
@@ -119,6 +125,7 @@ class PosTrainer:
             self._write(s)
             return s
         finally:
+            restore_auto(self.thread_tuner)
             if self._log is not None:
                 self._log.close()
                 self._log = None
@@ -131,8 +138,13 @@ class PosTrainer:
         pc = time.perf_counter
         t_f = t_b = t_u = 0.0
         loss_sum = 0.0
+        # automatic thread count: timed per step (a meSimp tagger that shrinks
+        # from 500 to ~60 units runs fastest on fewer threads once narrow)
+        tuner = self.thread_tuner = auto_tuner(self.thread_tuner)
         t0 = pc()
         for step, s in enumerate(steps, 1):
+            if tuner is not None:
+                _use_threads(tuner.threads())
             a = pc()
             if self.batch_size == 1:
                 loss = model.forward_loss(*train[s])
@@ -147,6 +159,8 @@ class PosTrainer:
             opt.step()
             opt.zero_grad()
             d = pc()
+            if tuner is not None:
+                tuner.record(d - a)
             t_f += b - a
             t_b += c - b
             t_u += d - c
@@ -171,6 +185,8 @@ class PosTrainer:
                 self.wsj_at_best_dev = model.accuracy(self.data["wsj"], eb)
         times = {"time_epoch": t_epoch, "time_forward": t_f, "time_backward": t_b,
                  "time_update": t_u}
+        if tuner is not None:
+            extra["thread_tuner"] = tuner.state()
         rec = self._record("epoch", epoch, loss_sum / self.n_train, dev, times,
                            time_eval=pc() - te, tokens_per_s=self.n_tokens / t_epoch,
                            wsj_acc=self.wsj_at_best_dev, **extra)

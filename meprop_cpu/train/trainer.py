@@ -15,7 +15,7 @@ import numpy as np
 from .. import _config, fused
 from .._config import get_num_threads
 from .._io import atomic_savez
-from .._thread_tuner import ThreadTuner, candidates as thread_candidates
+from .._thread_tuner import auto_tuner, restore_auto
 from ..kernels import _check_int as check_int
 from ..nn import SoftmaxCrossEntropy
 from ..nn.models import dropouts as _dropouts, linears as _linears
@@ -291,8 +291,7 @@ class Trainer:
             return self._epochs(progress)
         finally:
             restore_sigint()
-            if self.thread_tuner is not None and _config._auto_threads() is not None:
-                _config._use_threads(_config._auto_threads())
+            restore_auto(self.thread_tuner)
             if progress is not None:
                 progress.clear()
             if self._log is not None:
@@ -432,12 +431,7 @@ class Trainer:
     def _thread_tuner(self):
         """The ThreadTuner of this Trainer when the thread count is automatic
         (see meprop_cpu.set_num_threads), else None."""
-        n = _config._auto_threads()
-        if n is None or n < 2:
-            self.thread_tuner = None
-            return None
-        if self.thread_tuner is None or self.thread_tuner.cands[0] != n:
-            self.thread_tuner = ThreadTuner(thread_candidates(n))
+        self.thread_tuner = auto_tuner(self.thread_tuner)
         return self.thread_tuner
 
     def request_stop(self):
