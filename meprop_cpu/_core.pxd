@@ -1,6 +1,6 @@
 # The C declarations of include/meprop/ that meprop_cpu._core wraps: one place
 # for every signature (the headers are the truth; keep these in step with them).
-from libc.stdint cimport int32_t, int64_t, uint64_t
+from libc.stdint cimport int32_t, int64_t, uint64_t, uint8_t
 
 cdef extern from "meprop/parallel.h":
     int MP_HAVE_OPENMP
@@ -158,6 +158,61 @@ cdef extern from "meprop/lstm.h":
                                    int64_t h, int64_t k, float *dZ, int32_t *idx, float *val,
                                    float *dh, float *dc, mp_entry *ws, float *dzs,
                                    int nthreads) nogil
+
+cdef extern from "meprop/tagger.h":
+    int MP_TAG_NPARAMS
+    ctypedef struct mp_tagger_step:
+        int64_t n_words, n_feat_rows, n_feat, dw, df
+        int64_t n_in, h, k, n_tags
+        float *Ew
+        float *Ef
+        float *W
+        float *U
+        float *b
+        float *s1[7]
+        float *s2[7]
+        int64_t t[7]
+        int64_t *hits
+        mp_step_layer out
+        float *X
+        float *XP
+        float *Z
+        float *H
+        float *C
+        float *TC
+        float *dZ
+        float *dX
+        float *dXw
+        float *dXf
+        float *dh
+        float *dc
+        float *gb
+        float *gW
+        float *gU
+        int32_t *idx
+        float *val
+        void *heap
+        int32_t *sel
+        float *coef
+        int32_t *cursor
+        int32_t *rows
+        int32_t *offsets
+        int32_t *pair_b
+        float *pair_v
+        uint64_t *keys
+        int32_t *wrows
+        int32_t *woff
+        int32_t *wpair
+        float *wv
+        int32_t *frows
+        int32_t *foff
+        int32_t *fpair
+        float *fv
+        uint8_t *flag
+        float *gbuf
+    int mp_tagger_train_step(mp_tagger_step *s, const int32_t *wid, const int32_t *fid,
+                             const int64_t *tid, int64_t T, const mp_step_optim *opt,
+                             int nthreads, mp_step_result *res) nogil
 
 cdef extern from "meprop/parse.h":
     ctypedef struct mp_parser_net:

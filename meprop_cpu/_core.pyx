@@ -9,7 +9,7 @@ kernel.
 """
 import numpy as np
 cimport numpy as cnp
-from libc.stdint cimport int32_t, int64_t, uint64_t
+from libc.stdint cimport int32_t, int64_t, uint64_t, uint8_t
 from libc.stdlib cimport calloc, free
 from libc.string cimport memcpy, memset
 
@@ -47,4 +47,5 @@ include "_dense.pxi"
 include "_step.pxi"
 include "_layer.pxi"
 include "_lstm.pxi"
+include "_tagger.pxi"
 include "_parse.pxi"

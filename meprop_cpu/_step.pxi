@@ -32,8 +32,8 @@ cdef cnp.ndarray _carray(object a, str where, str name, int typenum, int ndim, i
             or (ndim == 2 and arr.shape[1] != n1)):
         rows = "N" if n0 < 0 else str(n0)
         shape = f"({rows}, {n1})" if ndim == 2 else f"({rows},)"
-        raise ValueError(f"{where}: {name} must be a C-contiguous "
-                         f"{'float32' if typenum == cnp.NPY_FLOAT32 else 'int64'} array of "
+        kind = {cnp.NPY_FLOAT32: "float32", cnp.NPY_INT32: "int32"}.get(typenum, "int64")
+        raise ValueError(f"{where}: {name} must be a C-contiguous {kind} array of "
                          f"shape {shape}, got {a.dtype} {a.shape}")
     return arr
 

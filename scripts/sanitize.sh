@@ -36,7 +36,7 @@ else
     TESTS=(tests/test_topk.py tests/test_hits.py tests/test_sparse_linear.py
            tests/test_kernel_errors.py tests/test_nn_linear.py tests/test_dense.py
            tests/test_dispatch.py tests/test_nn.py tests/test_optim.py tests/test_properties.py
-           tests/test_fused.py tests/test_lstm.py)
+           tests/test_fused.py tests/test_lstm.py tests/test_tagger.py)
 fi
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/meprop-sanitize.XXXXXX")

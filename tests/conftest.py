@@ -9,3 +9,12 @@ that want it)."""
 import pytest
 
 pytest.register_assert_rewrite("kernel_helpers")
+
+
+@pytest.fixture
+def thread_state():
+    """Restore the library's thread setting (count and automatic flag) after a test."""
+    from meprop_cpu import _config
+    saved = dict(_config._state)
+    yield
+    _config._state.update(saved)

@@ -512,3 +512,107 @@ def test_bench_pos_speed_runs_and_writes(tmp_path, batch):
     assert all(r["batch"] == batch and r["tokens_per_s"] > 0 for r in doc["results"])
     assert (doc["lstm_backward"] is None) == (batch > 1)
     assert f"Sentences per step: {batch}" in open(str(out) + ".md").read()
+
+
+# -- the fused one-call step ------------------------------------------------------------
+
+def _train_path(fused, k, opt_name, mesimp=False, hidden=24, threads=None, epochs=3):
+    """Train on SENTS with the trainer's fused or module path; everything the
+    step leaves behind (weights, optimizer state and step counts, meSimp widths
+    and counts) and the losses."""
+    import meprop_cpu as mp
+    from meprop_cpu.simplify import CycleSchedule
+    from meprop_cpu.tagging.simplify import TaggerSimplifier
+    v = Vocab.build(SENTS)
+    data = {"train": encode(SENTS, v), "dev": encode(SENTS[:4], v)}
+    m = PosTagger(v, hidden=hidden, k=k, seed=3)
+    opt = build_optimizer(opt_name, m.parameters(), lr=0.01, clip=0.5 if opt_name == "sgd" else 0.0)
+    cbs = []
+    if mesimp:
+        cbs = [TaggerSimplifier(m, opt, prune_rate=0.1, schedule=CycleSchedule(1, 3))]
+    if threads is not None:
+        mp.set_num_threads(threads)
+    tr = PosTrainer(m, opt, data, epochs=epochs, seed=1, callbacks=cbs, fused=fused)
+    tr.fit()
+    state = [[a.copy() for a in opt.state_for(p)["arrays"]] + [opt.state_for(p)["step"]]
+             for p in m.parameters()]
+    return (tr, [p.data.copy() for p in m.parameters()], state,
+            [r["train_loss"] for r in tr.history], m.lstm.hits.copy(), m.hidden_sizes)
+
+
+@pytest.mark.parametrize("k", [None, 3])
+@pytest.mark.parametrize("opt_name", ["adam", "adagrad", "sgd"])
+def test_fused_step_is_bit_identical_to_the_module_path(k, opt_name):
+    f = _train_path(True, k, opt_name)
+    m = _train_path(False, k, opt_name)
+    assert f[0].step_path == "fused" and m[0].step_path == "modules"
+    assert f[0].history[-1]["step_path"] == "fused"
+    for a, b in zip(f[1], m[1]):
+        assert np.array_equal(a, b)
+    for sa, sb in zip(f[2], m[2]):
+        assert len(sa) == len(sb) and all(np.array_equal(x, y) for x, y in zip(sa, sb))
+    assert f[3] == m[3]
+
+
+def test_fused_step_follows_mesimp_and_any_thread_count(thread_state):
+    f = _train_path(True, 3, "adam", mesimp=True, hidden=40, threads=2)
+    m = _train_path(False, 3, "adam", mesimp=True, hidden=40, threads=1)
+    assert f[5] == m[5] and f[5][0] < 40            # pruned the same units
+    assert f[0]._fused_step.builds >= 2              # rebuilt after each compaction
+    for a, b in zip(f[1], m[1]):
+        assert np.array_equal(a, b)
+    assert np.array_equal(f[4], m[4]) and f[3] == m[3]
+
+
+def test_fused_step_declines_what_it_does_not_take():
+    from meprop_cpu.tagging.fused import TaggerFusedStep, unsupported
+    v = Vocab.build(SENTS)
+    m = PosTagger(v, hidden=8, k=2, seed=0)
+    assert unsupported(m, build_optimizer("adam", m.parameters(), lr=0.01)) is None
+    assert "dense" in unsupported(m, build_optimizer("adam", m.parameters(), lr=0.01,
+                                                     sparse=False))
+    assert "exactly" in unsupported(m, build_optimizer("adam", m.parameters()[:-1], lr=0.01))
+    bi = PosTagger(v, hidden=8, k=2, seed=0, bidirectional=True)
+    assert "bidirectional" in unsupported(bi, build_optimizer("adam", bi.parameters(), lr=0.01))
+    with pytest.raises(ValueError, match="bidirectional"):
+        TaggerFusedStep(bi, build_optimizer("adam", bi.parameters(), lr=0.01))
+    # minibatches and fused=False take the module path
+    data = {"train": encode(SENTS, v), "dev": encode(SENTS[:4], v)}
+    for kw in ({"batch_size": 4}, {"fused": False}):
+        tr = PosTrainer(m, build_optimizer("adam", m.parameters(), lr=0.01), data, epochs=1, **kw)
+        tr.fit()
+        assert tr.step_path == "modules"
+
+
+def test_fused_step_refuses_bad_sentences_and_changes_nothing():
+    from meprop_cpu.tagging.fused import TaggerFusedStep
+    v = Vocab.build(SENTS)
+    m = PosTagger(v, hidden=8, k=2, seed=0)
+    opt = build_optimizer("adam", m.parameters(), lr=0.01)
+    fs = TaggerFusedStep(m, opt, 4)
+    wid, fid, tid = encode(SENTS[:1], v)[0]
+    before = [p.data.copy() for p in m.parameters()]
+    bad_tid = tid.copy()
+    bad_tid[2] = len(v.tags)
+    with pytest.raises(ValueError, match="label"):
+        fs.step(wid, fid, bad_tid)
+    bad_wid = wid.copy()
+    bad_wid[1] = len(v.words)
+    with pytest.raises(ValueError, match=r"wid\[1\]"):
+        fs.step(bad_wid, fid, tid)
+    with pytest.raises(ValueError, match="fid"):
+        fs.step(wid, fid + 10**6, tid)
+    with pytest.raises(ValueError, match="int32"):
+        fs.step(wid.astype(np.int64), fid, tid)
+    for a, b in zip(before, m.parameters()):
+        assert np.array_equal(a, b.data)
+    assert opt.steps == 0
+    m.lstm.U.data[:] = np.nan          # a NaN loss: returned for the trainer to report
+    before = [p.data.copy() for p in m.parameters()]
+    loss = fs.step(wid, fid, tid)[0]
+    assert np.isnan(loss) and opt.steps == 0
+    for a, b in zip(before, m.parameters()):
+        assert np.array_equal(a, b.data, equal_nan=True)
+    tr = PosTrainer(m, opt, {"train": encode(SENTS, v), "dev": encode(SENTS[:4], v)}, epochs=1)
+    with pytest.raises(FloatingPointError, match="diverged"):
+        tr.fit()

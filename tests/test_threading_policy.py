@@ -101,13 +101,6 @@ def test_apply_on_a_fake_environment(tmp_path):
     assert st["source"] == "not applied" and "libgomp" in st["note"]
 
 
-@pytest.fixture
-def thread_state():
-    saved = dict(_config._state)
-    yield
-    _config._state.update(saved)
-
-
 def test_set_num_threads_auto_and_fixed(thread_state):
     mp.set_num_threads(1)
     assert _config._auto_threads() is None

@@ -151,13 +151,21 @@ class TorchRunner:
 
 
 class MepropRunner:
-    """Our tagger's training step, with the same phases as PosTrainer."""
+    """Our tagger's training step as PosTrainer runs it: one sentence per step
+    through the fused one-call step (fused=True, PosTrainer's default) or the
+    module path; minibatches through the module path."""
 
-    def __init__(self, model):
+    def __init__(self, model, fused=True, max_len=1):
         self.m = model
         self.opt = build_optimizer("adam", model.parameters())
+        self.fused = None
+        if fused:
+            from ..tagging.fused import TaggerFusedStep
+            self.fused = TaggerFusedStep(model, self.opt, max_len)
 
     def step(self, wid, fid, tid):
+        if self.fused is not None:
+            return self.fused.step(wid, fid, tid)[1:]
         return self._timed(self.m.forward_loss, wid, fid, tid)
 
     def step_batch(self, sents):
@@ -200,6 +208,7 @@ def speed(args):
     warm = [data["train"][i] for i in order[:args.warmup]]
     block = [data["train"][i] for i in order[args.warmup:args.warmup + args.sentences]]
     tokens = sum(s[2].shape[0] for s in block)
+    max_len = max(s[0].shape[0] for s in warm + block)
     variants = ["pytorch", "dense"] + [f"k={k}" for k in args.k]
     results = []
     for nt in args.threads:
@@ -209,7 +218,8 @@ def speed(args):
         for v in variants:
             ref = PosTagger(vocab, hidden=args.hidden, k=None if v in ("pytorch", "dense")
                             else int(v[2:]), seed=args.seed)
-            runners[v] = TorchRunner(ref) if v == "pytorch" else MepropRunner(ref)
+            runners[v] = TorchRunner(ref) if v == "pytorch" else MepropRunner(
+                ref, fused=not args.no_fused, max_len=max_len)
         if args.batch == 1:
             steps, warm_steps = block, warm
             run = lambda r, s: r.step(*s)            # noqa: E731
@@ -230,7 +240,10 @@ def speed(args):
                 times[v].append([time.perf_counter() - t0, *parts])
         for v in variants:
             t = np.median(np.array(times[v]), axis=0)
+            path = "pytorch" if v == "pytorch" else (
+                "fused" if args.batch == 1 and not args.no_fused else "modules")
             rec = {"variant": v, "threads": nt, "hidden": args.hidden, "batch": args.batch,
+                   "step_path": path,
                    "sentences": len(block), "tokens": tokens, "rounds": args.rounds,
                    "block_s": float(t[0]), "forward_s": float(t[1]), "backward_s": float(t[2]),
                    "update_s": float(t[3]),
@@ -350,7 +363,10 @@ def markdown(out):
              f"{out['results'][0].get('batch', 1)}"
              + (" (minibatches of similar lengths; PyTorch packs its padded batch with "
                 "pack_padded_sequence)" if out['results'][0].get('batch', 1) > 1 else "")
-             + ".\n",
+             + ". This library's step: "
+             + ("the fused one-call step (what PosTrainer runs at one sentence per step)"
+                if out['results'][-1].get('step_path') == "fused" else
+                "the module path (forward_loss, backward, optimizer.step)") + ".\n",
              "| threads | variant | ms / sentence | tokens/s | forward s | backward s | "
              "update s | projected epoch s | speed-up vs PyTorch |",
              "|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
@@ -484,6 +500,10 @@ def build_argparser():
     p.add_argument("--warmup", type=_nonneg_int, default=10)
     p.add_argument("--rounds", type=_positive_int, default=3)
     p.add_argument("--seed", type=_nonneg_int, default=0)
+    p.add_argument("--no-fused", action="store_true",
+                   help="speed: time this library's module path (forward_loss, backward, "
+                        "optimizer.step as separate calls) instead of the fused one-call step "
+                        "PosTrainer takes at one sentence per step")
     p.add_argument("--max-train", type=_positive_int, default=None)
     p.add_argument("--epochs", type=_positive_int, default=1)
     p.add_argument("--log-json", default=None,
