@@ -164,50 +164,18 @@ cdef extern from "meprop/tagger.h":
     ctypedef struct mp_tagger_step:
         int64_t n_words, n_feat_rows, n_feat, dw, df
         int64_t n_in, h, k, n_tags
-        float *Ew
-        float *Ef
-        float *W
-        float *U
-        float *b
-        float *s1[7]
-        float *s2[7]
+        float *Ew, *Ef, *W, *U, *b
+        float *s1[7], *s2[7]
         int64_t t[7]
         int64_t *hits
         mp_step_layer out
-        float *X
-        float *XP
-        float *Z
-        float *H
-        float *C
-        float *TC
-        float *dZ
-        float *dX
-        float *dXw
-        float *dXf
-        float *dh
-        float *dc
-        float *gb
-        float *gW
-        float *gU
-        int32_t *idx
-        float *val
+        float *X, *XP, *Z, *H, *C, *TC, *dZ, *dX, *dXw, *dXf, *dh, *dc, *gb, *gW, *gU
+        int32_t *idx, *sel, *cursor, *rows, *offsets, *pair_b
+        float *val, *coef, *pair_v
         void *heap
-        int32_t *sel
-        float *coef
-        int32_t *cursor
-        int32_t *rows
-        int32_t *offsets
-        int32_t *pair_b
-        float *pair_v
         uint64_t *keys
-        int32_t *wrows
-        int32_t *woff
-        int32_t *wpair
-        float *wv
-        int32_t *frows
-        int32_t *foff
-        int32_t *fpair
-        float *fv
+        int32_t *wrows, *woff, *wpair, *frows, *foff, *fpair
+        float *wv, *fv
         uint8_t *flag
         float *gbuf
     int mp_tagger_train_step(mp_tagger_step *s, const int32_t *wid, const int32_t *fid,

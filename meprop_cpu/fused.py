@@ -45,7 +45,7 @@ import numpy as np
 from . import _core, nn, optim
 from ._config import get_num_threads
 
-__all__ = ["FusedStep", "unsupported"]
+__all__ = ["FusedStep", "unsupported", "optimizer_problem", "same_key"]
 
 _OPTIMIZERS = (optim.SGD, optim.AdaGrad, optim.Adam)   # their _kind: the C step's kind
 
@@ -87,12 +87,9 @@ def unsupported(model, optimizer, loss=None):
         return layers
     if not model.training:
         return "the model is in eval mode"
-    if type(optimizer) not in _OPTIMIZERS:
-        return f"the optimizer is a {type(optimizer).__name__}, not SGD / AdaGrad / Adam"
-    params = model.parameters()
-    if len(optimizer.params) != len(params) or \
-            {id(p) for p in optimizer.params} != {id(p) for p in params}:
-        return "the optimizer does not hold exactly the model's parameters"
+    why = optimizer_problem(optimizer, model.parameters(), "model")
+    if why is not None:
+        return why
     for i, (lin, _) in enumerate(layers):
         if lin.sparse and lin.mode not in ("batch_dw", "topk_dw", "topk", "unified"):
             return (f"layer {i} uses mode {lin.mode!r} (the fused step does batch_dw, "
@@ -101,12 +98,35 @@ def unsupported(model, optimizer, loss=None):
             return "the optimizer is dense (sparse=False) and a layer is top-k"
         if i > 0 and not lin.needs_input_grad:
             return f"layer {i} does not compute its input gradient"
+    return None
+
+
+def optimizer_problem(optimizer, params, what):
+    """Why a fused step cannot update ``params`` with ``optimizer`` (a str), or
+    None: it must be SGD / AdaGrad / Adam over exactly those parameters, each
+    a writable C-contiguous float32 array. what: "model", "tagger", ..."""
+    if type(optimizer) not in _OPTIMIZERS:
+        return f"the optimizer is a {type(optimizer).__name__}, not SGD / AdaGrad / Adam"
+    if len(optimizer.params) != len(params) or \
+            {id(p) for p in optimizer.params} != {id(p) for p in params}:
+        return f"the optimizer does not hold exactly the {what}'s parameters"
     for p in params:
         d = p.data
         if not (isinstance(d, np.ndarray) and d.dtype == np.float32 and d.flags.c_contiguous
                 and d.flags.writeable):
             return f"parameter {p.name} is not a writable C-contiguous float32 array"
     return None
+
+
+def same_key(old, key):
+    """Whether a fused step's plan, built when its inputs were ``old``, still
+    fits ``key``: arrays and dicts by identity, ints, floats and strings by value."""
+    if old is None or len(old) != len(key):
+        return False
+    for a, b in zip(old, key):
+        if a is not b and not (type(a) in (int, str, float, bool) and a == b):
+            return False
+    return True
 
 
 class FusedStep:
@@ -148,14 +168,6 @@ class FusedStep:
             key.append(d.p)
         return key
 
-    def _valid(self, key):
-        old = self._key
-        if old is None or len(old) != len(key):
-            return False
-        for a, b in zip(old, key):   # arrays and dicts by identity, k and mode by value
-            if a is not b and not (type(a) in (int, str, float) and a == b):
-                return False
-        return True
 
     def _build(self, nthreads):
         opt = self.optimizer
@@ -193,7 +205,7 @@ class FusedStep:
         when the model no longer qualifies."""
         nt = get_num_threads()
         key = self._current_key()
-        if not self._valid(key) or nt > self._plan.threads or B > self.max_batch:
+        if not same_key(self._key, key) or nt > self._plan.threads or B > self.max_batch:
             self.unsupported = unsupported(self.model, self.optimizer)
             if self.unsupported is not None:
                 self._plan = self._key = None

@@ -29,18 +29,14 @@ compaction and ``load_state_dict`` replace them). It leaves ``p.grad`` as it
 was and does not refresh the modules' cached forward state, which only a
 following ``backward`` would read.
 """
-import numpy as np
-
-from .. import _core, optim
+from .. import _core
 from .._config import get_num_threads
+from ..fused import optimizer_problem, same_key
 from ..nn import Linear, LSTM
 from ..nn.layers import _label_range_error
 from .model import N_FEATURES, PosTagger
 
 __all__ = ["TaggerFusedStep", "unsupported"]
-
-_OPTIMIZERS = (optim.SGD, optim.AdaGrad, optim.Adam)
-
 
 def _params(model):
     """The seven parameters in the C step's order (Ew, Ef, W, U, b, out.W, out.b)."""
@@ -68,20 +64,10 @@ def unsupported(model, optimizer):
         return "the output layer is top-k"
     if not out.training:
         return "the output layer is in eval mode"
-    if type(optimizer) not in _OPTIMIZERS:
-        return f"the optimizer is a {type(optimizer).__name__}, not SGD / AdaGrad / Adam"
-    if not optimizer.sparse:
-        return "the optimizer is dense (sparse=False)"
-    params = _params(model)
-    if len(optimizer.params) != len(params) or \
-            {id(p) for p in optimizer.params} != {id(p) for p in params}:
-        return "the optimizer does not hold exactly the tagger's parameters"
-    for p in params:
-        d = p.data
-        if not (isinstance(d, np.ndarray) and d.dtype == np.float32 and d.flags.c_contiguous
-                and d.flags.writeable):
-            return f"parameter {p.name} is not a writable C-contiguous float32 array"
-    return None
+    why = optimizer_problem(optimizer, _params(model), "tagger")
+    if why is None and not optimizer.sparse:
+        why = "the optimizer is dense (sparse=False)"
+    return why
 
 
 class TaggerFusedStep:
@@ -114,12 +100,6 @@ class TaggerFusedStep:
             key += (p.data, st.get(id(p)))
         return key
 
-    def _valid(self, key):
-        old = self._key
-        if old is None or len(old) != len(key):
-            return False
-        return all(a is b or (type(a) in (int, str, bool) and a == b) for a, b in zip(old, key))
-
     def _build(self, nthreads):
         opt, lstm = self.optimizer, self.model.lstm
         params = _params(self.model)
@@ -138,7 +118,7 @@ class TaggerFusedStep:
         T = wid.shape[0]
         nt = get_num_threads()
         key = self._current_key()
-        if not self._valid(key) or nt > self._plan.threads or T > self.max_len:
+        if not same_key(self._key, key) or nt > self._plan.threads or T > self.max_len:
             self.unsupported = unsupported(self.model, self.optimizer)
             if self.unsupported is not None:
                 self._plan = self._key = None
