@@ -122,6 +122,89 @@ def paper_table(d, acc):
     return lines + [""]
 
 
+TTA_TARGETS = (93.9, 94.3)
+SPEED_VARIANT = {"torch": "pytorch", "dense": "dense", "k5": "k=5", "k10": "k=10",
+                 "k20": "k=20"}
+
+
+def epoch_seconds(d, variant, threads=2):
+    """Training seconds per epoch of a variant at ``threads``: [s] (every epoch
+    alike) projected from the speed file's per-sentence time, or, for meSimp,
+    [epoch 1, epoch 2] measured in train_time_mesimp_<threads>threads_*.jsonl
+    (median over the runs; later epochs cost what epoch 2 did). None if unknown."""
+    import statistics as st
+    sv = SPEED_VARIANT.get(variant)
+    if sv is not None and speed_file(d):
+        for r in json.load(open(speed_file(d)))["results"]:
+            if r["variant"] == sv and r["threads"] == threads and r.get("batch", 1) == 1:
+                return [r["epoch_s_projected"]]
+    if variant.startswith("mesimp10"):
+        runs = [read_log(f)[0] for f in
+                sorted(glob.glob(os.path.join(d, f"train_time_mesimp_{threads}threads_*.jsonl")))]
+        runs = [r for r in runs if len(r) >= 2]
+        if runs:
+            return [st.median(r[0]["time_epoch"] for r in runs),
+                    st.median(r[1]["time_epoch"] for r in runs)]
+    return None
+
+
+def cumulative(secs, epochs):
+    """Seconds after each of ``epochs`` epochs (the last per-epoch figure repeats)."""
+    out, t = [], 0.0
+    for e in range(epochs):
+        t += secs[min(e, len(secs) - 1)]
+        out.append(t)
+    return out
+
+
+def tta_table(d, acc):
+    """Time to a dev accuracy: epochs from the logs x seconds per epoch at 2 threads."""
+    import statistics as st
+    n_max = max(r["n"] for r in acc)
+    variants = sorted({r["variant"] for r in acc if r["n"] == n_max and "b16" not in r["variant"]})
+    lines = ["## Time to accuracy (2 threads)\n",
+             "Epochs to a dev accuracy come from the accuracy logs above (each seed's first "
+             "epoch at or above the target); seconds per epoch at 2 threads from the speed "
+             "file (`epoch_s_projected`: the per-sentence time of `bench --pos speed` times "
+             "CoNLL-2003's tokens, training only) or, for meSimp, the median of its measured "
+             "2-thread training runs (`train_time_mesimp_2threads_*.jsonl`: epoch 1, which "
+             "shrinks the model, then epoch 2 for every later epoch). So these are "
+             "projections from two measurements, not one timed run; `dev_vs_time.png` plots "
+             "them. `-`: a seed did not reach the target within its epochs (PyTorch's tagger was trained for 2).\n",
+             "| variant | s / epoch | " + " | ".join(
+                 f"epochs to dev {t:.1f} (per seed) | s to dev {t:.1f} (mean) | vs PyTorch | "
+                 f"vs dense" for t in TTA_TARGETS) + " |",
+             "|---|---:|" + "---|---:|---:|---:|" * len(TTA_TARGETS)]
+    base, dense = {}, {}
+    rows = []
+    for v in variants:
+        secs = epoch_seconds(d, v)
+        if secs is None:
+            continue
+        runs = [r for r in acc if r["variant"] == v and r["n"] == n_max]
+        cells = []
+        for t in TTA_TARGETS:
+            eps = [next((e + 1 for e, x in enumerate(r["curve"]) if x >= t), None) for r in runs]
+            got = [cumulative(secs, e)[-1] for e in eps if e is not None]
+            mean = st.mean(got) if len(got) == len(eps) else None
+            if v == "torch":
+                base[t] = mean
+            if v == "dense":
+                dense[t] = mean
+            cells.append((eps, mean))
+        rows.append((v, secs, cells))
+    for v, secs, cells in rows:
+        out = f"| {v} | {' / '.join(f'{x:.1f}' for x in secs)} |"
+        for t, (eps, mean) in zip(TTA_TARGETS, cells):
+            ratio = ["-" if mean is None or ref.get(t) is None else f"{ref[t] / mean:.1f}x"
+                     for ref in (base, dense)]
+            out += (f" {', '.join('-' if e is None else str(e) for e in eps)} | "
+                    f"{'-' if mean is None else f'{mean:.0f}'} | {ratio[0]} | {ratio[1]} |")
+        lines.append(out)
+    lines.append("")
+    return lines, rows
+
+
 def fmt(v, nd=2):
     return "-" if v is None else f"{v:.{nd}f}"
 
@@ -168,6 +251,10 @@ def main():
                          f"{', '.join(fmt(x) for x in r['curve'])} |")
         lines.append("")
     lines += paper_table(d, acc)
+    tta_rows = []
+    if acc:
+        tta_lines, tta_rows = tta_table(d, acc)
+        lines += tta_lines
     sp = speed_file(d, ".md")
     if sp:
         lines += [f"## Training speed (`{os.path.basename(sp)}`)\n",
@@ -227,6 +314,22 @@ def main():
         ax.set_title("training step time (CoNLL-2003 sentences)")
         fig.tight_layout()
         fig.savefig(os.path.join(d, "step_time.png"), dpi=110)
+    if tta_rows:
+        n_max = max(r["n"] for r in acc)
+        fig, ax = plt.subplots(figsize=(6.5, 4))
+        for v, secs, _ in tta_rows:
+            curves = [r["curve"] for r in acc if r["variant"] == v and r["n"] == n_max]
+            m = min(len(c) for c in curves)
+            mean = [sum(c[e] for c in curves) / len(curves) for e in range(m)]
+            ax.plot(cumulative(secs, m), mean, marker="o", label=v)
+        ax.set_xscale("log")
+        ax.set_xlabel("training seconds at 2 threads (log scale; projected, see README)")
+        ax.set_ylabel("dev accuracy (%), mean over seeds")
+        ax.set_title("LSTM POS tagger: dev accuracy against training time")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(os.path.join(d, "dev_vs_time.png"), dpi=110)
 
 
 if __name__ == "__main__":
