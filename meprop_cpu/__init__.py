@@ -1,5 +1,5 @@
 """meprop_cpu: meProp (top-k sparsified backprop) and meSimp on multicore CPUs."""
-__version__ = "0.4.0"
+__version__ = "0.5.0"
 
 from . import _omp_env
 
