@@ -170,7 +170,8 @@ def tta_table(d, acc):
              "2-thread training runs (`train_time_mesimp_2threads_*.jsonl`: epoch 1, which "
              "shrinks the model, then epoch 2 for every later epoch). So these are "
              "projections from two measurements, not one timed run; `dev_vs_time.png` plots "
-             "them. `-`: a seed did not reach the target within its epochs (PyTorch's tagger was trained for 2).\n",
+             "them. `-`: a seed did not reach the target within its epochs (PyTorch's "
+             "tagger was trained for 2).\n",
              "| variant | s / epoch | " + " | ".join(
                  f"epochs to dev {t:.1f} (per seed) | s to dev {t:.1f} (mean) | vs PyTorch | "
                  f"vs dense" for t in TTA_TARGETS) + " |",

@@ -526,7 +526,8 @@ def _train_path(fused, k, opt_name, mesimp=False, hidden=24, threads=None, epoch
     v = Vocab.build(SENTS)
     data = {"train": encode(SENTS, v), "dev": encode(SENTS[:4], v)}
     m = PosTagger(v, hidden=hidden, k=k, seed=3)
-    opt = build_optimizer(opt_name, m.parameters(), lr=0.01, clip=0.5 if opt_name == "sgd" else 0.0)
+    clip = 0.5 if opt_name == "sgd" else 0.0     # SGD with gradient clipping
+    opt = build_optimizer(opt_name, m.parameters(), lr=0.01, clip=clip)
     cbs = []
     if mesimp:
         cbs = [TaggerSimplifier(m, opt, prune_rate=0.1, schedule=CycleSchedule(1, 3))]

@@ -349,10 +349,10 @@ class PosTagger:
         T, ws = wid.shape[0], self._ws
         dw = np.ascontiguousarray(dX[:, :WORD_DIM])
         df = np.ascontiguousarray(dX[:, WORD_DIM:]).reshape(T * N_FEATURES, FEATURE_DIM)
-        self.Ew.grad = kernels.embedding_grad(np.ascontiguousarray(wid, dtype=np.int32), dw,
-                                              self.Ew.data.shape[0], ws, "w")
-        self.Ef.grad = kernels.embedding_grad(np.ascontiguousarray(fid, dtype=np.int32).reshape(-1), df,
-                                              self.Ef.data.shape[0], ws, "f")
+        wi = np.ascontiguousarray(wid, dtype=np.int32)
+        fi = np.ascontiguousarray(fid, dtype=np.int32).reshape(-1)
+        self.Ew.grad = kernels.embedding_grad(wi, dw, self.Ew.data.shape[0], ws, "w")
+        self.Ef.grad = kernels.embedding_grad(fi, df, self.Ef.data.shape[0], ws, "f")
 
     # -- export ------------------------------------------------------------------
     def save(self, path):
