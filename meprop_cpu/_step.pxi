@@ -7,14 +7,14 @@
 #
 
 
-cdef void *_ptr(object a, str name, int typenum, int64_t size) except NULL:
+cdef void *_ptr(object a, str name, int typenum, int64_t size, str who="MLPStep") except NULL:
     """The data pointer of a C-contiguous, writable array of the given type and size."""
     if type(a) is not np.ndarray:
-        raise TypeError(f"MLPStep: {name} must be a numpy.ndarray, got {type(a).__name__}")
+        raise TypeError(f"{who}: {name} must be a numpy.ndarray, got {type(a).__name__}")
     cdef cnp.ndarray arr = <cnp.ndarray>a
     if cnp.PyArray_TYPE(arr) != typenum or not cnp.PyArray_IS_C_CONTIGUOUS(arr) \
             or not cnp.PyArray_ISWRITEABLE(arr) or cnp.PyArray_SIZE(arr) != size:
-        raise ValueError(f"MLPStep: {name} must be a writable C-contiguous "
+        raise ValueError(f"{who}: {name} must be a writable C-contiguous "
                          f"{'float32' if typenum == cnp.NPY_FLOAT32 else 'int64'} array of "
                          f"{size} elements, got {a.dtype} {a.shape}")
     return cnp.PyArray_DATA(arr)

@@ -28,6 +28,10 @@ cdef class TaggerStep:
         if max_T < 1 or threads < 1 or n_feat < 1:
             raise ValueError(f"TaggerStep: max_T, threads and n_feat must be >= 1, got "
                              f"{max_T}, {threads}, {n_feat}")
+        for d, what in ((params, "params"), (states, "states")):
+            if set(d) != set(_TAGGER_PARAMS):
+                raise ValueError(f"TaggerStep: {what} must have the keys {_TAGGER_PARAMS}, got "
+                                 f"{tuple(d)}")
         self.keep = []
         self.max_T, self.threads, self.n_feat = max_T, threads, n_feat
         Ew, Ef, W, U = params["Ew"], params["Ef"], params["W"], params["U"]
@@ -48,17 +52,18 @@ cdef class TaggerStep:
         cdef float *ptrs[7]
         cdef int q
         for q, name in enumerate(_TAGGER_PARAMS):
-            ptrs[q] = <float *>_ptr(params[name], name, cnp.NPY_FLOAT32, sizes[name])
+            ptrs[q] = <float *>_ptr(params[name], name, cnp.NPY_FLOAT32, sizes[name], "TaggerStep")
             st = list(states[name])
             if len(st) > 2:
                 raise ValueError(f"TaggerStep: {name} has {len(st)} state arrays")
-            s.s1[q] = <float *>_ptr(st[0], name + " state", cnp.NPY_FLOAT32, sizes[name]) \
-                if len(st) > 0 else NULL
-            s.s2[q] = <float *>_ptr(st[1], name + " state", cnp.NPY_FLOAT32, sizes[name]) \
-                if len(st) > 1 else NULL
+            s.s1[q] = <float *>_ptr(st[0], name + " state", cnp.NPY_FLOAT32, sizes[name],
+                                    "TaggerStep") if len(st) > 0 else NULL
+            s.s2[q] = <float *>_ptr(st[1], name + " state", cnp.NPY_FLOAT32, sizes[name],
+                                    "TaggerStep") if len(st) > 1 else NULL
             self.keep.append((params[name], st))
         s.Ew, s.Ef, s.W, s.U, s.b = ptrs[0], ptrs[1], ptrs[2], ptrs[3], ptrs[4]
-        s.hits = <int64_t *>_ptr(hits, "hits", cnp.NPY_INT64, h) if hits is not None else NULL
+        s.hits = <int64_t *>_ptr(hits, "hits", cnp.NPY_INT64, h, "TaggerStep") \
+            if hits is not None else NULL
         self.keep.append(hits)
         # the output layer: a dense Linear (h -> n_tags) as nn.Linear.backward runs it
         cdef mp_step_layer *o = &s.out

@@ -617,3 +617,23 @@ def test_fused_step_refuses_bad_sentences_and_changes_nothing():
     tr = PosTrainer(m, opt, {"train": encode(SENTS, v), "dev": encode(SENTS[:4], v)}, epochs=1)
     with pytest.raises(FloatingPointError, match="diverged"):
         tr.fit()
+
+
+def test_tagger_step_plan_refuses_bad_buffers():
+    from meprop_cpu import _core
+    names = ("Ew", "Ef", "W", "U", "b", "Wo", "bo")
+    good = {"Ew": (5, 2), "Ef": (6, 3), "W": (8, 5), "U": (8, 2), "b": (8,), "Wo": (3, 2),
+            "bo": (3,)}
+    params = {n: np.zeros(s, np.float32) for n, s in good.items()}
+    states = {n: [] for n in names}
+    _core.TaggerStep(params, states, None, 1, 1, 4, 1)          # 2 + 1 * 3 = 5 inputs
+    with pytest.raises(ValueError, match="keys"):
+        _core.TaggerStep({"Ew": params["Ew"]}, states, None, 0, 1, 4, 1)
+    with pytest.raises(ValueError, match="do not fit"):
+        _core.TaggerStep(params, states, None, 0, 2, 4, 1)      # 2 + 2 * 3 != 5
+    with pytest.raises(ValueError, match="k must be"):
+        _core.TaggerStep(params, states, None, 2, 1, 4, 1)
+    with pytest.raises(ValueError, match="TaggerStep: bo must be"):
+        _core.TaggerStep(dict(params, bo=np.zeros(3)), states, None, 0, 1, 4, 1)
+    with pytest.raises(ValueError, match="TaggerStep: W state"):
+        _core.TaggerStep(params, dict(states, W=[np.zeros(3, np.float32)]), None, 0, 1, 4, 1)
