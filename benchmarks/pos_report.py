@@ -123,8 +123,8 @@ def paper_table(d, acc):
 
 
 TTA_TARGETS = (93.9, 94.3)
-SPEED_VARIANT = {"torch": "pytorch", "dense": "dense", "k5": "k=5", "k10": "k=10",
-                 "k20": "k=20"}
+SPEED_VARIANT = {"torch": "pytorch", "dense": "dense", "dense-e8": "dense", "k5": "k=5",
+                 "k10": "k=10", "k10-e8": "k=10", "k20": "k=20"}
 
 
 def epoch_seconds(d, variant, threads=2):
@@ -225,9 +225,12 @@ def main():
         lines += ["## Accuracy summary (mean ± sd over seeds, test at the best dev epoch)\n",
                   "`n` = training sentences (14,041 = all of CoNLL-2003 train). Variants: "
                   "`dense`, `k5`, `k10` (meProp k per gate), `mesimp10` (meSimp, k = 5, prune "
-                  "rate 0.1), `torch` (the PyTorch tagger, `bench --pos train-torch`); a suffix "
-                  "`b16` = 16 sentences per step (`--batch-size 16`), else one sentence per "
-                  "step.\n",
+                  "rate 0.1), `mesimp05` (prune rate 0.05), `torch` (the PyTorch tagger, "
+                  "`bench --pos train-torch`); Adam lr 0.001 unless the name ends in `ada` "
+                  "(AdaGrad lr 0.01, the papers' other optimizer); a suffix `-e8` = 8 epochs "
+                  "(dense and k10: their 4-epoch runs resumed from the checkpoints; meSimp: "
+                  "new runs), `b16` = 16 sentences per step "
+                  "(`--batch-size 16`), else one sentence per step.\n",
                   "| variant | n | seeds | epochs | dev | test | wsj | best epochs | hidden |",
                   "|---|---:|---|---:|---:|---:|---:|---|---|"]
         for r in summary_table(acc):
