@@ -21,31 +21,22 @@ import meprop_cpu as mp  # noqa: E402
 from meprop_cpu import bench  # noqa: E402
 from meprop_cpu.bench.environment import command_line  # noqa: E402
 from meprop_cpu.data import pos as pos_data  # noqa: E402
+from meprop_cpu.bench.pos import MepropRunner  # noqa: E402
 from meprop_cpu.tagging import PosTagger, Vocab, encode  # noqa: E402
-from meprop_cpu.tagging.fused import TaggerFusedStep  # noqa: E402
-from meprop_cpu.train import build_optimizer  # noqa: E402
 
 BLOCK = 50
 CONFIGS = ((60, 5), (500, 5), (500, None))
 
 
 def _runner(vocab, sents, h, k, fused, max_len):
-    m = PosTagger(vocab, hidden=h, k=k, seed=0)
-    opt = build_optimizer("adam", m.parameters(), lr=1e-3)
-    fs = TaggerFusedStep(m, opt, max_len) if fused else None
+    """A block of BLOCK training steps of a fresh tagger (bench --pos speed's runner)."""
+    r = MepropRunner(PosTagger(vocab, hidden=h, k=k, seed=0), fused=fused, max_len=max_len)
     pos = [0]
 
     def block():
         for _ in range(BLOCK):
-            s = sents[pos[0] % len(sents)]
+            r.step(*sents[pos[0] % len(sents)])
             pos[0] += 1
-            if fs is not None:
-                fs.step(*s)
-            else:
-                m.forward_loss(*s)
-                m.backward()
-                opt.step()
-                opt.zero_grad()
     return block
 
 

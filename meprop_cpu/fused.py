@@ -45,7 +45,7 @@ import numpy as np
 from . import _core, nn, optim
 from ._config import get_num_threads
 
-__all__ = ["FusedStep", "unsupported", "optimizer_problem", "same_key"]
+__all__ = ["FusedStep", "PlanStep", "unsupported", "optimizer_problem", "same_key"]
 
 _OPTIMIZERS = (optim.SGD, optim.AdaGrad, optim.Adam)   # their _kind: the C step's kind
 
@@ -129,7 +129,44 @@ def same_key(old, key):
     return True
 
 
-class FusedStep:
+class PlanStep:
+    """What the fused steps (this module's and the tagger's) share: a C plan
+    built for the current parameter and state arrays, thread count and the
+    largest input seen (the attribute named by ``_size_attr``), rebuilt when
+    any of them changes. Subclasses give ``_current_key``, ``_why`` (the
+    reason the model no longer qualifies, or None) and ``_build(nthreads)``,
+    which sets ``_plan`` and ``_states`` (the optimizer state dicts)."""
+
+    _size_attr = "max_batch"
+
+    def _refresh(self, size):
+        """The thread count to run at after rebuilding what changed, or None
+        (the reason in ``.unsupported``) when the model no longer qualifies."""
+        nt = get_num_threads()
+        if not same_key(self._key, self._current_key()) or nt > self._plan.threads \
+                or size > getattr(self, self._size_attr):
+            self.unsupported = self._why()
+            if self.unsupported is not None:
+                self._plan = self._key = None
+                return None
+            setattr(self, self._size_attr, max(getattr(self, self._size_attr), size))
+            self._build(nt)
+            self._key = self._current_key()
+            self.builds += 1
+        return nt
+
+    def _plan_threads(self, nthreads):
+        """A new plan serves at least as many threads as the one it replaces."""
+        return max(nthreads, self._plan.threads if self._plan is not None else 1)
+
+    def _count_step(self):
+        """After a step the plan applied: the optimizer's step counts go up."""
+        self.optimizer.steps += 1
+        for s in self._states:
+            s["step"] += 1
+
+
+class FusedStep(PlanStep):
     """One training step of ``model`` with ``optimizer`` in a single C call.
 
     ``step(x, y)`` -> ``(loss, t_forward, t_backward, t_update)`` (seconds,
@@ -192,26 +229,20 @@ class FusedStep:
                 u = np.empty((self.max_batch, lin.n_out), np.float32)
                 layers[-1].update(drop_u=u, drop_p=drop.p)
                 self._draws.append((drop, u))
-        threads = max(nthreads, self._plan.threads if self._plan is not None else 1)
-        self._plan = _core.MLPStep(layers, self.max_batch, threads)
+        self._plan = _core.MLPStep(layers, self.max_batch, self._plan_threads(nthreads))
         self._tracked = [lin for lin in lins if lin.track_hits]
         self._lins = lins
         self._drops = [d for _, d in groups if d is not None]
-        self._key = self._current_key()
-        self.builds += 1
+
+    def _why(self):
+        return unsupported(self.model, self.optimizer)
 
     def _ready(self, B):
         """Rebuild if anything changed; the run() arguments after (x, y), or None
         when the model no longer qualifies."""
-        nt = get_num_threads()
-        key = self._current_key()
-        if not same_key(self._key, key) or nt > self._plan.threads or B > self.max_batch:
-            self.unsupported = unsupported(self.model, self.optimizer)
-            if self.unsupported is not None:
-                self._plan = self._key = None
-                return None
-            self.max_batch = max(self.max_batch, B)
-            self._build(nt)
+        nt = self._refresh(B)
+        if nt is None:
+            return None
         for drop, u in self._draws:   # the same draws, in the same order, as Dropout.forward
             drop.draw(u[:B])
         # the step-dependent Adam corrections are computed per parameter in C
@@ -225,9 +256,7 @@ class FusedStep:
             raise FloatingPointError(f"Linear.backward: dy contains {bad} NaN/Inf value(s) "
                                      f"(layer {layer})")
         if st == 0:
-            self.optimizer.steps += 1
-            for s in self._states:
-                s["step"] += 1
+            self._count_step()
             for lin in self._tracked:
                 lin.seen += B
             self.time_hidden_backward += th

@@ -30,19 +30,12 @@ was and does not refresh the modules' cached forward state, which only a
 following ``backward`` would read.
 """
 from .. import _core
-from .._config import get_num_threads
-from ..fused import optimizer_problem, same_key
+from ..fused import PlanStep, optimizer_problem
 from ..nn import Linear, LSTM
 from ..nn.layers import _label_range_error
 from .model import N_FEATURES, PosTagger
 
 __all__ = ["TaggerFusedStep", "unsupported"]
-
-def _params(model):
-    """The seven parameters in the C step's order (Ew, Ef, W, U, b, out.W, out.b)."""
-    lstm, out = model.lstm, model.out
-    return [model.Ew, model.Ef, lstm.W, lstm.U, lstm.b, out.W, out.b]
-
 
 def unsupported(model, optimizer):
     """None if (model, optimizer) can take the fused tagger step, else the reason."""
@@ -64,13 +57,15 @@ def unsupported(model, optimizer):
         return "the output layer is top-k"
     if not out.training:
         return "the output layer is in eval mode"
-    why = optimizer_problem(optimizer, _params(model), "tagger")
+    # a unidirectional tagger's parameters come in the C step's order:
+    # Ew, Ef, lstm.W, lstm.U, lstm.b, out.W, out.b (_core._TAGGER_PARAMS)
+    why = optimizer_problem(optimizer, model.parameters(), "tagger")
     if why is None and not optimizer.sparse:
         why = "the optimizer is dense (sparse=False)"
     return why
 
 
-class TaggerFusedStep:
+class TaggerFusedStep(PlanStep):
     """One training step of a tagger on one sentence in a single C call.
 
     ``step(wid, fid, tid)`` -> ``(loss, t_forward, t_backward, t_update)``
@@ -81,12 +76,14 @@ class TaggerFusedStep:
     (nothing changes then); a non-finite loss is returned with nothing changed.
     """
 
+    _size_attr = "max_len"
+
     def __init__(self, model, optimizer, max_len=1):
         why = unsupported(model, optimizer)
         if why is not None:
             raise ValueError(f"TaggerFusedStep: {why}")
         self.model, self.optimizer = model, optimizer
-        self.max_len = max(1, int(max_len))
+        self.max_len = max(1, int(max_len))   # the longest sentence the plan takes
         self._plan = self._key = None
         self.unsupported = None
         self.builds = 0
@@ -96,35 +93,29 @@ class TaggerFusedStep:
         key = [type(self.optimizer), self.optimizer.sparse, self.optimizer.n_state,
                self.model.lstm_b, lstm.k, lstm.mode, lstm.sparse,
                lstm.hits if lstm.track_hits else None]
-        for p in _params(self.model):
+        for p in self.model.parameters():
             key += (p.data, st.get(id(p)))
         return key
 
+    def _why(self):
+        return unsupported(self.model, self.optimizer)
+
     def _build(self, nthreads):
         opt, lstm = self.optimizer, self.model.lstm
-        params = _params(self.model)
+        params = self.model.parameters()
         self._states = [opt.state_for(p) for p in params]
-        names = ("Ew", "Ef", "W", "U", "b", "Wo", "bo")
-        threads = max(nthreads, self._plan.threads if self._plan is not None else 1)
+        names = _core._TAGGER_PARAMS
         self._plan = _core.TaggerStep(
             {n: p.data for n, p in zip(names, params)},
             {n: s["arrays"] for n, s in zip(names, self._states)},
             lstm.hits if lstm.track_hits else None, lstm.k if lstm.sparse else 0, N_FEATURES,
-            self.max_len, threads)
-        self._key = self._current_key()
-        self.builds += 1
+            self.max_len, self._plan_threads(nthreads))
 
     def step(self, wid, fid, tid):
         T = wid.shape[0]
-        nt = get_num_threads()
-        key = self._current_key()
-        if not same_key(self._key, key) or nt > self._plan.threads or T > self.max_len:
-            self.unsupported = unsupported(self.model, self.optimizer)
-            if self.unsupported is not None:
-                self._plan = self._key = None
-                return None
-            self.max_len = max(self.max_len, T)
-            self._build(nt)
+        nt = self._refresh(T)
+        if nt is None:
+            return None
         counts = [s["step"] for s in self._states]
         st, loss, bad, tf, tb, tu = self._plan.run(
             wid, fid, tid, counts, nt, *self.optimizer.kernel_args())
@@ -134,9 +125,7 @@ class TaggerFusedStep:
             raise FloatingPointError(f"LSTM.backward: the gradient holds {bad} NaN/Inf "
                                      f"value(s)")
         if st == 0:
-            self.optimizer.steps += 1
-            for s in self._states:
-                s["step"] += 1
+            self._count_step()
             lstm = self.model.lstm
             if lstm.track_hits:
                 lstm.seen += T
