@@ -265,6 +265,25 @@ def softmax_xent(const float[:, ::1] logits, const int64_t[::1] y, float[:, ::1]
     return st, loss
 
 
+def rows_from_int64(const int64_t[::1] rows64, int64_t n, int32_t[::1] out):
+    """out[:r] <- rows64 (r entries) as int32, checked: 0 when rows64 is strictly
+    ascending within [0, n), 1 when it lies within [0, n) but repeats or is out
+    of order, 2 when an entry lies outside [0, n) (out is then incomplete)."""
+    cdef int64_t r = rows64.shape[0], q, v
+    cdef int status = 0
+    _check_ws(out.shape[0], r, "out")
+    with nogil:
+        for q in range(r):
+            v = rows64[q]
+            if v < 0 or v >= n:
+                status = 2
+                break
+            out[q] = <int32_t>v
+            if q > 0 and v <= rows64[q - 1]:
+                status = 1
+    return status
+
+
 def check_rows(const int32_t[::1] rows, int64_t n):
     """0 if rows is strictly ascending within [0, n), else 1 + the first bad position."""
     if rows.shape[0] == 0:

@@ -352,3 +352,20 @@ def test_group_ids_refuses_bad_ids_and_layouts(ids, kw, match):
         mp._core.group_ids(np.zeros(3, np.int32), 5, 1, 1, 0, np.empty(5, np.uint64),
                            np.empty(3, np.int32), np.empty(4, np.int32), np.empty(3, np.int32),
                            np.empty(3, np.float32))
+
+
+@pytest.mark.parametrize("rows, n, status", [
+    ([], 4, 0), ([0, 2, 3], 4, 0), ([3], 4, 0),
+    ([2, 1], 4, 1), ([1, 1], 4, 1), ([0, 3, 3, 2], 4, 1),
+    ([0, 4], 4, 2), ([-1, 2], 4, 2), ([3, 2, 9], 4, 2), ([2**40], 4, 2)])
+def test_rows_from_int64_against_reference(rows, n, status):
+    r64 = np.array(rows, np.int64)
+    out = np.full(len(rows), -7, np.int32)
+    ref = 2 if any(v < 0 or v >= n for v in rows) else \
+        (1 if any(b <= a for a, b in zip(rows, rows[1:])) else 0)
+    assert ref == status
+    assert mp._core.rows_from_int64(r64, n, out) == status
+    if status != 2:
+        assert out.tolist() == rows
+    with pytest.raises(ValueError, match="out"):
+        mp._core.rows_from_int64(np.arange(3, dtype=np.int64), 4, np.zeros(2, np.int32))

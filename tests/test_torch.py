@@ -474,6 +474,22 @@ def test_uncoalesced_sparse_gradient_is_summed():
     assert (w.data[[0, 2, 4]] == 0).all()
 
 
+def test_sgd_momentum_switched_on_between_steps():
+    # the optimizer's cached state views follow the group's state names
+    w = nn.Parameter(torch.zeros(4, 3))
+    ref = nn.Parameter(torch.zeros(4, 3))
+    ours, theirs = optim.SGD([w], lr=0.1), torch.optim.SGD([ref], lr=0.1)
+    for step in range(4):
+        if step == 2:
+            ours.param_groups[0]["momentum"] = theirs.param_groups[0]["momentum"] = 0.9
+        g = torch.full((4, 3), float(step + 1))
+        w.grad, ref.grad = g.clone(), g.clone()
+        ours.step()
+        theirs.step()
+        _close(w, ref, rtol=1e-6, atol=1e-7)
+    assert "momentum_buffer" in ours.state[w]
+
+
 def test_optimizer_state_dict_round_trip():
     torch.manual_seed(3)
     model = convert(_mlp(), k=3)

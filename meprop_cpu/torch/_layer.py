@@ -368,7 +368,7 @@ class MePropLinear(nn.Module):
         if rows is None:
             ind = torch.arange(n_out, dtype=torch.int64).unsqueeze(0)
         else:
-            ind = torch.from_numpy(rows.astype(np.int64)).unsqueeze(0)
+            ind = torch.from_numpy(rows.astype(np.int64).reshape(1, -1))
         return torch.sparse_coo_tensor(ind, values, (n_out, self.in_features),
                                        is_coalesced=True, check_invariants=False)
 

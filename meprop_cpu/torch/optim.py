@@ -37,6 +37,7 @@ def _np(t):
 
 
 _increment_version = getattr(torch.autograd.graph, "increment_version", None)
+_F32, _STRIDED, _SPARSE_COO = torch.float32, torch.strided, torch.sparse_coo
 
 
 class _RowOptimizer(torch.optim.Optimizer):
@@ -44,7 +45,9 @@ class _RowOptimizer(torch.optim.Optimizer):
     _state_names = ()
 
     def __init__(self, params, defaults):
-        self._view_cache = {}      # param -> its state views (params outlive us: strong refs are fine)
+        # id(param) -> its state views / its own view (the param_groups keep the
+        # params alive, so an id is not reused while it is a key here)
+        self._view_cache = {}
         self._pview_cache = {}
         super().__init__(params, defaults)
         for group in self.param_groups:
@@ -69,40 +72,46 @@ class _RowOptimizer(torch.optim.Optimizer):
         for i, p in enumerate(self.param_groups[-1]["params"]):
             self._check_param(p, i)
 
-    def _grad_parts(self, p, name):
-        """(rows int32 numpy or None, values 2-D float32 numpy, r) of p.grad, checked."""
-        who = type(self).__name__
-        g = p.grad
-        if g.layout == torch.sparse_coo:
+    def _grad_parts(self, p, g, gi, i):
+        """(rows int32 numpy or None, values 2-D float32 numpy, r) of p's gradient g,
+        checked (gi, i: p's place, for the error messages)."""
+        if g.layout is _SPARSE_COO:
             if p.dim() != 2 or g.sparse_dim() != 1 or g.dense_dim() != 1 \
-                    or tuple(g.shape) != tuple(p.shape):
-                raise ValueError(f"{who}.step: the sparse gradient of {name} must be row-sparse "
-                                 f"(sparse_dim 1, dense_dim 1) of shape {tuple(p.shape)}, got "
-                                 f"sparse_dim {g.sparse_dim()}, dense_dim {g.dense_dim()}, "
-                                 f"shape {tuple(g.shape)}")
-            if g.dtype != torch.float32:
-                raise TypeError(f"{who}.step: the gradient of {name} has dtype {g.dtype}")
-            rows64 = _np(g._indices()[0])
-            n = p.shape[0]
-            if rows64.shape[0] and (int(rows64.min()) < 0 or int(rows64.max()) >= n):
-                raise ValueError(f"{who}.step: sparse gradient rows of {name} must lie in "
-                                 f"[0, {n})")
-            rows = rows64.astype(np.int32)
-            if _core.check_rows(rows, n):   # not strictly ascending: sum duplicates, sort
+                    or g.shape != p.shape:
+                raise ValueError(f"{self._who()}.step: the sparse gradient of {_place(gi, i)} "
+                                 f"must be row-sparse (sparse_dim 1, dense_dim 1) of shape "
+                                 f"{tuple(p.shape)}, got sparse_dim {g.sparse_dim()}, "
+                                 f"dense_dim {g.dense_dim()}, shape {tuple(g.shape)}")
+            if g.dtype is not _F32:
+                raise TypeError(f"{self._who()}.step: the gradient of {_place(gi, i)} has "
+                                f"dtype {g.dtype}")
+            rows, r, status = _rows_of(g, p.shape[0])
+            if status == 1:   # repeated or unsorted rows: sum the duplicates, sort
                 g = g.coalesce()
-                rows = _np(g._indices()[0]).astype(np.int32)
-            values = g._values().contiguous()
-            r = rows.shape[0]
-            return rows, _np(values).reshape(r, p.shape[1]) if r else None, r
-        if g.layout != torch.strided:
-            raise TypeError(f"{who}.step: the gradient of {name} has layout {g.layout}; "
-                            "expected a dense or a sparse COO tensor")
-        if g.dtype != torch.float32 or tuple(g.shape) != tuple(p.shape):
-            raise ValueError(f"{who}.step: the gradient of {name} must be float32 of shape "
-                             f"{tuple(p.shape)}, got {g.dtype} {tuple(g.shape)}")
-        g2 = g.contiguous()
-        g2 = g2 if g2.dim() == 2 else g2.view(1, -1)
-        return None, _np(g2), g2.shape[0]
+                rows, r, status = _rows_of(g, p.shape[0])
+            if status:
+                raise ValueError(f"{self._who()}.step: sparse gradient rows of "
+                                 f"{_place(gi, i)} must lie in [0, {p.shape[0]})")
+            values = g._values()
+            if not values.is_contiguous():
+                values = values.contiguous()
+            return rows, _np(values) if r else None, r
+        if g.layout is not _STRIDED:
+            raise TypeError(f"{self._who()}.step: the gradient of {_place(gi, i)} has layout "
+                            f"{g.layout}; expected a dense or a sparse COO tensor")
+        if g.dtype is not _F32 or g.shape != p.shape:
+            raise ValueError(f"{self._who()}.step: the gradient of {_place(gi, i)} must be "
+                             f"float32 of shape {tuple(p.shape)}, got {g.dtype} "
+                             f"{tuple(g.shape)}")
+        if not g.is_contiguous():
+            g = g.contiguous()
+        gn = _np(g)
+        if gn.ndim != 2:
+            gn = gn.reshape(1, -1)
+        return None, gn, gn.shape[0]
+
+    def _who(self):
+        return type(self).__name__
 
     def _names(self, group):
         """The state tensors (shaped like the parameter) this group keeps."""
@@ -117,31 +126,37 @@ class _RowOptimizer(torch.optim.Optimizer):
                 st[n] = torch.zeros_like(p, memory_format=torch.contiguous_format)
         return st
 
-    def _views(self, p, st, group):
-        """(s1, s2): the state tensors as the kernel's 2-D numpy views (None where
-        absent), made once per state tensor and reused while it is the same."""
+    def _slot(self, p, group):
+        """(state dict, s1, s2): p's state and its tensors as the kernel's 2-D numpy
+        views (None where absent). The views are made once per state tensor and
+        reused while the state holds the same tensors at the same addresses."""
+        st = self.state.get(p)
         names = self._names(group)
-        key = tuple(st[n] for n in names)
-        hit = self._view_cache.get(p)
-        if hit is not None and len(hit[0]) == len(key) and all(
-                a is b for a, b in zip(hit[0], key)) and all(
-                t.data_ptr() == d for t, d in zip(key, hit[2])):
-            return hit[1]
-        out = []
+        hit = self._view_cache.get(id(p))
+        if hit is not None and hit[0] is st and hit[4] == names:
+            ok = True
+            for n, t, ptr in hit[1]:
+                if st.get(n) is not t or t.data_ptr() != ptr:
+                    ok = False
+                    break
+            if ok:
+                return st, hit[2], hit[3]
+        st = self._state_for(p, group)
+        out, key = [], []
         for n in names:
             t = st[n]
             if t.dtype != torch.float32 or not t.is_contiguous() or t.shape != p.shape \
                     or t.device.type != "cpu":
                 t = st[n] = t.to(device="cpu", dtype=torch.float32).contiguous().reshape(p.shape)
             out.append(_np(t if t.dim() == 2 else t.view(1, -1)))
+            key.append((n, t, t.data_ptr()))
         out += [None] * (2 - len(out))
-        key = tuple(st[n] for n in names)
-        self._view_cache[p] = (key, tuple(out), tuple(t.data_ptr() for t in key))
-        return tuple(out)
+        self._view_cache[id(p)] = (st, tuple(key), out[0], out[1], names)
+        return st, out[0], out[1]
 
     def _param_view(self, p):
         """p as the kernel's 2-D numpy view (cached while p keeps its memory)."""
-        hit = self._pview_cache.get(p)
+        hit = self._pview_cache.get(id(p))
         ptr = p.data_ptr()
         if hit is not None and hit[0] == ptr and hit[1] == p.shape:
             return hit[2]
@@ -150,7 +165,7 @@ class _RowOptimizer(torch.optim.Optimizer):
             raise ValueError(f"{type(self).__name__}.step: a parameter is no longer a "
                              "contiguous 1-D or 2-D float32 CPU tensor")
         v = _np(p if p.dim() == 2 else p.view(1, -1))
-        self._pview_cache[p] = (ptr, p.shape, v)
+        self._pview_cache[id(p)] = (ptr, p.shape, v)
         return v
 
     def zero_grad(self, set_to_none=True):
@@ -185,23 +200,36 @@ class _RowOptimizer(torch.optim.Optimizer):
         work = []
         for gi, group in enumerate(self.param_groups):
             for i, p in enumerate(group["params"]):
-                if p.grad is not None:
-                    work.append((group, p, self._param_view(p))
-                                + self._grad_parts(p, f"param_groups[{gi}]['params'][{i}]"))
+                g = p.grad
+                if g is not None:
+                    work.append((group, p, self._param_view(p), *self._grad_parts(p, g, gi, i)))
         nt = torch.get_num_threads()
+        optim_rows, kind = _core.optim_rows, self._kind
         for group, p, pv, rows, values, r in work:
-            st = self._state_for(p, group)
+            st, s1, s2 = self._slot(p, group)
             step = int(st["step"]) + 1
             st["step"] = step
             if r == 0:
                 continue
-            s1, s2 = self._views(p, st, group)
             lr, mom, eps, b1, b2, step_size, isb = self._args(group, step)
-            _core.optim_rows(self._kind, pv, s1, s2, rows, values, r, lr,
-                                mom, eps, b1, b2, group["weight_decay"], 0.0, step_size, isb, nt)
+            optim_rows(kind, pv, s1, s2, rows, values, r, lr, mom, eps, b1, b2,
+                       group["weight_decay"], 0.0, step_size, isb, nt)
             if _increment_version is not None:   # autograd sees the in-place change
                 _increment_version(p)
         return loss
+
+
+def _rows_of(g, n):
+    """(rows int32, r, status of _core.rows_from_int64) of a sparse COO tensor."""
+    rows64 = _np(g._indices())[0]
+    r = rows64.shape[0]
+    rows = np.empty(r, np.int32)
+    status = _core.rows_from_int64(np.ascontiguousarray(rows64), n, rows) if r else 0
+    return rows, r, status
+
+
+def _place(gi, i):
+    return f"param_groups[{gi}]['params'][{i}]"
 
 
 class Adam(_RowOptimizer):
