@@ -456,14 +456,14 @@ def _add_mesimp_options(p):
                         "(default 0.1)")
     g.add_argument("--cycle-epochs", type=_positive_int, default=None, metavar="C",
                    help="epochs per cycle; even cycles simplify, odd ones train normally, the "
-                        "optimizer state is reset between cycles (default 5)")
+                        "optimizer state is reset between cycles (default 5; 1 for --task pos)")
     g.add_argument("--steps-per-epoch", type=_positive_int, default=None, metavar="S",
                    help="simplification steps per epoch in simplifying cycles (default 8)")
     g.add_argument("--reset", choices=("authors", "paper"), default=None,
                    help="how the optimizer is reset at the end of a cycle: 'authors' (their "
                         "code: moments zeroed, step counts kept, at each simplification point "
-                        "of the cycle's last epoch; shrinks far more) or 'paper' (the whole "
-                        "state, once; default authors)")
+                        "of the cycle's last epoch; shrinks the MLP far more) or 'paper' (the "
+                        "whole state, once); default authors, paper for --task pos")
     g.add_argument("--min-width", type=_positive_int, default=None, metavar="W",
                    help="never shrink a hidden layer below W neurons (default 1)")
     g.add_argument("--save-model", default=None, metavar="FILE",

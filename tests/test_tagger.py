@@ -265,13 +265,26 @@ def test_compact_lstm_keeps_the_function():
         compact_lstm(m, [3, 2])
 
 
+def test_tagger_simplifier_defaults():
+    from meprop_cpu.tagging.simplify import TAGGER_PRUNE_RATE, TaggerSimplifier
+    v = Vocab.build(SENTS)
+    sim = TaggerSimplifier(PosTagger(v, hidden=6, k=2, seed=1))
+    sch = sim.schedule
+    assert (sim.prune_rate, sch.cycle_epochs, sch.steps_per_epoch, sch.reset,
+            sch.keep_steps) == (TAGGER_PRUNE_RATE, 1, 8, "paper", False)
+
+
 def test_mesimp_shrinks_and_resumes(tmp_path, capsys):
     d = _write_conll(tmp_path / "c")
     args = ["train", "--task", "pos", "--data-dir", str(d), "--hidden", "40", "--k", "2",
             "--mesimp", "--prune-rate", "0.2", "--cycle-epochs", "1"]
     rc = main(args + ["--epochs", "1", "--checkpoint", str(tmp_path / "s.npz"),
                       "--log-json", str(tmp_path / "s.jsonl")])
-    assert rc == 0, capsys.readouterr().err
+    out = capsys.readouterr()
+    assert rc == 0, out.err
+    # the tagger's defaults: the paper's optimizer reset (TAGGER_RESET)
+    assert "meSimp: prune rate 0.2, CycleSchedule(cycle_epochs=1, steps_per_epoch=8, " \
+           "reset_optimizer=True, reset='paper')" in out.out
     recs = [json.loads(x) for x in open(tmp_path / "s.jsonl")]
     width = recs[-1]["hidden_sizes"][0]
     assert width < 40 and any(r["event"] == "simplify" for r in recs)

@@ -405,10 +405,11 @@ def run_pos_train(args, parser, CliError):
         callbacks = []
         if args.mesimp:
             from ..simplify import CycleSchedule
-            from .simplify import TaggerSimplifier
+            from .simplify import TAGGER_PRUNE_RATE, TAGGER_RESET, TaggerSimplifier
             sch = CycleSchedule(args.cycle_epochs or 1, args.steps_per_epoch or 8,
-                                reset=args.reset or "authors")
-            callbacks.append(TaggerSimplifier(model, opt, prune_rate=args.prune_rate or 0.01,
+                                reset=args.reset or TAGGER_RESET)
+            rate = TAGGER_PRUNE_RATE if args.prune_rate is None else args.prune_rate
+            callbacks.append(TaggerSimplifier(model, opt, prune_rate=rate,
                                               min_width=args.min_width or 1, schedule=sch,
                                               verbose=True))
             print(f"meSimp: prune rate {callbacks[0].prune_rate:g}, {sch!r}", flush=True)
