@@ -175,12 +175,12 @@ def make_parser(vocab, variant, seed, hidden, dropout=0.0):
 
 
 def train_ours(parser, variant, ex, tb, epochs, batch, seed, lr, cycle_epochs, on_epoch=None,
-               prune_rate=0.1):
+               prune_rate=0.1, reset="authors"):
     opt = build_optimizer("adam", parser.net.parameters(), lr=lr)
     cbs = []
     if variant == "mesimp":
         cbs.append(Simplifier(parser.net, opt, prune_rate=prune_rate,
-                              schedule=CycleSchedule(cycle_epochs, 8)))
+                              schedule=CycleSchedule(cycle_epochs, 8, reset=reset)))
     hist = []
 
     def cb(trainer, rec):
@@ -199,7 +199,7 @@ def train_ours(parser, variant, ex, tb, epochs, batch, seed, lr, cycle_epochs, o
 
 
 def run_variant(variant, vocab, ex, tb, epochs, batch, seed, lr, hidden, cycle_epochs,
-                evaluate=True, log=print, dropout=0.0, prune_rate=0.1):
+                evaluate=True, log=print, dropout=0.0, prune_rate=0.1, reset="authors"):
     if dropout and variant == "torch":
         raise ValueError("--dropout: the PyTorch variant has no dropout")
     parser = make_parser(vocab, variant, seed, hidden, dropout)
@@ -220,7 +220,7 @@ def run_variant(variant, vocab, ex, tb, epochs, batch, seed, lr, hidden, cycle_e
         hist = train_torch(parser, X, y, tb, epochs, batch, seed, lr, on_epoch)
     else:
         hist = train_ours(parser, variant, ex, tb, epochs, batch, seed, lr, cycle_epochs,
-                          on_epoch, prune_rate)
+                          on_epoch, prune_rate, reset)
     return {"variant": variant, "seed": seed, "history": hist, "best": best,
             "final_hidden": parser.net.hidden_sizes}, parser
 
@@ -255,12 +255,14 @@ def part_train(args, vocab, ex, tb):
             print(f"== {v} seed {seed}", flush=True)
             r, parser = run_variant(v, vocab, ex, tb, args.epochs, args.batch_size, seed,
                                     args.lr, args.hidden, args.cycle_epochs,
-                                    dropout=args.dropout, prune_rate=args.prune_rate)
+                                    dropout=args.dropout, prune_rate=args.prune_rate,
+                                    reset=args.reset)
             r["threads"] = args.threads[0]
             r["dropout"] = args.dropout
             r["modes"] = [lin.mode for lin in parser.net.linears] if v != "torch" else None
             if v == "mesimp":
                 r["prune_rate"] = args.prune_rate
+                r["reset"] = args.reset
             res["runs"].append(r)
             save(args, res)
     return res
@@ -346,6 +348,9 @@ def build_argparser():
                     help="the first N training sentences only")
     ap.add_argument("--prune-rate", type=_probability, default=0.1,
                     help="meSimp's (variant mesimp)")
+    ap.add_argument("--reset", choices=CycleSchedule.RESETS, default="authors",
+                    help="meSimp: how the optimizer is reset at a cycle's end (see "
+                         "meprop_cpu.simplify.CycleSchedule)")
     ap.add_argument("--dropout", type=_probability, default=0.0,
                     help="part train: dropout after the hidden layers (not for torch)")
     ap.add_argument("--out", default=None,
