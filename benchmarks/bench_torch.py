@@ -304,6 +304,12 @@ def wide_part(args):
     m = MePropLinear(n_in, n_out, k=k, mode=args.mode, sparse_grad=False)
     m.load_state_dict(lin.state_dict())
     variants[f"MePropLinear k={k} sparse_grad=False"] = m
+    if args.mode != "topk":
+        # the paper's per-example top-k: the input gradient is sparse too, the
+        # only mode whose backward is no dense product (batch_dw's dx = dy W is)
+        m = MePropLinear(n_in, n_out, k=k, mode="topk")
+        m.load_state_dict(lin.state_dict())
+        variants[f"MePropLinear k={k} mode=topk"] = m
     g = torch.Generator().manual_seed(args.seed)
     x = torch.randn(B, n_in, generator=g).requires_grad_(True)
     dy = torch.randn(B, n_out, generator=g)
