@@ -485,3 +485,18 @@ def test_bench_parse_trains_and_writes_json(tmp_path, capsys):
         assert 0.0 <= r["best"]["test"]["uas"] <= 100.0
     assert doc["runs"][1]["modes"][:2] == ["topk_dw", "topk_dw"]     # the parser's default
     assert doc["runs"][2]["modes"][:2] == ["batch_dw", "batch_dw"]
+
+
+@pytest.mark.network
+@pytest.mark.skipif(not (os.environ.get("MEPROP_TEST_NETWORK") == "1" or _HAVE_TWT),
+                    reason="set MEPROP_TEST_NETWORK=1 (or have the treebank in the cache)")
+def test_bench_parse_mesimp_takes_the_reset(tmp_path):
+    from meprop_cpu import cli
+    code = cli.main(["bench", "--parse", "--part", "train", "--variants", "mesimp",
+                     "--epochs", "1", "--max-train", "60", "--hidden", "40", "--threads", "1",
+                     "--batch-size", "200", "--reset", "paper", "--out", str(tmp_path),
+                     "--name", "m"])
+    assert code == 0
+    with open(tmp_path / "m.json") as f:
+        run = json.load(f)["runs"][0]
+    assert run["variant"] == "mesimp" and run["reset"] == "paper" and run["prune_rate"] == 0.1
