@@ -74,6 +74,7 @@ cdef extern from "meprop/elementwise.h":
     int64_t mp_check_rows(const int32_t *rows, int64_t r, int64_t n) nogil
 
 cdef extern from "meprop/dense.h":
+    int mp_dense_shortk
     int64_t MP_DENSE_MIN_WORK
     int mp_dense_level() nogil
     void mp_linear_forward(const float *x, const float *W, const float *b, float *y,

@@ -27,6 +27,18 @@ def set_simd_limit(int level):
     return old
 
 
+def set_dense_short_k(int on):
+    """1: the AVX2 nn / tn products take their row-outer order when K is short
+    (the default), 0: the column-outer order throughout. The two give the same
+    bits. For tests and benchmarks; returns the previous setting."""
+    global mp_dense_shortk
+    if on not in (0, 1):
+        raise ValueError(f"set_dense_short_k: on must be 0 or 1, got {on}")
+    old = mp_dense_shortk
+    mp_dense_shortk = on
+    return old
+
+
 def simd_name():
     """The instruction set the build dispatches to on this CPU (a description)."""
     return mp_simd_level().decode()

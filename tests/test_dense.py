@@ -97,6 +97,38 @@ def test_matmul_tn(simd_path, shape):
     _check_close(tn(A, Bm), ref, absref, K)
 
 
+# short K (the AVX2 row-outer order: at most 256 and 64k floats of panels) and
+# row counts below / at / above its 12-row minimum, N not a multiple of 16
+SHORT_K = [(2000, 14, 500), (2000, 14, 190), (500, 10, 784), (12, 5, 16), (11, 5, 16),
+           (13, 256, 100), (64, 255, 47), (300, 40, 1000), (37, 3, 29), (500, 1, 17)]
+
+
+@pytest.mark.parametrize("shape", SHORT_K, ids=lambda s: "x".join(map(str, s)))
+def test_short_k_orders_give_the_same_bits(simd_path, shape):
+    """The AVX2 products' row-outer order for short K (mp_op_shortk_avx2) and the
+    column-outer order give the same bits, for any thread count."""
+    M, K, N = shape
+    rng = np.random.default_rng(M * 7 + K)
+    A, Bm, At = _rand(rng, M, K), _rand(rng, K, N), _rand(rng, K, M)
+    old = _core.set_dense_short_k(0)
+    try:
+        want = [(nn(A, Bm, t), tn(At, Bm, t)) for t in (1, 2, 3)]
+        _core.set_dense_short_k(1)
+        got = [(nn(A, Bm, t), tn(At, Bm, t)) for t in (1, 2, 3)]
+    finally:
+        _core.set_dense_short_k(old)
+    for (c0, d0), (c1, d1) in zip(want, got):
+        assert np.array_equal(c0, c1) and np.array_equal(d0, d1)
+    assert np.array_equal(got[0][0], got[1][0]) and np.array_equal(got[0][1], got[2][1])
+    ref, absref = ref_tn(At, Bm)
+    _check_close(got[0][1], ref, absref, K)
+
+
+def test_set_dense_short_k_checks_its_argument():
+    with pytest.raises(ValueError, match="on must be 0 or 1"):
+        _core.set_dense_short_k(2)
+
+
 def test_long_k_uses_several_blocks(simd_path):
     # K over the 256-row K block: C is reloaded and accumulated block by block
     rng = np.random.default_rng(3)

@@ -26,7 +26,11 @@
  * tiles reuse it (a power-of-two row stride then cannot alias it in L1); K
  * goes in fixed KC blocks, C being reloaded for every block after the first.
  * The AVX-512 tn drops the k whose Bm row segment is zero in the panel (the
- * input pixels of MNIST: ~30% of the work of dW for the first layer).
+ * input pixels of MNIST: ~30% of the work of dW for the first layer). With
+ * AVX2 a short K (one K block, panels of at most 64k floats: dW over one
+ * sentence's tokens or a batch of 10) packs every panel once and runs the
+ * row tiles outer, so C is written row after row (the same bits; 5-12 % off
+ * a dense tagger step, dense_avx2.h).
  *
  * Code paths, picked at run time (mp_dense_level): AVX-512 intrinsics, AVX2 +
  * FMA intrinsics (the same schemes with 8-float vectors: 3 x 4 forward tiles,
@@ -261,6 +265,11 @@ static void mp_op_range_generic(const float *MP_RESTRICT A, int64_t a_rs, int64_
 
 #pragma GCC pop_options
 
+
+/* 1: the AVX2 nn / tn products take the row-outer order for short K
+ * (dense_avx2.h, mp_op_shortk_avx2), 0: always the column-outer one. Both
+ * give the same bits; the switch is for tests and benchmarks. */
+static int mp_dense_shortk = 1;
 
 #include "dense_avx2.h"
 #include "dense_avx512.h"
