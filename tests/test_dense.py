@@ -97,10 +97,12 @@ def test_matmul_tn(simd_path, shape):
     _check_close(tn(A, Bm), ref, absref, K)
 
 
-# short K (the AVX2 row-outer order: at most 256 and 64k floats of panels) and
-# row counts below / at / above its 12-row minimum, N not a multiple of 16
+# short K (the AVX2 row-outer order: at most 256 and 64k floats of panels, a
+# C block of at least 64k floats), row counts below / at / above its 12-row
+# minimum, N not a multiple of 16; blocks above and below the C minimum
 SHORT_K = [(2000, 14, 500), (2000, 14, 190), (500, 10, 784), (12, 5, 16), (11, 5, 16),
-           (13, 256, 100), (64, 255, 47), (300, 40, 1000), (37, 3, 29), (500, 1, 17)]
+           (13, 256, 100), (64, 255, 47), (300, 40, 1000), (37, 3, 29), (500, 1, 17),
+           (256, 16, 256), (4096, 2, 33)]
 
 
 @pytest.mark.parametrize("shape", SHORT_K, ids=lambda s: "x".join(map(str, s)))

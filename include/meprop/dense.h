@@ -28,9 +28,9 @@
  * The AVX-512 tn drops the k whose Bm row segment is zero in the panel (the
  * input pixels of MNIST: ~30% of the work of dW for the first layer). With
  * AVX2 a short K (one K block, panels of at most 64k floats: dW over one
- * sentence's tokens or a batch of 10) packs every panel once and runs the
- * row tiles outer, so C is written row after row (the same bits; 5-12 % off
- * a dense tagger step, dense_avx2.h).
+ * sentence's tokens or a batch of 10) into a C block of at least 64k floats
+ * packs every panel once and runs the row tiles outer, so C is written row
+ * after row (the same bits; 5-15 % off a dense tagger step, dense_avx2.h).
  *
  * Code paths, picked at run time (mp_dense_level): AVX-512 intrinsics, AVX2 +
  * FMA intrinsics (the same schemes with 8-float vectors: 3 x 4 forward tiles,

@@ -161,16 +161,21 @@ mp_op_tile_avx2(const float *a, int64_t a_rs, int64_t a_cs, int mr, const float 
  * product alone in a tagger step). Each element still gets the same
  * operations in the same order (the tile's k loop from zero), so the result
  * is the column-outer order's, bit for bit. Returns 0 when it did not run (K
- * too long, or no memory): the caller takes the column-outer order. */
+ * too long, C small, or no memory): the caller takes the column-outer order. */
 #ifndef MP_OP_SHORTK_AVX2
 #define MP_OP_SHORTK_AVX2 (64 * 1024)
+#endif
+/* a C block smaller than this (floats; 256 KB, half of a core's L2) stays in
+ * L2 whatever the order, and the column-outer order skips the packing */
+#ifndef MP_OP_SHORTK_MIN_C
+#define MP_OP_SHORTK_MIN_C (64 * 1024)
 #endif
 MP_TARGET_AVX2 MP_DENSE_AI int
 mp_op_shortk_avx2(const float *A, int64_t lda, const int tn, const float *Bm, float *C,
                   int64_t K, int64_t N, int64_t i0, int64_t i1, int64_t j0, int64_t j1) {
     const int64_t nb = (j1 - j0 + 15) / 16;
     if (!mp_dense_shortk || K > MP_OP_KC_AVX2 || K * nb * 16 > MP_OP_SHORTK_AVX2
-        || i1 - i0 < 2 * MP_OP_MR_AVX2)
+        || i1 - i0 < 2 * MP_OP_MR_AVX2 || (i1 - i0) * (j1 - j0) < MP_OP_SHORTK_MIN_C)
         return 0;
     void *mem = malloc((size_t)(K * nb * 16) * sizeof(float) + 64);
     if (!mem) return 0;
