@@ -30,7 +30,8 @@
  * AVX2 a short K (one K block, panels of at most 64k floats: dW over one
  * sentence's tokens or a batch of 10) into a C block of at least 64k floats
  * packs every panel once and runs the row tiles outer, so C is written row
- * after row (the same bits; 5-15 % off a dense tagger step, dense_avx2.h).
+ * after row, and the threads split C by whole rows (the same bits;
+ * benchmarks/results/shortk.md; dense_avx2.h).
  *
  * Code paths, picked at run time (mp_dense_level): AVX-512 intrinsics, AVX2 +
  * FMA intrinsics (the same schemes with 8-float vectors: 3 x 4 forward tiles,
@@ -336,7 +337,12 @@ static void mp_matmul_impl(const float *A, int tn, const float *Bm, float *C, in
 #endif
     const int64_t nb = (N + nalign - 1) / nalign, mb = (M + malign - 1) / malign;
     int team = mp_dense_team(nthreads, work, mp_dense_max(nb, mb));
-    const int split_n = nb >= 4 * team || nb >= mb;
+    int split_n = nb >= 4 * team || nb >= mb;
+#if MP_DENSE_HAVE_AVX2
+    /* the AVX2 short-K order writes C row after row: give each thread whole
+     * rows (a band per thread) when every band is still large enough for it */
+    if (level == 1 && mp_op_shortk_fits(K, N, (M / team) * N) && mb >= 2 * team) split_n = 0;
+#endif
     #pragma omp parallel for num_threads(team) if (team > 1) schedule(static)
     for (int u = 0; u < team; u++) {
         int64_t i0 = 0, i1 = M, j0 = 0, j1 = N;

@@ -157,8 +157,8 @@ mp_op_tile_avx2(const float *a, int64_t a_rs, int64_t a_cs, int mr, const float 
  * column blocks inner, so C is written row after row, each cache line once.
  * The column-outer order below writes a (rows x 16) strip per block, whose
  * lines straddle two blocks when N is not a multiple of 16 and are fetched
- * twice once the strip outgrows L2 (2,000 rows: 2.6x the time of the same
- * product alone in a tagger step). Each element still gets the same
+ * twice once the strip outgrows L2 (benchmarks/results/shortk.md; mp_matmul_impl
+ * gives each thread a band of whole rows for this order). Each element still gets the same
  * operations in the same order (the tile's k loop from zero), so the result
  * is the column-outer order's, bit for bit. Returns 0 when it did not run (K
  * too long, C small, or no memory): the caller takes the column-outer order. */
@@ -170,12 +170,18 @@ mp_op_tile_avx2(const float *a, int64_t a_rs, int64_t a_cs, int mr, const float 
 #ifndef MP_OP_SHORTK_MIN_C
 #define MP_OP_SHORTK_MIN_C (64 * 1024)
 #endif
+/* whether a block of c floats of C, n columns wide, at this K takes the
+ * short-K order (the switch, K, the panels' size, the block's size) */
+static inline int mp_op_shortk_fits(int64_t K, int64_t n, int64_t c) {
+    return mp_dense_shortk && K <= MP_OP_KC_AVX2 && K * ((n + 15) / 16) * 16 <= MP_OP_SHORTK_AVX2
+           && c >= MP_OP_SHORTK_MIN_C;
+}
+
 MP_TARGET_AVX2 MP_DENSE_AI int
 mp_op_shortk_avx2(const float *A, int64_t lda, const int tn, const float *Bm, float *C,
                   int64_t K, int64_t N, int64_t i0, int64_t i1, int64_t j0, int64_t j1) {
     const int64_t nb = (j1 - j0 + 15) / 16;
-    if (!mp_dense_shortk || K > MP_OP_KC_AVX2 || K * nb * 16 > MP_OP_SHORTK_AVX2
-        || i1 - i0 < 2 * MP_OP_MR_AVX2 || (i1 - i0) * (j1 - j0) < MP_OP_SHORTK_MIN_C)
+    if (!mp_op_shortk_fits(K, j1 - j0, (i1 - i0) * (j1 - j0)) || i1 - i0 < 2 * MP_OP_MR_AVX2)
         return 0;
     void *mem = malloc((size_t)(K * nb * 16) * sizeof(float) + 64);
     if (!mem) return 0;
