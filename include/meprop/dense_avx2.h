@@ -157,11 +157,12 @@ mp_op_tile_avx2(const float *a, int64_t a_rs, int64_t a_cs, int mr, const float 
  * column blocks inner, so C is written row after row, each cache line once.
  * The column-outer order below writes a (rows x 16) strip per block, whose
  * lines straddle two blocks when N is not a multiple of 16 and are fetched
- * twice once the strip outgrows L2 (benchmarks/results/shortk.md; mp_matmul_impl
- * gives each thread a band of whole rows for this order). Each element still gets the same
- * operations in the same order (the tile's k loop from zero), so the result
- * is the column-outer order's, bit for bit. Returns 0 when it did not run (K
- * too long, C small, or no memory): the caller takes the column-outer order. */
+ * twice once the strip outgrows L2 (benchmarks/results/shortk.md;
+ * mp_matmul_impl gives each thread a band of whole rows for this order).
+ * Each element still gets the same operations in the same order (the
+ * tile's k loop from zero), so the result is the column-outer order's, bit
+ * for bit. Returns 0 when it did not run (K too long, C small, or no
+ * memory): the caller takes the column-outer order. */
 #ifndef MP_OP_SHORTK_AVX2
 #define MP_OP_SHORTK_AVX2 (64 * 1024)
 #endif
