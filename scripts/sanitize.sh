@@ -17,6 +17,11 @@
 #             ifunc); the tests also force the portable paths. Skipped on a
 #             CPU without AVX-512 (there -march=native would bring back the
 #             ifunc dispatch that the sanitizers do not support well).
+#   avx2      scripts/sanitize_dense.c, a C harness of the dense products
+#             (include/meprop/dense.h) at the AVX2 level, built with
+#             -fsanitize=address,undefined: on a CPU without AVX-512 the AVX2
+#             intrinsic paths run instrumented nowhere else. Skipped on a CPU
+#             without AVX2 + FMA.
 # Exits 0 only if the builds compile, the sanitizers are shown to be live (a
 # deliberate out-of-bounds write in a kernel must be reported), every test
 # passes and no sanitizer report appears; non-zero otherwise. The checkout
@@ -29,7 +34,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PY=${PYTHON:-python3}
 CC_BIN=${CC:-gcc}
-BUILDS=${BUILDS:-portable simd}
+BUILDS=${BUILDS:-portable simd avx2}
 if [ "$#" -gt 0 ]; then
     TESTS=("$@")
 else
@@ -147,8 +152,48 @@ run_build() {   # run_build NAME: copy, build, check, canary, tests
     echo "sanitize[$name]: OK ($(( $(date +%s) - t0 ))s)"
 }
 
+run_avx2() {   # the C harness of the AVX2 dense products
+    local t0 rc=0
+    t0=$(date +%s)
+    echo "sanitize[avx2]: building scripts/sanitize_dense.c"
+    "$CC_BIN" -O1 -g -fopenmp -fsanitize=address,undefined -fno-sanitize-recover=all \
+        -fno-omit-frame-pointer -I"$ROOT/include" "$ROOT/scripts/sanitize_dense.c" \
+        -o "$WORK/sanitize_dense" -lm > "$WORK/avx2-build.log" 2>&1 || rc=$?
+    if [ "$rc" -ne 0 ]; then
+        tail -40 "$WORK/avx2-build.log"
+        echo "sanitize[avx2]: FAILED: the harness does not compile" >&2
+        return 2
+    fi
+    export ASAN_OPTIONS="detect_leaks=0:halt_on_error=1:exitcode=99:print_summary=1"
+    export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1:report_error_type=1:exitcode=98"
+    rc=0
+    "$WORK/sanitize_dense" canary > "$WORK/avx2-canary.log" 2>&1 || rc=$?
+    if [ "$rc" -eq 0 ] || ! grep -q "AddressSanitizer: heap-buffer-overflow" "$WORK/avx2-canary.log"; then
+        cat "$WORK/avx2-canary.log"
+        echo "sanitize[avx2]: FAILED: AddressSanitizer did not catch the canary (exit $rc)" >&2
+        return 3
+    fi
+    echo "  canary caught: heap-buffer-overflow reported, exit $rc"
+    rc=0
+    "$WORK/sanitize_dense" > "$WORK/avx2-run.log" 2>&1 || rc=$?
+    sed 's/^/  /' "$WORK/avx2-run.log" | tail -5
+    if [ "$rc" -ne 0 ] || grep -qE "ERROR: AddressSanitizer|runtime error:" "$WORK/avx2-run.log"; then
+        echo "sanitize[avx2]: FAILED (exit $rc)" >&2
+        return 1
+    fi
+    echo "sanitize[avx2]: OK ($(( $(date +%s) - t0 ))s)"
+}
+
 status=0
 for name in $BUILDS; do
+    if [ "$name" = avx2 ]; then
+        if ! grep -qw avx2 /proc/cpuinfo 2>/dev/null || ! grep -qw fma /proc/cpuinfo 2>/dev/null; then
+            echo "sanitize[avx2]: skipped: this CPU has no AVX2 + FMA"
+            continue
+        fi
+        run_avx2 || { status=$?; KEEP=1; break; }
+        continue
+    fi
     if [ "$name" = simd ] && ! grep -qw avx512f /proc/cpuinfo 2>/dev/null; then
         echo "sanitize[simd]: skipped: this CPU has no AVX-512"
         continue
