@@ -38,6 +38,21 @@ BLOCK = 40        # tagger steps per block
 MLP_BLOCK = 200   # MLP steps per block
 
 
+def alternate(rounds, n, one, scale):
+    """Times per call of ``one(on)`` (n calls per block, times ``scale``) for
+    on = 0 and 1, the two alternating, the first 2 rounds dropped."""
+    res = {0: [], 1: []}
+    for rnd in range(rounds):
+        for on in ((0, 1) if rnd % 2 else (1, 0)):
+            _core.set_dense_short_k(on)
+            t0 = time.perf_counter()
+            for _ in range(n):
+                one(on)
+            if rnd >= 2:
+                res[on].append(scale * (time.perf_counter() - t0) / n)
+    return res
+
+
 def tagger_blocks(rounds):
     d = pos_data.conll2003()
     vocab = Vocab.build(d["train"])
@@ -45,17 +60,12 @@ def tagger_blocks(rounds):
     ml = max(len(s[0]) for s in sents)
     runs = {on: MepropRunner(PosTagger(vocab, hidden=500, k=None, seed=0), fused=True,
                              max_len=ml) for on in (0, 1)}
-    pos, res = {0: 0, 1: 0}, {0: [], 1: []}
-    for rnd in range(rounds):
-        for on in ((0, 1) if rnd % 2 else (1, 0)):
-            _core.set_dense_short_k(on)
-            t0 = time.perf_counter()
-            for _ in range(BLOCK):
-                runs[on].step(*sents[pos[on] % len(sents)])
-                pos[on] += 1
-            if rnd >= 2:
-                res[on].append(1e3 * (time.perf_counter() - t0) / BLOCK)
-    return res
+    pos = {0: 0, 1: 0}
+
+    def one(on):
+        runs[on].step(*sents[pos[on] % len(sents)])
+        pos[on] += 1
+    return alternate(rounds, BLOCK, one, 1e3)
 
 
 def mlp_blocks(rounds):
@@ -67,18 +77,13 @@ def mlp_blocks(rounds):
         steps[on] = make_step(m, build_optimizer("adam", m.parameters()),
                               nn.SoftmaxCrossEntropy(), 10)
     order = np.random.default_rng(0).permutation(X.shape[0])
-    pos, res = {0: 0, 1: 0}, {0: [], 1: []}
-    for rnd in range(rounds):
-        for on in ((0, 1) if rnd % 2 else (1, 0)):
-            _core.set_dense_short_k(on)
-            t0 = time.perf_counter()
-            for _ in range(MLP_BLOCK):
-                b = pos[on] % (X.shape[0] // 10)
-                steps[on].step_rows(X, y, order[10 * b:10 * b + 10])
-                pos[on] += 1
-            if rnd >= 2:
-                res[on].append(1e6 * (time.perf_counter() - t0) / MLP_BLOCK)
-    return res
+    pos = {0: 0, 1: 0}
+
+    def one(on):
+        b = pos[on] % (X.shape[0] // 10)
+        steps[on].step_rows(X, y, order[10 * b:10 * b + 10])
+        pos[on] += 1
+    return alternate(rounds, MLP_BLOCK, one, 1e6)
 
 
 def product_blocks(M, K, N, rounds):
@@ -86,17 +91,8 @@ def product_blocks(M, K, N, rounds):
     rng = np.random.default_rng(0)
     A, B = rng.random((K, M), dtype=np.float32), rng.random((K, N), dtype=np.float32)
     C = np.empty((M, N), np.float32)
-    res = {0: [], 1: []}
     nt = mp.get_num_threads()
-    for rnd in range(rounds):
-        for on in ((0, 1) if rnd % 2 else (1, 0)):
-            _core.set_dense_short_k(on)
-            t0 = time.perf_counter()
-            for _ in range(50):
-                _core.matmul_tn(A, B, C, nt)
-            if rnd >= 2:
-                res[on].append(1e6 * (time.perf_counter() - t0) / 50)
-    return res
+    return alternate(rounds, 50, lambda on: _core.matmul_tn(A, B, C, nt), 1e6)
 
 
 PRODUCTS = (("dW of the tagger's U: tn 2000 x 14 x 500, µs", (2000, 14, 500)),
