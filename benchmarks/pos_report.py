@@ -155,6 +155,14 @@ def epoch_seconds(d, variant, threads=2):
     return None
 
 
+def mean_curve(acc, variant, n):
+    """The dev accuracy per epoch, averaged over a variant's seeds (as many
+    epochs as its shortest run) on n training sentences."""
+    curves = [r["curve"] for r in acc if r["variant"] == variant and r["n"] == n]
+    m = min(len(c) for c in curves)
+    return [sum(c[e] for c in curves) / len(curves) for e in range(m)], len(curves)
+
+
 def cumulative(secs, epochs):
     """Seconds after each of ``epochs`` epochs (the last per-epoch figure repeats)."""
     out, t = [], 0.0
@@ -312,10 +320,8 @@ def main():
     fig, ax = plt.subplots(figsize=(6, 4))
     n_max = max(r["n"] for r in acc)       # the runs on the most data, one line per variant
     for v in sorted({r["variant"] for r in acc if r["n"] == n_max} - set(PLOT_SKIP)):
-        curves = [r["curve"] for r in acc if r["variant"] == v and r["n"] == n_max]
-        m = min(len(c) for c in curves)
-        mean = [sum(c[e] for c in curves) / len(curves) for e in range(m)]
-        ax.plot(range(1, m + 1), mean, marker="o", label=f"{v} ({len(curves)} seeds)")
+        mean, seeds = mean_curve(acc, v, n_max)
+        ax.plot(range(1, len(mean) + 1), mean, marker="o", label=f"{v} ({seeds} seeds)")
     ax.set_xlabel("epoch")
     ax.set_ylabel("dev accuracy (%)")
     ax.set_title(f"LSTM POS tagger, CoNLL-2003 dev (n = {n_max}, mean over seeds)")
@@ -337,10 +343,8 @@ def main():
         n_max = max(r["n"] for r in acc)
         fig, ax = plt.subplots(figsize=(6.5, 4))
         for v, secs, _ in tta_rows:
-            curves = [r["curve"] for r in acc if r["variant"] == v and r["n"] == n_max]
-            m = min(len(c) for c in curves)
-            mean = [sum(c[e] for c in curves) / len(curves) for e in range(m)]
-            ax.plot(cumulative(secs, m), mean, marker="o", label=v)
+            mean, _ = mean_curve(acc, v, n_max)
+            ax.plot(cumulative(secs, len(mean)), mean, marker="o", label=v)
         ax.set_xscale("log")
         ax.set_xlabel("training seconds at 2 threads (log scale; projected, see README)")
         ax.set_ylabel("dev accuracy (%), mean over seeds")

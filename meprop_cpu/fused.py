@@ -205,7 +205,6 @@ class FusedStep(PlanStep):
             key.append(d.p)
         return key
 
-
     def _build(self, nthreads):
         opt = self.optimizer
         groups = _layers(self.model.modules)

@@ -164,10 +164,11 @@ run_avx2() {   # the C harness of the AVX2 dense products
         echo "sanitize[avx2]: FAILED: the harness does not compile" >&2
         return 2
     fi
-    export ASAN_OPTIONS="detect_leaks=0:halt_on_error=1:exitcode=99:print_summary=1"
-    export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1:report_error_type=1:exitcode=98"
+    local asan="detect_leaks=0:halt_on_error=1:exitcode=99:print_summary=1"
+    local ubsan="halt_on_error=1:print_stacktrace=1:report_error_type=1:exitcode=98"
     rc=0
-    "$WORK/sanitize_dense" canary > "$WORK/avx2-canary.log" 2>&1 || rc=$?
+    ASAN_OPTIONS=$asan UBSAN_OPTIONS=$ubsan "$WORK/sanitize_dense" canary \
+        > "$WORK/avx2-canary.log" 2>&1 || rc=$?
     if [ "$rc" -eq 0 ] || ! grep -q "AddressSanitizer: heap-buffer-overflow" "$WORK/avx2-canary.log"; then
         cat "$WORK/avx2-canary.log"
         echo "sanitize[avx2]: FAILED: AddressSanitizer did not catch the canary (exit $rc)" >&2
@@ -175,7 +176,8 @@ run_avx2() {   # the C harness of the AVX2 dense products
     fi
     echo "  canary caught: heap-buffer-overflow reported, exit $rc"
     rc=0
-    "$WORK/sanitize_dense" > "$WORK/avx2-run.log" 2>&1 || rc=$?
+    ASAN_OPTIONS=$asan UBSAN_OPTIONS=$ubsan "$WORK/sanitize_dense" > "$WORK/avx2-run.log" 2>&1 \
+        || rc=$?
     sed 's/^/  /' "$WORK/avx2-run.log" | tail -5
     if [ "$rc" -ne 0 ] || grep -qE "ERROR: AddressSanitizer|runtime error:" "$WORK/avx2-run.log"; then
         echo "sanitize[avx2]: FAILED (exit $rc)" >&2

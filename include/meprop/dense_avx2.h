@@ -161,8 +161,8 @@ mp_op_tile_avx2(const float *a, int64_t a_rs, int64_t a_cs, int mr, const float 
  * mp_matmul_impl gives each thread a band of whole rows for this order).
  * Each element still gets the same operations in the same order (the
  * tile's k loop from zero), so the result is the column-outer order's, bit
- * for bit. Returns 0 when it did not run (K too long, C small, or no
- * memory): the caller takes the column-outer order. */
+ * for bit. Returns 0 when it did not run (a block of part of the columns, K
+ * too long, C small, or no memory): the caller takes the column-outer order. */
 #ifndef MP_OP_SHORTK_AVX2
 #define MP_OP_SHORTK_AVX2 (64 * 1024)
 #endif
@@ -182,7 +182,10 @@ MP_TARGET_AVX2 MP_DENSE_AI int
 mp_op_shortk_avx2(const float *A, int64_t lda, const int tn, const float *Bm, float *C,
                   int64_t K, int64_t N, int64_t i0, int64_t i1, int64_t j0, int64_t j1) {
     const int64_t nb = (j1 - j0 + 15) / 16;
-    if (!mp_op_shortk_fits(K, j1 - j0, (i1 - i0) * (j1 - j0)) || i1 - i0 < 2 * MP_OP_MR_AVX2)
+    /* whole rows only (one thread, or mp_matmul_impl's row bands): two threads
+     * sharing rows would write the cache line at their column boundary in step */
+    if (j0 != 0 || j1 != N || !mp_op_shortk_fits(K, N, (i1 - i0) * N)
+        || i1 - i0 < 2 * MP_OP_MR_AVX2)
         return 0;
     void *mem = malloc((size_t)(K * nb * 16) * sizeof(float) + 64);
     if (!mem) return 0;
@@ -199,38 +202,23 @@ mp_op_shortk_avx2(const float *A, int64_t lda, const int tn, const float *Bm, fl
         }
     }
     const int MR = MP_OP_MR_AVX2;
-    /* the row tiles are those of the column-outer order; a thread whose
-     * columns do not start at 0 takes the second half of them first, so two
-     * threads sharing the cache line at their column boundary write it at
-     * different times, not row by row in step */
-    int64_t mid = i0;
-    if (j0 > 0) {
-        for (int64_t i = i0, r; i < i1; i += r) {
-            int64_t tiles = (i1 - i + MR - 1) / MR;
-            r = (i1 - i + tiles - 1) / tiles;
-            if (i - i0 >= (i1 - i0) / 2) { mid = i; break; }
-        }
-    }
-    for (int pass = 0; pass < 2; pass++) {
-        const int64_t lo = pass ? i0 : mid, hi = pass ? mid : i1;
-        for (int64_t i = lo, r; i < hi; i += r) {
-            int64_t tiles = (i1 - i + MR - 1) / MR;
-            r = (i1 - i + tiles - 1) / tiles;
-            const float *a = tn ? A + i : A + i * lda;
-            for (int64_t q = 0; q < nb; q++) {
-                const int64_t j = j0 + 16 * q, nr = mp_dense_min(16, j1 - j);
-                const int cfull = nr == 16;
-                const __m256i cm0 = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)nr), iota);
-                const __m256i cm1 = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)nr - 8), iota);
-                const float *bp = pack + q * K * 16;
-                const int64_t ldb = 16, kc = K;
-                const int load_c = 0;
-                float *cp = C + i * N + j;
-                switch ((int)r) {
-                    MP_OP_TILE_CASE_AVX2(1) MP_OP_TILE_CASE_AVX2(2) MP_OP_TILE_CASE_AVX2(3)
-                    MP_OP_TILE_CASE_AVX2(4) MP_OP_TILE_CASE_AVX2(5) MP_OP_TILE_CASE_AVX2(6)
-                    default: break;
-                }
+    for (int64_t i = i0, r; i < i1; i += r) {   /* the column-outer order's row tiles */
+        int64_t tiles = (i1 - i + MR - 1) / MR;
+        r = (i1 - i + tiles - 1) / tiles;
+        const float *a = tn ? A + i : A + i * lda;
+        for (int64_t q = 0; q < nb; q++) {
+            const int64_t j = j0 + 16 * q, nr = mp_dense_min(16, j1 - j);
+            const int cfull = nr == 16;
+            const __m256i cm0 = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)nr), iota);
+            const __m256i cm1 = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)nr - 8), iota);
+            const float *bp = pack + q * K * 16;
+            const int64_t ldb = 16, kc = K;
+            const int load_c = 0;
+            float *cp = C + i * N + j;
+            switch ((int)r) {
+                MP_OP_TILE_CASE_AVX2(1) MP_OP_TILE_CASE_AVX2(2) MP_OP_TILE_CASE_AVX2(3)
+                MP_OP_TILE_CASE_AVX2(4) MP_OP_TILE_CASE_AVX2(5) MP_OP_TILE_CASE_AVX2(6)
+                default: break;
             }
         }
     }

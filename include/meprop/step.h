@@ -58,6 +58,18 @@ static void mp_gather_batch(const float *X, const int64_t *Y, int64_t n, const i
     }
 }
 
+/* The softmax cross-entropy of the last layer's output l->y (B, l->n_out) into
+ * res->loss, its gradient into l->dy: the steps' status 0, 1 (a label outside
+ * [0, n_out): res->bad = 1 + its position) or 2 (the loss is not finite). */
+static int mp_step_loss(mp_step_layer *l, const int64_t *labels, int64_t B,
+                        mp_step_result *res) {
+    double loss = 0.0;
+    int64_t st = mp_softmax_xent(l->y, labels, B, l->n_out, l->dy, &loss);
+    if (st) { res->bad = st; return 1; }
+    res->loss = loss;
+    return isfinite(loss) ? 0 : 2;
+}
+
 /* One training step on the batch x (B, L[0].n_in), labels (B,).
  * Returns 0 and fills res; 1: a label is outside [0, C) (res->bad = 1 + its
  * position; nothing changed); 2: the loss is not finite (res->loss; nothing
@@ -88,12 +100,8 @@ static int mp_mlp_step(mp_step_layer *L, int nl, const float *x, const int64_t *
             in = l->y;
         }
     }
-    mp_step_layer *last = &L[nl - 1];
-    double loss = 0.0;
-    int64_t st = mp_softmax_xent(last->y, labels, B, last->n_out, last->dy, &loss);
-    if (st) { res->bad = st; return 1; }
-    res->loss = loss;
-    if (!isfinite(loss)) return 2;
+    int st = mp_step_loss(&L[nl - 1], labels, B, res);
+    if (st) return st;
     double t1 = mp_step_now();
 
     double t_hidden = 0.0, tl = t1;

@@ -99,11 +99,8 @@ static int mp_tagger_train_step(mp_tagger_step *s, const int32_t *wid, const int
     mp_step_layer *o = &s->out;
     o->x = s->H + h;
     mp_linear_forward(o->x, o->W, o->b, o->y, T, h, s->n_tags, 0, nthreads);
-    double loss = 0.0;
-    int64_t st = mp_softmax_xent(o->y, tid, T, s->n_tags, o->dy, &loss);
-    if (st) { res->bad = st; return 1; }
-    res->loss = loss;
-    if (!isfinite(loss)) return 2;
+    int st = mp_step_loss(o, tid, T, res);   /* o->n_out = n_tags */
+    if (st) return st;
     double t1 = mp_step_now();
 
     /* backward: the output layer (dense), then through time */

@@ -37,6 +37,7 @@ from .model import N_FEATURES, PosTagger
 
 __all__ = ["TaggerFusedStep", "unsupported"]
 
+
 def unsupported(model, optimizer):
     """None if (model, optimizer) can take the fused tagger step, else the reason."""
     if type(model) is not PosTagger:
