@@ -11,8 +11,11 @@ import os
 import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ORDER = ["torch", "dense", "k10", "k20", "k20b", "k20h", "k20p", "k40", "mesimp"]
+ORDER = ["torch", "dense_plain", "dense", "k10", "k20_plain", "k20", "k20b", "k20h", "k20p",
+         "k40", "mesimp"]
 NAMES = {"torch": "PyTorch dense", "dense": "meprop_cpu dense", "k10": "meProp k = 10",
+         "dense_plain": "meprop_cpu dense, plain first layer",
+         "k20_plain": "meProp k = 20 (topk_dw), plain first layer",
          "k20": "meProp k = 20 (topk_dw)", "k20b": "meProp k = 20 (batch_dw)",
          "k20h": "meProp k = 20 (topk first layer, topk_dw above)",
          "k20p": "meProp k = 20 (paper topk)", "k40": "meProp k = 40",

@@ -200,8 +200,35 @@ cdef extern from "meprop/parse.h":
         const float *b[8]
         int64_t n_in[8]
         int64_t n_out[8]
-    void mp_parse_forward(const mp_parser_net *net, const int32_t *F, int64_t B, float *buf,
+    int mp_parse_forward(const mp_parser_net *net, const int32_t *F, int64_t B, float *buf,
                           int64_t maxw, float *scores, int nthreads) nogil
     int mp_parse_batch(const mp_parser_net *net, int64_t n_sent, const int64_t *off,
                        const int32_t *w, const int32_t *p, int64_t n_labels, int32_t *heads,
                        int32_t *labels, int nthreads) nogil
+
+cdef extern from "meprop/featprod.h":
+    int MP_FEAT_MAXQ
+    ctypedef struct mp_feat_layout:
+        int64_t nq
+        int64_t d
+        int64_t H
+        const float *emb[64]
+        int64_t vocab[64]
+    int64_t mp_feat_distinct(const mp_feat_layout *L, const int32_t *X, int64_t B,
+                             int32_t *mark, int32_t *cnt, int32_t *uniq, int64_t *uoff,
+                             int32_t *inv, int32_t *mode) nogil
+    void mp_feat_regroup(float *W, int64_t H, int64_t nq, int64_t d, float *Wp, int to,
+                         int nthreads) nogil
+    void mp_feat_forward(const mp_feat_layout *L, const int32_t *uniq, const int64_t *uoff,
+                         const int32_t *inv, const int32_t *mode, int64_t B, const float *Wp,
+                         const float *b, float *A, float *Ad, float *T, float *base,
+                         float *y, int nthreads) nogil
+    void mp_feat_gather(const float *A, const int32_t *inv, int64_t B, int64_t nq, int64_t d,
+                        float *x, int nthreads) nogil
+    void mp_feat_scatter(const float *g, const int32_t *idx, const float *val, int64_t k,
+                         int64_t B, int64_t H, int64_t nq, const int32_t *inv,
+                         const int64_t *uoff, const int32_t *mode, float *S, float *G,
+                         int nthreads) nogil
+    void mp_feat_backward(const mp_feat_layout *L, const int64_t *uoff, const float *G,
+                          const float *Wp, const float *A, float *dA, float *gwp,
+                          int nthreads) nogil

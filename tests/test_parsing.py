@@ -424,9 +424,30 @@ def test_cli_train_save_and_parse(tmp_path, capsys):
     assert capsys.readouterr().out.count("\n\n") == 10
 
 
+def test_cli_plain_first_layer_trains_the_same_model(tmp_path, capsys):
+    """--plain-first-layer: the first layer as plain products; the same losses to
+    float rounding as the default (once per distinct id), and the flag is saved."""
+    a = _write(tmp_path, "train.conllu", _treebank_text(60, 3))
+    b = _write(tmp_path, "dev.conllu", _treebank_text(8, 4))
+    losses = {}
+    for flag in ([], ["--plain-first-layer"]):
+        model = tmp_path / f"p{len(flag)}.npz"
+        log = tmp_path / f"l{len(flag)}.jsonl"
+        rc = _cli("train", "--task", "parse", "--dataset", "conllu", "--train", a, "--dev", b,
+                  "--hidden", "16,16", "--embed-dim", "8", "--epochs", "2", "--batch-size", "40",
+                  "--dense", "--progress", "off", "--min-count", "1", "--save-model", model,
+                  "--log-json", log, "--threads", "1", *flag)
+        assert rc == 0, capsys.readouterr().out
+        recs = [json.loads(line) for line in open(log)]
+        losses[len(flag)] = [r["train_loss"] for r in recs if r["event"] == "epoch"]
+        assert load_parser(model).net.config["distinct"] is (not flag)
+    np.testing.assert_allclose(losses[0], losses[1], rtol=1e-4)
+
+
 @pytest.mark.parametrize("argv, match, code", [
     (["train", "--task", "parse", "--dataset", "conllu"], "needs --train FILE and --dev FILE", 2),
     (["train", "--dataset", "mnist", "--hidden", "5"], "apply to --task parse only", 2),
+    (["train", "--dataset", "mnist", "--plain-first-layer"], "apply to --task parse only", 2),
     (["train", "--task", "parse", "--sizes", "784,10"], "--sizes is for the MLP", 2),
     (["train", "--task", "parse", "--paper", "--mode", "batch_dw"], "--paper is --mode topk", 2),
     (["train", "--task", "classify", "--dataset", "conllu"], "is a treebank", 2),

@@ -156,7 +156,10 @@ def train_torch(parser, X, y, tb, epochs, batch, seed, lr, on_epoch=None):
 # k of each variant; its mode: the parser's default (topk_dw, parsing.model.DEFAULT_MODE;
 # each file records its "modes") unless MODES says otherwise
 VARIANTS = {"torch": None, "dense": None, "k10": 10, "k20": 20, "k40": 40, "mesimp": 20,
-            "k20p": 20, "k20h": 20, "k20b": 20}
+            "k20p": 20, "k20h": 20, "k20b": 20, "dense_plain": None, "k20_plain": 20}
+# *_plain: the first hidden layer as plain products over the 2,400 embedding inputs
+# (ParserNet(distinct=False)) instead of once per distinct id of each feature position
+PLAIN = {"dense_plain", "k20_plain"}
 MODES = {"k20p": "topk",      # the paper's meProp on every hidden layer
          "k20b": "batch_dw"}  # the MLP's default: batch-wide top-k, exact dx
 # k20h: the paper's top-k on the first hidden layer (whose input gradient goes to the
@@ -168,7 +171,7 @@ FIRST_LAYER_MODE = {"k20h": "topk"}
 def make_parser(vocab, variant, seed, hidden, dropout=0.0):
     k = VARIANTS[variant]
     p = Parser.create(vocab, hidden=hidden, k=k if variant != "torch" else None, seed=seed,
-                      dropout=dropout, mode=MODES.get(variant))
+                      dropout=dropout, mode=MODES.get(variant), distinct=variant not in PLAIN)
     if variant in FIRST_LAYER_MODE:
         p.net.linears[0].mode = FIRST_LAYER_MODE[variant]
     return p
@@ -334,7 +337,9 @@ def build_argparser():
     ap.add_argument("--variants", type=_variant_list, default="torch,dense,k10,k20,k40,mesimp",
                     help="some of " + ", ".join(VARIANTS) + " (k20: the parser's default "
                          "mode topk_dw, k20b: batch_dw, k20p: the paper's topk, k20h: topk "
-                         "in the first hidden layer; default torch,dense,k10,k20,k40,mesimp)")
+                         "in the first hidden layer; *_plain: the first layer as plain "
+                         "products, not once per distinct id; default "
+                         "torch,dense,k10,k20,k40,mesimp)")
     ap.add_argument("--seeds", type=_int_list("--seeds", 0), default="1")
     ap.add_argument("--epochs", type=_positive_int, default=8)
     ap.add_argument("--threads", type=_int_list("--threads", 1), default="2")

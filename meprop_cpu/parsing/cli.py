@@ -13,7 +13,7 @@ __all__ = ["add_parse_train_options", "check_no_parse_options", "run_train_parse
            "add_parse_parser", "run_parse"]
 
 _PARSE_ONLY = ("train", "dev", "test", "hidden", "activation", "embed_dim", "min_count",
-               "pos_field", "precompute_words")
+               "pos_field", "precompute_words", "plain_first_layer")
 _DEFAULTS = {"hidden": [500, 500], "activation": "cube", "embed_dim": 50, "min_count": 2,
              "pos_field": "xpos", "precompute_words": 1000}
 
@@ -52,6 +52,11 @@ def add_parse_train_options(p):
     g.add_argument("--precompute-words", type=int, default=None, metavar="N",
                    help="pre-compute the first layer for the N most frequent words per "
                         "position when parsing (default 1000; 0: none)")
+    g.add_argument("--plain-first-layer", action="store_const", const=True, default=None,
+                   help="train the first hidden layer as plain products over the 2,400 "
+                        "embedding inputs instead of once per distinct id of each feature "
+                        "position in the batch (the same results to float rounding, slower; "
+                        "for comparison)")
 
 
 def check_no_parse_options(args, CliError):
@@ -143,7 +148,8 @@ def run_train_parse(args, parser, CliError):
         p = Parser.create(vocab, hidden=hidden, dim=_opt(args, "embed_dim"),
                           k=None if dense else args.k, mode=mode,
                           activation=_opt(args, "activation"), dropout=args.dropout,
-                          topk_output=args.topk_output, seed=args.seed)
+                          topk_output=args.topk_output, seed=args.seed,
+                          distinct=not args.plain_first_layer)
         p.n_precompute = max(0, int(_opt(args, "precompute_words")))
         opt = build_optimizer(args.optimizer, p.net.parameters(), lr=args.lr,
                               sparse=not args.dense_update, clip=args.clip)
