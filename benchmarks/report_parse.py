@@ -42,7 +42,8 @@ def _variant_of(entry):
 
 
 def load(d):
-    train, speed = [], None
+    """(train runs, the speed part's entries, the parse part's files)."""
+    train, speed, parse = [], None, []
     for f in sorted(glob.glob(os.path.join(d, "*.json"))):
         with open(f) as fh:
             r = json.load(fh)
@@ -59,7 +60,28 @@ def load(d):
             speed["parse"] += r["parse"]
             speed["argv"].append(" ".join(r["argv"]))
             speed["files"].append(os.path.basename(f))
-    return train, speed
+        elif r.get("part") == "parse":
+            parse.append(dict(r, file=os.path.basename(f)))
+    return train, speed, parse
+
+
+def parse_part_table(parse):
+    """Every --part parse file: sentences/s per round, and the median over rounds."""
+    lines = []
+    for r in parse:
+        lines += [f"`{' '.join(r['argv'])}` (1-minute load average at the start: "
+                  f"{r['machine']['loadavg'][0]:.1f}):", "",
+                  "| threads | parser | sentences / s, each round | median |",
+                  "|---:|---|---|---:|"]
+        for nt in sorted({p["threads"] for p in r["parse"]}):
+            for kind in ("precomputed", "plain"):
+                v = [p["sentences_per_s"] for p in r["parse"]
+                     if p["threads"] == nt and p["kind"] == kind]
+                if v:
+                    lines.append(f"| {nt} | {kind} | {', '.join(f'{x:,.0f}' for x in v)} | "
+                                 f"{np.median(v):,.0f} |")
+        lines.append("")
+    return lines
 
 
 def truncate(run, E):
@@ -247,7 +269,7 @@ def main(argv=None):
                     help="compare the runs over their first E epochs only")
     ap.add_argument("--out", default="README.md", help="markdown file written in --dir")
     args = ap.parse_args(argv)
-    train, speed = load(args.dir)
+    train, speed, parse = load(args.dir)
     if args.epochs is not None:
         train = [t for t in (truncate(r, args.epochs) for r in train) if t is not None]
     md = ["# Dependency parsing: meprop_cpu vs PyTorch (Turkish Web Treebank)", "",
@@ -279,6 +301,11 @@ def main(argv=None):
                "greedily, median of 5.", ""]
         lines, _ = speed_table(speed)
         md += lines + [""]
+    if parse:
+        md += ["## Parsing speed alone (`--part parse`)", "",
+               "The dev + test sentences parsed greedily with a fresh 500-500 model, "
+               "each entry the median of 5 parses; rounds alternate the thread counts.", ""]
+        md += parse_part_table(parse)
     notes = os.path.join(args.dir, "notes.md")
     if os.path.isfile(notes):
         with open(notes) as f:

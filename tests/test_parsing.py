@@ -506,6 +506,26 @@ def test_bench_parse_trains_and_writes_json(tmp_path, capsys):
         assert 0.0 <= r["best"]["test"]["uas"] <= 100.0
     assert doc["runs"][1]["modes"][:2] == ["topk_dw", "topk_dw"]     # the parser's default
     assert doc["runs"][2]["modes"][:2] == ["batch_dw", "batch_dw"]
+    # the plain first layer trains the same model (to float rounding)
+    code = cli.main(["bench", "--parse", "--part", "train", "--variants", "dense_plain",
+                     "--epochs", "1", "--max-train", "60", "--hidden", "40", "--threads", "1",
+                     "--batch-size", "200", "--out", str(tmp_path), "--name", "p"])
+    assert code == 0
+    with open(tmp_path / "p.json") as f:
+        plain = json.load(f)["runs"][0]
+    assert abs(plain["history"][0]["train_loss"] - doc["runs"][0]["history"][0]["train_loss"]) \
+        < 1e-4 * doc["runs"][0]["history"][0]["train_loss"]
+    # --part parse: the parsing speed only, every round and thread count
+    code = cli.main(["bench", "--parse", "--part", "parse", "--max-train", "60", "--hidden",
+                     "40", "--threads", "1,2", "--repeats", "2", "--out", str(tmp_path),
+                     "--name", "s"])
+    assert code == 0
+    with open(tmp_path / "s.json") as f:
+        sp = json.load(f)
+    assert sp["part"] == "parse"
+    assert [(p["repeat"], p["threads"], p["kind"]) for p in sp["parse"]] == [
+        (r, t, k) for r in (0, 1) for t in (1, 2) for k in ("precomputed", "plain")]
+    assert all(p["sentences_per_s"] > 0 for p in sp["parse"])
 
 
 @pytest.mark.network

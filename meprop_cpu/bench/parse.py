@@ -19,6 +19,9 @@ Two parts:
                  (rotated order, median over --repeats), and parsing speed
                  (sentences/s) of the dev + test sentences with and without
                  the pre-computation.
+  --part parse   the parsing speed only, --repeats rounds over the thread
+                 counts (a parse of the 970 sentences takes well under a
+                 second, so one measurement says little on a shared machine).
 
     meprop-cpu bench --parse --part train --variants dense --seeds 1 --epochs 6 \
         --threads 2 --name train_dense_s1          # one file per variant and seed
@@ -291,24 +294,44 @@ def part_speed(args, vocab, ex, tb):
                                       "modes": [lin.mode for lin in parser.net.linears]
                                       if v != "torch" else None})
                 save(args, res)
-        # parsing speed: a fresh dense model (every sentence takes 2n transitions whatever
-        # the weights, so the cost does not depend on training)
-        parser = make_parser(vocab, "dense", 1, args.hidden)
-        for label, pre in (("precomputed", True), ("plain", False)):
-            pc = parser.precomputed(pre)
-            parser.parse(sents[:50], threads=nt, precomputed=pc)     # warm-up
-            ts = []
-            for _ in range(5):
-                t0 = time.perf_counter()
-                parser.parse(sents, threads=nt, precomputed=pc)
-                ts.append(time.perf_counter() - t0)
-            t = float(np.median(ts))
-            res["parse"].append({"threads": nt, "kind": label, "sentences": len(sents),
-                                 "words": sum(len(s) for s in sents), "seconds_median": t,
-                                 "seconds_all": ts, "sentences_per_s": len(sents) / t,
-                                 "precompute_words": parser.n_precompute})
-            print(f"[{nt}t] parse {label}: {len(sents) / t:,.0f} sentences/s", flush=True)
+        measure_parsing(args, vocab, sents, nt, res)
         save(args, res)
+    return res
+
+
+def measure_parsing(args, vocab, sents, nt, res, repeats=5):
+    """Parsing speed on ``sents`` at nt threads into res["parse"]: a fresh dense
+    model (every sentence takes 2n transitions whatever the weights, so the
+    cost does not depend on training), pre-computed and plain first layer,
+    median of ``repeats`` parses after a warm-up."""
+    parser = make_parser(vocab, "dense", 1, args.hidden)
+    for label, pre in (("precomputed", True), ("plain", False)):
+        pc = parser.precomputed(pre)
+        parser.parse(sents[:50], threads=nt, precomputed=pc)     # warm-up
+        ts = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            parser.parse(sents, threads=nt, precomputed=pc)
+            ts.append(time.perf_counter() - t0)
+        t = float(np.median(ts))
+        res["parse"].append({"threads": nt, "kind": label, "sentences": len(sents),
+                             "words": sum(len(s) for s in sents), "seconds_median": t,
+                             "seconds_all": ts, "sentences_per_s": len(sents) / t,
+                             "precompute_words": parser.n_precompute})
+        print(f"[{nt}t] parse {label}: {len(sents) / t:,.0f} sentences/s", flush=True)
+
+
+def part_parse(args, vocab, ex, tb):
+    """Parsing speed only (the speed part's last section), --repeats rounds of
+    every thread count, alternating, each a median of 5 parses."""
+    res = {"part": "parse", "argv": sys.argv, "machine": machine(), "parse": []}
+    sents = tb["dev"] + tb["test"]
+    for rep in range(args.repeats):
+        for nt in args.threads:
+            set_threads(nt)
+            measure_parsing(args, vocab, sents, nt, res)
+            res["parse"][-1]["repeat"] = res["parse"][-2]["repeat"] = rep
+            save(args, res)
     return res
 
 
@@ -333,7 +356,9 @@ def _variant_list(text):
 def build_argparser():
     ap = argparse.ArgumentParser(prog="meprop-cpu bench --parse",
                                  description=__doc__.split("\n\n")[0])
-    ap.add_argument("--part", choices=("train", "speed"), default="train")
+    ap.add_argument("--part", choices=("train", "speed", "parse"), default="train",
+                    help="train: accuracy runs; speed: one epoch per variant side by side, "
+                         "then parsing speed; parse: parsing speed only")
     ap.add_argument("--variants", type=_variant_list, default="torch,dense,k10,k20,k40,mesimp",
                     help="some of " + ", ".join(VARIANTS) + " (k20: the parser's default "
                          "mode topk_dw, k20b: batch_dw, k20p: the paper's topk, k20h: topk "
@@ -374,8 +399,8 @@ def main(argv=None):
     vocab = tr.Vocab.build(tb["train"])
     ex = tr.make_examples(tb["train"], vocab)
     print(f"oracle: {ex[2]}", flush=True)
-    res = part_train(args, vocab, ex, tb) if args.part == "train" else \
-        part_speed(args, vocab, ex, tb)
+    part = {"train": part_train, "speed": part_speed, "parse": part_parse}[args.part]
+    res = part(args, vocab, ex, tb)
     res["oracle"] = ex[2]
     save(args, res)
     return 0

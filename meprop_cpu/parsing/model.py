@@ -174,6 +174,9 @@ class DistinctFirstLayer:
         if lin.n_in != nq * d:
             raise ValueError(f"DistinctFirstLayer: the layer takes {lin.n_in} inputs, the "
                              f"embeddings give {nq * d}")
+        if B * nq >= 2**31:
+            raise ValueError(f"DistinctFirstLayer.forward: a batch of {B} rows is too large "
+                             f"(at most {(2**31 - 1) // nq})")
         fp = self._products()
         nt = get_num_threads()
         uniq = ws.get("uniq", (B * nq,), np.int32)
