@@ -69,6 +69,9 @@ cdef extern from "meprop/elementwise.h":
     void mp_uniform_f32(uint64_t key, uint64_t counter, int64_t n, float *out) nogil
     void mp_relu_forward(const float *x, float *y, int64_t n) nogil
     void mp_relu_backward(const float *dy, const float *y, float *dx, int64_t n) nogil
+    void mp_cube_forward(const float *x, float *y, int64_t B, int64_t n, int nthreads) nogil
+    void mp_cube_backward(const float *dy, const float *x, float *dx, int64_t B, int64_t n,
+                          int nthreads) nogil
     int64_t mp_softmax_xent(const float *logits, const int64_t *y, int64_t B, int64_t C,
                             float *d, double *loss) nogil
     int64_t mp_check_rows(const int32_t *rows, int64_t r, int64_t n) nogil

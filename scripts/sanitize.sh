@@ -41,7 +41,12 @@ else
     TESTS=(tests/test_topk.py tests/test_hits.py tests/test_sparse_linear.py
            tests/test_kernel_errors.py tests/test_nn_linear.py tests/test_dense.py
            tests/test_dispatch.py tests/test_nn.py tests/test_optim.py tests/test_properties.py
-           tests/test_fused.py tests/test_lstm.py tests/test_tagger.py)
+           tests/test_fused.py tests/test_lstm.py tests/test_tagger.py
+           tests/test_parse_distinct.py
+           tests/test_parsing.py::test_precomputation_gives_the_plain_network_scores
+           tests/test_parsing.py::test_c_parser_matches_the_python_reference
+           tests/test_parsing.py::test_training_learns_logs_and_resumes_bit_identically
+           tests/test_parsing.py::test_mesimp_shrinks_the_parser)
 fi
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/meprop-sanitize.XXXXXX")

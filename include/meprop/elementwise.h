@@ -39,6 +39,39 @@ static void mp_relu_backward(const float *MP_RESTRICT dy, const float *MP_RESTRI
     for (int64_t i = 0; i < n; i++) dx[i] = y[i] > 0.0f ? dy[i] : 0.0f;
 }
 
+/* The parser's cube activation, y = x^3, and its backward dx = dy * 3 x^2,
+ * in one pass each with the products in numpy's order ((x * x) * x and
+ * dy * ((3 * x) * x)), so the bits equal the numpy expressions. Rows split
+ * over the threads above MP_PARALLEL_MIN_WORK elements (a 1,000 x 500 batch:
+ * the numpy expressions took 0.2-0.3 ms each, two passes over temporaries). */
+static void mp_cube_forward(const float *MP_RESTRICT x, float *MP_RESTRICT y, int64_t B,
+                            int64_t n, int nthreads) {
+    const int team = mp_team_size(nthreads, B * n, B);
+    #pragma omp parallel for num_threads(team) schedule(static) if (team > 1)
+    for (int64_t r = 0; r < B; r++) {
+        const float *MP_RESTRICT xr = x + r * n;
+        float *MP_RESTRICT yr = y + r * n;
+        for (int64_t j = 0; j < n; j++) {
+            const float t = xr[j] * xr[j];
+            yr[j] = t * xr[j];
+        }
+    }
+}
+
+static void mp_cube_backward(const float *MP_RESTRICT dy, const float *MP_RESTRICT x,
+                             float *MP_RESTRICT dx, int64_t B, int64_t n, int nthreads) {
+    const int team = mp_team_size(nthreads, B * n, B);
+    #pragma omp parallel for num_threads(team) schedule(static) if (team > 1)
+    for (int64_t r = 0; r < B; r++) {
+        const float *MP_RESTRICT xr = x + r * n, *MP_RESTRICT gr = dy + r * n;
+        float *MP_RESTRICT dr = dx + r * n;
+        for (int64_t j = 0; j < n; j++) {
+            const float t = 3.0f * xr[j];
+            dr[j] = gr[j] * (t * xr[j]);
+        }
+    }
+}
+
 /* Mean softmax cross-entropy of logits (B, C) against labels y (B,), and its
  * gradient d (B, C) = (softmax(logits) - onehot(y)) / B.
  * Writes the loss to *loss and returns 0; returns 1 + b if label y[b] is

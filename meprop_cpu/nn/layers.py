@@ -368,15 +368,32 @@ class Tanh(Module):
 
 
 class Cube(Module):
-    """x ** 3, the activation of Chen & Manning's parser."""
+    """x ** 3, the activation of Chen & Manning's parser. One C pass each way
+    (elementwise.h) for float32 2-D C-contiguous arrays, with the same bits as
+    the numpy expressions ``x * x * x`` and ``dy * (3.0 * x * x)``, which
+    other inputs take."""
+
+    @staticmethod
+    def _fast(*arrays):
+        return all(isinstance(a, np.ndarray) and a.dtype == np.float32 and a.ndim == 2
+                   and a.flags.c_contiguous and a.size for a in arrays)
 
     def forward(self, x):
         if self.training:
             self._x = x
-        return x * x * x
+        if not self._fast(x):
+            return x * x * x
+        y = np.empty_like(x)
+        _core.cube_forward(x, y, get_num_threads())
+        return y
 
     def backward(self, dy):
-        return dy * (3.0 * self._x * self._x)
+        x = self._x
+        if not (self._fast(dy, x) and dy.shape == x.shape):
+            return dy * (3.0 * x * x)
+        dx = np.empty_like(dy)
+        _core.cube_backward(dy, x, dx, get_num_threads())
+        return dx
 
 
 class Dropout(Module):
