@@ -128,8 +128,8 @@ class DistinctFirstLayer:
     the 48,000 (example, position) pairs are distinct, so the forward product,
     the input gradient into the embeddings and (dense backprop) the weight
     gradient take about a tenth of the plain products' multiply-adds (with
-    k = 20 on 1 thread the layer's forward + backward took 25 ms per batch
-    against 90 for the plain layer and its embeddings:
+    k = 20 on 1 thread the layer's forward + backward took 30 ms per batch
+    against 88 for the plain layer and its embeddings:
     benchmarks/results/parse/step.md). The same sums grouped
     differently: equal to float rounding, and the bits do not depend on the
     thread count.
