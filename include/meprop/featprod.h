@@ -7,11 +7,13 @@
  * (at the parser's batch of 1,000 about 4,200 of the 48,000 (example,
  * position) pairs are distinct: the POS and label positions have a few dozen
  * ids, the children positions are mostly NULL), so each W_q e is computed
- * once per distinct id (the table T) and every example adds up its 48 rows
- * of T. The backward runs the same way round: the output gradient rows of the
- * examples are summed per distinct id (G), and the input gradient of a
- * distinct embedding row is G_q W_q, the weight gradient of block q G_q^T A_q
- * (A: the distinct embedding rows). The same sums as the plain products,
+ * once per distinct id (the table T) and every example adds up its rows of
+ * T (those of its positions' most used ids, two thirds of them, are folded
+ * into one base row first). The backward runs the same way round: the
+ * output gradient rows of the examples are summed per distinct id (G), and
+ * the input gradient of a distinct embedding row is G_q W_q, the weight
+ * gradient of block q G_q^T A_q (A: the distinct embedding rows). The same
+ * sums as the plain products,
  * grouped differently: equal to float rounding. It is Chen & Manning's
  * pre-computation, made per batch so that it holds while the weights change.
  *
