@@ -206,7 +206,9 @@ class DistinctFirstLayer:
             lin._x = None
         if training:
             emb._X = X
-        self._state = (path, B, U) if training else None
+        # the distinct ids and rows the backward reuses (workspace views: valid
+        # until the next forward)
+        self._state = (path, fp, uniq, uoff, inv, mode, A, Wp) if training else None
         return h
 
     def backward(self, dh):
@@ -216,8 +218,9 @@ class DistinctFirstLayer:
         if self._state is None:
             raise RuntimeError("DistinctFirstLayer.backward called without a forward pass in "
                                "training mode")
-        path, B, U = self._state
+        path, fp, uniq, uoff, inv, mode, A, Wp = self._state
         self._state = None
+        B, U = inv.shape[0], A.shape[0]
         emb, lin, ws = self.emb, self.lin, self._ws
         if path == "plain":
             dx = lin.backward(dh)
@@ -230,11 +233,7 @@ class DistinctFirstLayer:
                              f"got {dh.dtype} {dh.shape}")
         dh = np.ascontiguousarray(dh)
         nt = get_num_threads()
-        fp = self._products()
-        uniq, uoff = ws.get("uniq", (B * nq,), np.int32), ws.get("uoff", (nq + 1,), np.int64)
-        inv, mode = ws.get("inv", (B, nq), np.int32), ws.get("mode", (nq,), np.int32)
         S = ws.get("S", (H,), np.float32)
-        A, Wp = ws.get("A", (U, d), np.float32), ws.get("Wp", (nq, H, d), np.float32)
         G = ws.get("G", (U, H), np.float32)
         dA = ws.get("dA", (U, d), np.float32)
         if path == "dense":
