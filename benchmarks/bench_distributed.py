@@ -7,6 +7,8 @@ and the step time of 2 ranks x 1 thread against 1 rank x 2 threads.
     python benchmarks/bench_distributed.py steps OUT.json --threads 2 [--no-fused]
     mpiexec -n 2 python -m mpi4py benchmarks/bench_distributed.py steps OUT.json \\
         --threads 1 --distributed [--exchange dense]
+    # 2 x 1 against 1 x 2 inside one MPI job, alternating block by block
+    mpiexec -n 2 python -m mpi4py benchmarks/bench_distributed.py paired OUT.json --rounds 11
     # the work after the exchange (forming and applying the global gradient) for
     # global batches of N x 100, N = 1..64 (one process, 1 thread): the scale model's input
     python benchmarks/bench_distributed.py apply OUT.json
@@ -151,7 +153,8 @@ def cmd_steps(args):
     out = {"kind": "steps", "env": _env(), "threads": args.threads,
            "ranks": 1 if dist is None else dist.size, "batch_global": args.batch, "k": args.k,
            "mode": args.mode,
-           "path": tr.step_path, "exchange": None if dist is None else args.exchange,
+           "path": tr.step_path if dist is None else f"distributed ({dist.path})",
+           "exchange": None if dist is None else args.exchange,
            "dropout": args.dropout, "order": args.order,
            "epochs": args.epochs, "median_step_ms": step_ms,
            "median_exchange_ms": 1e3 * float(np.median(np.array(exch)[keep])) if exch else 0.0,
@@ -165,6 +168,90 @@ def cmd_steps(args):
               f"(exchange {out['median_exchange_ms']:.2f}), epoch {s['mean_time_epoch']:.2f} s, "
               f"dev {s['best_dev']:.2f} test {s['test_at_best_dev']:.2f}", flush=True)
         _write(args.out, out)
+
+
+def _idle_barrier(comm):
+    """A barrier this rank waits at without spinning (Ibarrier polled every
+    half millisecond), so an idle rank leaves its core to the other one."""
+    req = comm.Ibarrier()
+    while not req.Test():
+        time.sleep(0.0005)
+
+
+def _train_steps(data, mode, k, dropout, batch, threads, dist=None, fused=True):
+    """One epoch of the MNIST MLP; (median ms per step after the first 20,
+    median ms of the exchange, summary)."""
+    set_num_threads(threads)
+    model = nn.MLP([784, 500, 500, 10], k=k, mode=mode, dropout=dropout, seed=0)
+    opt = build_optimizer("adam", model.parameters())
+    stamps, exch = [], []
+
+    def clock(trainer, epoch, step):
+        stamps.append(time.perf_counter())
+        if dist is not None:
+            exch.append(dist.last["seconds"])
+
+    tr = Trainer(model, opt, data, batch_size=batch, epochs=1, seed=0, progress=False,
+                 callbacks=[clock], fused=fused, distributed=dist)
+    s = tr.fit()
+    d = np.diff(np.array(stamps))
+    keep = [i for i in range(len(d)) if i >= 20 and (i + 1) % tr.steps_per_epoch != 0]
+    ex = 1e3 * float(np.median(np.array(exch)[keep])) if exch else 0.0
+    path = tr.step_path if dist is None else f"distributed ({dist.path})"
+    return 1e3 * float(np.median(d[keep])), ex, s, path
+
+
+def cmd_paired(args):
+    """2 ranks x 1 thread against 1 rank x 2 threads inside one MPI job, the
+    variants alternating block by block: for 1 x 2, rank 0 trains alone with 2
+    threads while rank 1 sleeps at a non-spinning barrier. A slow spell of the
+    shared VM then hits neighbouring blocks alike, and each round gives a
+    ratio of blocks run seconds apart."""
+    from mpi4py import MPI
+    from meprop_cpu.distributed import Distributed
+    comm = MPI.COMM_WORLD
+    rank, size = comm.Get_rank(), comm.Get_size()
+    if size != 2:
+        raise SystemExit("paired: run with mpiexec -n 2")
+    data = mpdata.mnist()
+    X, y = data["train"]
+    data = dict(data, train=(np.ascontiguousarray(X[:args.max_train]),
+                             np.ascontiguousarray(y[:args.max_train])))
+    variants = [("1x2", None), ("2x1", True), ("2x1_modules", False)]
+    rows = []
+    for rnd in range(args.rounds):
+        for mode in args.modes.split(","):
+            order = variants[rnd % 3:] + variants[:rnd % 3]   # rotate who goes first
+            res = {}
+            for name, fused in order:
+                comm.Barrier()
+                if fused is None:
+                    if rank == 0:
+                        res[name] = _train_steps(data, mode, args.k, args.dropout, args.batch, 2)
+                    _idle_barrier(comm)
+                else:
+                    res[name] = _train_steps(data, mode, args.k, args.dropout, args.batch, 1,
+                                             Distributed(comm=comm), fused=fused)
+            if rank == 0:
+                row = {"round": rnd + 1, "mode": mode, "order": [n for n, _ in order],
+                       "load_average": os.getloadavg()}
+                for name, (ms, ex, s, path) in res.items():
+                    row[name] = {"median_step_ms": ms, "median_exchange_ms": ex, "path": path,
+                                 "best_dev": s["best_dev"],
+                                 "test_at_best_dev": s["test_at_best_dev"]}
+                row["ratio"] = row["2x1"]["median_step_ms"] / row["1x2"]["median_step_ms"]
+                row["ratio_modules"] = (row["2x1_modules"]["median_step_ms"]
+                                        / row["1x2"]["median_step_ms"])
+                rows.append(row)
+                print(f"round {rnd + 1} {mode}: 1x2 {row['1x2']['median_step_ms']:.2f} ms, "
+                      f"2x1 {row['2x1']['median_step_ms']:.2f} ms ({row['ratio']:.2f}x), "
+                      f"2x1 module path {row['2x1_modules']['median_step_ms']:.2f} ms "
+                      f"({row['ratio_modules']:.2f}x)", flush=True)
+    if rank == 0:
+        _write(args.out, {"kind": "paired", "env": _env(), "k": args.k, "batch_global": args.batch,
+                          "dropout": args.dropout, "max_train": args.max_train, "rows": rows,
+                          "command": "mpiexec -n 2 python -m mpi4py "
+                                     "benchmarks/bench_distributed.py " + " ".join(sys.argv[1:])})
 
 
 def cmd_apply(args):
@@ -278,6 +365,47 @@ def _exchange_table(rows):
     return out
 
 
+def _paired_lines(pr):
+    med = statistics.median
+    rows = pr["rows"]
+    out = ["", "## 2 x 1 against 1 x 2 inside one MPI job (paired blocks)", "",
+           f"`{pr['command']}`", "",
+           "Each round runs, in rotating order, one epoch over the first "
+           f"{pr['max_train']:,} training examples (global batch {pr['batch_global']}, k = "
+           f"{pr['k']}, dropout {pr['dropout']}, Adam; median ms per step after the first 20) "
+           "with 1 rank x 2 threads (rank 0 alone, fused step; rank 1 waits at a barrier "
+           "that sleeps instead of spinning), 2 ranks x 1 thread with each rank's forward "
+           "and backward as the fused step's C call (the default), and 2 x 1 on the module "
+           "path (`Trainer(fused=False)`). Neighbouring blocks run seconds apart, so a slow "
+           "spell of the shared VM (whole 100-step blocks ran 2x slower than their "
+           "neighbours) hits the variants of a round alike; the statistic is the median "
+           "of the rounds' ratios. The weights of the 2 x 1 runs equal the 1 x 2 run's up "
+           "to float rounding (bit for bit between the fused and the module path), so "
+           "dev / test accuracy after the epoch is the same for all.", "",
+           "| round | mode | order | 1 x 2 ms | 2 x 1 ms | 2 x 1 module path ms | 2 x 1 / 1 x 2 | "
+           "module path / 1 x 2 | dev % | test % | load avg |",
+           "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        out.append(f"| {r['round']} | {r['mode']} | {' '.join(r['order'])} | "
+                   f"{r['1x2']['median_step_ms']:.2f} | {r['2x1']['median_step_ms']:.2f} | "
+                   f"{r['2x1_modules']['median_step_ms']:.2f} | {r['ratio']:.2f} | "
+                   f"{r['ratio_modules']:.2f} | {r['2x1']['best_dev']:.2f} | "
+                   f"{r['2x1']['test_at_best_dev']:.2f} | {r['load_average'][0]:.1f} |")
+    out.append("")
+    for mode in sorted({r["mode"] for r in rows}):
+        rr = [r for r in rows if r["mode"] == mode]
+        q = np.percentile([r["ratio"] for r in rr], [25, 75])
+        out.append(f"- {mode}: 2 x 1 / 1 x 2 median of {len(rr)} rounds' ratios "
+                   f"**{med(r['ratio'] for r in rr):.2f}x** (quartiles {q[0]:.2f}-{q[1]:.2f}); "
+                   f"module path {med(r['ratio_modules'] for r in rr):.2f}x; medians of the "
+                   f"blocks 1 x 2 {med(r['1x2']['median_step_ms'] for r in rr):.2f} ms, 2 x 1 "
+                   f"{med(r['2x1']['median_step_ms'] for r in rr):.2f} ms (of which the "
+                   f"exchange {med(r['2x1']['median_exchange_ms'] for r in rr):.2f} ms), module "
+                   f"path {med(r['2x1_modules']['median_step_ms'] for r in rr):.2f} ms; dev "
+                   f"{rr[0]['2x1']['best_dev']:.2f} %, test {rr[0]['2x1']['test_at_best_dev']:.2f} %.")
+    return out
+
+
 def cmd_report(args):
     d = args.dir
     ex = json.load(open(os.path.join(d, "exchange.json")))
@@ -326,6 +454,9 @@ def cmd_report(args):
                          f"{s.get('load_average_after', [float('nan')])[0]:.1f} | "
                          f"`{s['command']}` |")
         lines += _ratio_lines(steps)
+    pp = os.path.join(d, "paired.json")
+    if os.path.exists(pp):
+        lines += _paired_lines(json.load(open(pp)))
     ap = os.path.join(d, "apply.json")
     if os.path.exists(ap):
         a = json.load(open(ap))
@@ -368,6 +499,14 @@ def main():
     p.add_argument("--mode", default="topk", choices=("topk", "topk_dw", "batch_dw"),
                    help="the hidden layers' meProp mode (topk: the earlier runs' setting)")
     p.add_argument("--max-train", type=int, default=None, help="train on the first N examples")
+    p = sub.add_parser("paired")
+    p.add_argument("out")
+    p.add_argument("--rounds", type=int, default=7)
+    p.add_argument("--modes", default="topk,batch_dw")
+    p.add_argument("--batch", type=int, default=200)
+    p.add_argument("--k", type=int, default=20)
+    p.add_argument("--dropout", type=float, default=0.2)
+    p.add_argument("--max-train", type=int, default=20000)
     p = sub.add_parser("apply")
     p.add_argument("out")
     p.add_argument("--reps", type=int, default=12)
@@ -375,7 +514,7 @@ def main():
     p = sub.add_parser("report")
     p.add_argument("dir")
     args = ap.parse_args()
-    {"exchange": cmd_exchange, "steps": cmd_steps, "apply": cmd_apply,
+    {"exchange": cmd_exchange, "steps": cmd_steps, "paired": cmd_paired, "apply": cmd_apply,
      "report": cmd_report}[args.cmd](args)
 
 

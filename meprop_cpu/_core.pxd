@@ -145,6 +145,9 @@ cdef extern from "meprop/step.h":
     int mp_mlp_step(mp_step_layer *L, int nl, const float *x, const int64_t *labels, int64_t B,
                     const mp_step_optim *opt, float *gbuf, int nthreads,
                     mp_step_result *res) nogil
+    int mp_mlp_forward_backward(mp_step_layer *L, int nl, const float *x,
+                                const int64_t *labels, int64_t B, float dy_scale, int nthreads,
+                                mp_step_result *res) nogil
 
 cdef extern from "meprop/lstm.h":
     void mp_lstm_forward(const float *xp, const float *U, int64_t T, int64_t h, float *Z,

@@ -61,6 +61,7 @@ cdef class MLPStep:
     cdef readonly int64_t n_in, n_classes
     cdef list keep
     cdef readonly list layer_arrays
+    cdef list input_arrays
 
     def __cinit__(self, list layers, int64_t max_batch, int threads):
         self.L = NULL
@@ -76,6 +77,7 @@ cdef class MLPStep:
         self.threads = threads
         self.keep = []
         self.layer_arrays = []
+        self.input_arrays = []
         self.L = <mp_step_layer *>calloc(self.nl, sizeof(mp_step_layer))
         if self.L == NULL:
             raise MemoryError()
@@ -120,9 +122,13 @@ cdef class MLPStep:
                 l.drop_s = <float>(1.0 / (1.0 - <double>d["drop_p"]))
                 l.drop_scale = self._buf(B * n_out, np.float32)
                 l.hd = self._buf(B * n_out, np.float32)
+                out_array = self.keep[len(self.keep) - 1]
                 self.keep.append(drop_u)
             l.y = self._buf(B * n_out, np.float32)
             l.h = self._buf(B * n_out, np.float32) if l.relu else NULL
+            if l.relu and l.drop_u == NULL:
+                out_array = self.keep[len(self.keep) - 1]
+            self.input_arrays.append(out_array if l.relu else None)
             _set_modes(l, n_in, n_out, k, d.get("unified", False), d.get("exact_dx", False),
                        d.get("batch_sel", False), d["need_dx"], B)
             arrays = _alloc_backward(l, B, threads, hits is not None)
@@ -130,6 +136,7 @@ cdef class MLPStep:
             self.layer_arrays.append(arrays)
         self.gbuf = self._buf(threads * mp_thread_stride(max_in), np.float32)
         self.xbuf = self._buf(B * self.L[0].n_in, np.float32)
+        self.input_arrays = [self.keep[len(self.keep) - 1]] + self.input_arrays[:self.nl - 1]
         self.ybuf = <int64_t *>self._buf(B, np.int64)
         self.n_in = self.L[0].n_in
         self.n_classes = self.L[self.nl - 1].n_out
@@ -152,29 +159,61 @@ cdef class MLPStep:
         return dict(self.layer_arrays[i], r=self.L[i].r if self.L[i].k > 0 else self.L[i].n_out,
                     masked=bool(self.L[i].masked))
 
-    def run_rows(self, X, Y, idx, list counts, int nthreads, int kind, double lr,
-                 double momentum, double eps, double beta1, double beta2, double weight_decay,
-                 double clip):
-        """run() on the batch X[idx], Y[idx], gathered here into the step's own
-        buffers (X float32 (N, n_in) and Y int64 (N,) C-contiguous, idx int64
-        (B,) in [0, N))."""
-        cdef str where = "MLPStep.run_rows"
+    def inputs(self, int64_t B):
+        """Each layer's input for the last run's batch of B rows, as (B, n_in)
+        views of the step's buffers (layer 0: the gathered batch; then each
+        ReLU's, or dropout's, output). Valid until the next run."""
+        if B < 0 or B > self.max_batch:
+            raise ValueError(f"MLPStep.inputs: B must be in [0, {self.max_batch}], got {B}")
+        return [a[:B * self.L[i].n_in].reshape(B, self.L[i].n_in)
+                for i, a in enumerate(self.input_arrays)]
+
+    def forward_backward_rows(self, X, Y, idx, float dy_scale, int nthreads):
+        """Forward, loss and backward on the batch X[idx], Y[idx] (as run_rows
+        gathers it), without the update: the gradients stay in the layers'
+        buffers (layer(i), inputs(B)). dy_scale multiplies the loss gradient
+        (1: the batch mean). Returns (status, loss, bad, layer, t_forward,
+        t_backward, t_hidden_backward), the status as run's (nothing to
+        update on a non-zero one)."""
+        cdef int64_t B = self._gather("MLPStep.forward_backward_rows", X, Y, idx, nthreads)
+        cdef mp_step_result res
+        res.loss = 0.0
+        res.bad = res.layer = 0
+        res.t_forward = res.t_backward = res.t_update = res.t_hidden_backward = 0.0
+        cdef int st
+        with nogil:
+            st = mp_mlp_forward_backward(self.L, self.nl, self.xbuf, self.ybuf, B, dy_scale,
+                                         nthreads, &res)
+        return (st, res.loss, res.bad, res.layer, res.t_forward, res.t_backward,
+                res.t_hidden_backward)
+
+    cdef int64_t _gather(self, str where, X, Y, idx, int nthreads) except -1:
+        """Copy the rows X[idx], Y[idx] into the step's buffers; returns B."""
         cdef cnp.ndarray xa = _carray(X, where, "X", cnp.NPY_FLOAT32, 2, -1, self.n_in)
         cdef int64_t N = xa.shape[0], n_in = self.n_in
         cdef cnp.ndarray ya = _carray(Y, where, "Y", cnp.NPY_INT64, 1, N, 0)
         cdef cnp.ndarray ia = _carray(idx, where, "idx", cnp.NPY_INT64, 1, -1, 0)
         cdef int64_t B = ia.shape[0], b
         if B < 1 or B > self.max_batch:
-            raise ValueError(f"MLPStep.run_rows: batch of {B} rows, expected 1..{self.max_batch}")
+            raise ValueError(f"{where}: batch of {B} rows, expected 1..{self.max_batch}")
         cdef const int64_t *pi = <const int64_t *>cnp.PyArray_DATA(ia)
         cdef const float *px = <const float *>cnp.PyArray_DATA(xa)
         cdef const int64_t *py = <const int64_t *>cnp.PyArray_DATA(ya)
         for b in range(B):
             if pi[b] < 0 or pi[b] >= N:
-                raise ValueError(f"MLPStep.run_rows: idx[{b}] = {pi[b]} is outside [0, {N})")
-        self._check_threads("MLPStep.run_rows", nthreads)
+                raise ValueError(f"{where}: idx[{b}] = {pi[b]} is outside [0, {N})")
+        self._check_threads(where, nthreads)
         with nogil:
             mp_gather_batch(px, py, n_in, pi, B, self.xbuf, self.ybuf, nthreads)
+        return B
+
+    def run_rows(self, X, Y, idx, list counts, int nthreads, int kind, double lr,
+                 double momentum, double eps, double beta1, double beta2, double weight_decay,
+                 double clip):
+        """run() on the batch X[idx], Y[idx], gathered here into the step's own
+        buffers (X float32 (N, n_in) and Y int64 (N,) C-contiguous, idx int64
+        (B,) in [0, N))."""
+        cdef int64_t B = self._gather("MLPStep.run_rows", X, Y, idx, nthreads)
         return self._run(self.xbuf, self.ybuf, B, counts, nthreads, kind, lr, momentum, eps,
                          beta1, beta2, weight_decay, clip)
 

@@ -56,12 +56,22 @@ How gradients are combined (one step)
     the ranks' weights bit for bit, and :meth:`Distributed.check_identical`
     does it at run time.
 
+How a rank computes its gradients
+    Where the Trainer's ``fused`` is on (the default), the model qualifies
+    for the fused one-call step (:mod:`meprop_cpu.fused`) and every gradient
+    travels as factors, (x, dy) or in the dense Allreduce as it is, a rank's
+    forward, loss and backward on its share run as that step's C call without
+    its update (``FusedStep.forward_backward_rows``), the exchange reads the
+    gradients from the step's buffers, and the optimizer applies the combined
+    ones. Otherwise (row exchanges, ``Trainer(fused=False)``, models the fused
+    step does not cover) the modules' forward and backward run. Both give the
+    same bits.
+
 What a single process on the same global batches gives
     The same result up to float rounding: the loss gradient is scaled by
     ``B_r / B`` on each rank (exact for equal power-of-two shares), the dense
-    and bias gradients are summed in another order, and the fused one-call
-    step is not used (it updates inside C, before any exchange could happen;
-    distributed training takes the module path). Dropout masks are those of
+    and bias gradients are summed in another order, and the update runs after
+    the exchange instead of inside the one-call step. Dropout masks are those of
     the single process (each rank draws its share's slice of the counter-based
     stream). Random-k layers draw the same random sets on every rank.
 
@@ -77,6 +87,7 @@ import time
 import numpy as np
 
 from . import _core, kernels
+from . import fused as _fused
 from ._config import get_num_threads
 from .kernels import RowGrad, Workspace
 from .nn import Dropout, Linear
@@ -197,6 +208,8 @@ class Distributed:
         self.time_exchange = 0.0   # seconds, summed over steps
         self._ws = {}
         self._skip_x = set()
+        self._fstep = None        # the FusedStep of the fused path (see _fused_for)
+        self.path = None          # "fused" or "modules": how the last step ran
 
     def __repr__(self):
         return f"Distributed(rank={self.rank}, size={self.size}, exchange={self.exchange!r})"
@@ -246,12 +259,27 @@ class Distributed:
         tracked = [(m, m.hits.copy(), m.seen) for m in lins if m.track_hits]
         drops = _dropout_widths(model)
         t0 = pc()
+        self._skip_x = set()
+        plan = self._plan(model, opt, lins, B, first_input=True)
+        fstep = self._fused_for(trainer, plan, nb)
         counters = [d._counter for d, _ in drops]
         for (d, w), c in zip(drops, counters):   # this share's slice of the global stream
             d._counter = c + start * w
         loss_local, bad, message = 0.0, 0, ""
         t1 = t2 = t0
-        if nb > 0:
+        src = _ModuleGrads()
+        if nb > 0 and fstep is not None:
+            src = _FusedGrads(fstep, lins)
+            try:
+                loss_local, tf, _ = fstep.forward_backward_rows(X, y, idx[start:stop], nb / B)
+                if not np.isfinite(loss_local):   # no backward ran: nothing to send
+                    bad, message, src.failed = 1, f"the training loss is {loss_local}", True
+            except FloatingPointError as e:
+                bad, message, src.failed = 1, str(e), True
+                tf = pc() - t0
+            t1 = t0 + tf
+            t2 = pc()
+        elif nb > 0:
             local = idx[start:stop]
             xb, yb = X[local], y[local]
             logits = model.forward(xb)
@@ -266,10 +294,12 @@ class Distributed:
                 bad, message = 1, str(e)
                 opt.zero_grad()
             t2 = pc()
+        self.path = "fused" if isinstance(src, _FusedGrads) else "modules"
         for (d, w), c in zip(drops, counters):
             d._counter = c + B * w
         g = self._exchange(model, opt, lins, tracked, B, nb, loss_local * nb, bad,
-                           bool(trainer._stop), first_input=lambda: X[idx])
+                           bool(trainer._stop), first_input=lambda: X[idx], plan=plan,
+                           src=src)
         t3 = pc()
         self.time_exchange += t3 - t2
         self.stop = g["stop"]
@@ -286,6 +316,29 @@ class Distributed:
         opt.zero_grad()
         t4 = pc()
         return loss, t1 - t0, t3 - t1, t4 - t3
+
+    def _fused_for(self, trainer, plan, nb):
+        """The FusedStep that runs this rank's forward and backward in one C call
+        (without the update), or None for the module path: the Trainer's
+        ``fused`` is on, the model and optimizer qualify for the fused step,
+        this rank has examples, and every gradient travels as factors, (x, dy)
+        or in the dense Allreduce as it is (no row-sparse gradient sent as
+        rows or densely: those read the modules' gradients)."""
+        model, opt = trainer.model, trainer.optimizer
+        if not trainer.fused or nb < 1:
+            return None
+        for p, m, lin in plan:
+            if m not in ("factors", "dy", "dense") or (m == "dense" and lin is not None
+                                                       and lin.sparse):
+                return None
+        fs = self._fstep
+        if fs is None or fs.model is not model or fs.optimizer is not opt:
+            if _fused.unsupported(model, opt, trainer.loss) is not None:
+                return None
+            fs = self._fstep = _fused.FusedStep(model, opt, trainer.batch_size)
+        elif fs.unsupported is not None or _fused.unsupported(model, opt, trainer.loss):
+            return None
+        return fs
 
     # -- the exchange ------------------------------------------------------------
     def _plan(self, model, opt, lins, B, first_input=None):
@@ -323,15 +376,20 @@ class Distributed:
         return {"dense": "dense_rows", "owner": "owner"}.get(self.exchange, "rows?")
 
     def _exchange(self, model, opt, lins, tracked, B, nb, loss_sum, bad, stop,
-                  first_input=None):
+                  first_input=None, plan=None, src=None):
         """Combine this rank's gradients with every other rank's (see the module
         docstring). first_input: None, or a callable giving the model input of
         the whole global batch (B, n_in), which every rank can form from the
-        training set: the first layer's factors then travel without it."""
+        training set: the first layer's factors then travel without it.
+        plan: the _plan made before the step (else made here); src: where this
+        rank's gradients are read (_ModuleGrads: the modules' ``grad`` and
+        caches; _FusedGrads: the fused step's buffers)."""
         MPI, comm, N = self.MPI, self.comm, self.size
         t0 = time.perf_counter()
-        self._skip_x = set()
-        plan = self._plan(model, opt, lins, B, first_input)
+        if plan is None:
+            self._skip_x = set()
+            plan = self._plan(model, opt, lins, B, first_input)
+        src = _ModuleGrads() if src is None else src
         shares = [share(B, N, r) for r in range(N)]
         sizes = [b - a for a, b in shares]
         stats = {"payload": 0, "recv": 0, "calls": 0, "methods": {}}
@@ -361,11 +419,11 @@ class Distributed:
             if m == "factors":
                 k, n_in = lin.k, lin.n_in * (id(lin) not in self._skip_x)
                 recv_sizes += np.array(sizes, np.int64) * (n_in + 2 * k) * 4
-                send_parts += _factor_parts(lin, nb, with_input=n_in > 0)
+                send_parts += src.factor_parts(lin, nb, with_input=n_in > 0)
             elif m == "dy":
                 n_in = lin.n_in * (id(lin) not in self._skip_x)
                 recv_sizes += np.array(sizes, np.int64) * (n_in + lin.n_out) * 4
-                send_parts += _dy_parts(lin, nb, with_input=n_in > 0)
+                send_parts += src.dy_parts(lin, nb, with_input=n_in > 0)
             elif m == "rows":
                 n_in = p.data.shape[1]
                 recv_sizes += counts[:, row_j[i]] * (n_in + 1) * 4
@@ -400,7 +458,7 @@ class Distributed:
         o = 0
         for p, rs in dense:
             sz = p.data.size
-            _dense_grad_into(p, buf[o:o + sz])
+            src.dense_grad_into(p, buf[o:o + sz])
             o += sz
             if rs:
                 n_out = p.data.shape[0]
@@ -431,8 +489,8 @@ class Distributed:
                 o += n_out
                 g = RowGrad(rows, g[rows])
             p.grad = g
-        for m, base, seen in tracked:
-            m.hits = base + buf[o:o + m.n_out].astype(np.int64)
+        for m, base, seen in tracked:   # in place: the fused step holds the array
+            np.add(base, buf[o:o + m.n_out].astype(np.int64), out=m.hits)
             m.seen = seen + int(buf[o + m.n_out])
             o += m.n_out + 1
         loss_g, bad_g, stop_g = (float(v) for v in buf[o:o + 3])
@@ -590,6 +648,71 @@ def _nrows(p):
         return int(g.rows.shape[0])
     raise TypeError(f"Distributed: parameter {p.name} has a {type(g).__name__} gradient on "
                     "this rank and a row-sparse one on others")
+
+
+class _ModuleGrads:
+    """This rank's gradients as the module path left them (``p.grad``, the
+    Linear layers' cached input, selection and output gradient)."""
+
+    failed = False
+
+    def factor_parts(self, lin, nb, with_input=True):
+        return _factor_parts(lin, nb, with_input)
+
+    def dy_parts(self, lin, nb, with_input=True):
+        return _dy_parts(lin, nb, with_input)
+
+    def dense_grad_into(self, p, out):
+        _dense_grad_into(p, out)
+
+
+class _FusedGrads:
+    """This rank's gradients in the buffers of the fused step's forward and
+    backward (FusedStep.gradients); zeros, as the module path sends for a
+    gradient it dropped, when that step failed (``failed``)."""
+
+    def __init__(self, fstep, lins):
+        self.fstep = fstep
+        self.layer = {id(m): i for i, m in enumerate(lins)}
+        self.param = {}
+        for i, m in enumerate(lins):
+            self.param[id(m.W)] = (i, "gw")
+            self.param[id(m.b)] = (i, "gb")
+        self.failed = False
+        self._got = {}
+
+    def _layer_grads(self, i):
+        g = self._got.get(i)
+        if g is None:
+            g = self._got[i] = self.fstep.gradients(i)
+        return g
+
+    def _grads(self, lin):
+        return self._layer_grads(self.layer[id(lin)])
+
+    def factor_parts(self, lin, nb, with_input=True):
+        if self.failed:
+            parts = [np.zeros(nb * lin.n_in, np.float32), np.zeros(nb * lin.k, np.int32),
+                     np.zeros(nb * lin.k, np.float32)]
+        else:
+            g = self._grads(lin)
+            parts = [g["x"], g["idx"], g["val"]]
+        return parts if with_input else parts[1:]
+
+    def dy_parts(self, lin, nb, with_input=True):
+        if self.failed:
+            parts = [np.zeros(nb * lin.n_in, np.float32), np.zeros(nb * lin.n_out, np.float32)]
+        else:
+            g = self._grads(lin)
+            parts = [g["x"], g["dy"]]
+        return parts if with_input else parts[1:]
+
+    def dense_grad_into(self, p, out):
+        if self.failed:
+            out[...] = 0.0
+            return
+        i, key = self.param[id(p)]
+        out[...] = self._layer_grads(i)[key].reshape(-1)
 
 
 def _factor_parts(lin, nb, with_input=True):

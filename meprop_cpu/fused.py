@@ -189,6 +189,7 @@ class FusedStep(PlanStep):
         self._key = None
         self._lins, self._drops = [], []
         self.unsupported = None
+        self._last_batch = None
         self.builds = 0           # how many times the buffers were (re)built
         self.time_hidden_backward = 0.0   # seconds, summed over steps (see step.h)
 
@@ -247,7 +248,7 @@ class FusedStep(PlanStep):
         # the step-dependent Adam corrections are computed per parameter in C
         return ([s["step"] for s in self._states], nt) + self.optimizer.kernel_args()
 
-    def _finish(self, out, B, y, idx=None):
+    def _finish(self, out, B, y, idx=None, update=True):
         st, loss, bad, layer, tf, tb, tu, th = out
         if st == 1:
             raise nn.layers._label_range_error(y if idx is None else y[idx], self._plan.n_classes)
@@ -255,7 +256,8 @@ class FusedStep(PlanStep):
             raise FloatingPointError(f"Linear.backward: dy contains {bad} NaN/Inf value(s) "
                                      f"(layer {layer})")
         if st == 0:
-            self._count_step()
+            if update:
+                self._count_step()
             for lin in self._tracked:
                 lin.seen += B
             self.time_hidden_backward += th
@@ -279,3 +281,50 @@ class FusedStep(PlanStep):
         if args is None:
             return None
         return self._finish(self._plan.run_rows(X, y, idx, *args), B, y, idx)
+
+    def forward_backward_rows(self, X, y, idx, dy_scale=1.0):
+        """Forward, loss and backward on ``X[idx], y[idx]`` in one C call,
+        without the update (what a data-parallel step runs on a rank's share
+        before the exchange): ``(loss, t_forward, t_backward)``, or None when
+        the model no longer qualifies. The loss gradient is multiplied by
+        ``dy_scale`` (float32, as ``dy *= np.float32(dy_scale)`` would), so the
+        gradients left are the module path's ``model.backward`` of the scaled
+        gradient, bit for bit; they stay in the step's buffers
+        (:meth:`gradients`) until the next step. The optimizer's step counts do
+        not move; meSimp's activeness counts and ``seen`` do. A non-finite
+        loss is returned with no backward run; label and NaN / Inf errors raise
+        as :meth:`step` does."""
+        B = idx.shape[0]
+        args = self._ready(B)
+        if args is None:
+            return None
+        out = self._plan.forward_backward_rows(X, y, idx, float(np.float32(dy_scale)), args[1])
+        st, loss, bad, layer, tf, tb, th = out
+        self._last_batch = B if st == 0 else None
+        return self._finish((st, loss, bad, layer, tf, tb, 0.0, th), B, y, idx,
+                            update=False)[:3]
+
+    def gradients(self, i):
+        """Layer i's share of the last :meth:`forward_backward_rows` (B rows):
+        a dict with ``x`` (B, n_in) its input, ``dy`` (B, n_out) the gradient
+        of its output, ``gb`` (n_out,) the bias gradient, and, as its mode
+        has them, ``gw`` (n_out, n_in) the dense weight gradient (a dense
+        layer) or ``idx`` / ``val`` (B, k) the per-example top-k selection.
+        Views of the step's buffers: valid until the next step."""
+        B = self._last_batch
+        if B is None:
+            raise RuntimeError("FusedStep.gradients: no successful forward_backward_rows yet")
+        lin = self._lins[i]
+        a = self._plan.layer(i)
+        n_in, n_out = lin.n_in, lin.n_out
+        out = {"x": self._plan.inputs(B)[i], "dy": a["dy"][:B * n_out].reshape(B, n_out),
+               "gb": a["gb"][:n_out]}
+        if "gw" in a and not lin.sparse:
+            out["gw"] = a["gw"][:n_out * n_in].reshape(n_out, n_in)
+        if (lin.sparse and lin.mode in ("topk", "topk_dw")
+                and not _core.backward_masked(lin.k, n_out)):
+            k = lin.k
+            out["idx"] = a["idx"][:B * k].reshape(B, k)
+            out["val"] = a["val"][:B * k].reshape(B, k)
+        return out
+

@@ -79,7 +79,12 @@ def checks(out_dir):
         model, opt, tr = train(cfg, data, dist)
         digests = comm.allgather(dist.digest(state_arrays(model, opt)))
         row = {"digests": digests, "methods": dist.last["methods"],
-               "steps": tr.global_step, "best_dev": tr.best_dev}
+               "steps": tr.global_step, "best_dev": tr.best_dev, "path": dist.path}
+        # the module path on every rank (Trainer(fused=False)): the same bits
+        mdist = Distributed()
+        mmodel, mopt, _ = train(cfg, data, mdist, fused=False)
+        row["module_digests"] = comm.allgather(mdist.digest(state_arrays(mmodel, mopt)))
+        row["module_path"] = mdist.path
         if rank == 0:   # the same global batches in one process
             ref, _, rtr = train(cfg, data, None)
             row["max_abs_diff"] = max(float(np.max(np.abs(a.data - b.data)))

@@ -131,6 +131,22 @@ def test_ranks_bit_identical_after_training(checks, name):
     assert run["digests"][0] == run["digests"][1]
 
 
+FUSED_CONFIGS = ["topk", "topk_dw", "batch_dw", "batch_dw_masked", "dense"]
+
+
+@needs_mpi
+@pytest.mark.parametrize("name", ALL_CONFIGS)
+def test_fused_forward_backward_gives_the_module_path_bits(checks, name):
+    """Where every gradient travels as factors, (x, dy) or dense, each rank runs
+    its forward and backward as one C call (the fused step without its
+    update); the weights and optimizer state equal the module path's bit for
+    bit. The row exchanges (unified, masked top-k) keep the module path."""
+    run = checks["runs"][name]
+    assert run["path"] == ("fused" if name in FUSED_CONFIGS else "modules")
+    assert run["module_path"] == "modules"
+    assert run["digests"] == run["module_digests"]
+
+
 @needs_mpi
 def test_exchange_methods_chosen(checks):
     assert checks["runs"]["topk"]["methods"].get("factors") == 2      # both hidden layers

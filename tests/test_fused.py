@@ -340,3 +340,52 @@ def test_mlpstep_checks_its_arguments():
         s.run(x, y, [0], 1, *args)
     with pytest.raises(ValueError, match="kind"):
         s.run(x, y, [0, 0], 1, 3, *args[1:])
+
+
+@pytest.mark.parametrize("mode,k,dropout", [("topk", 6, 0.2), ("topk_dw", 6, 0.0),
+                                            ("batch_dw", 6, 0.2), ("dense", None, 0.0)])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_forward_backward_rows_leaves_the_module_paths_gradients(mode, k, dropout, threads):
+    """The fused step without its update (what a data-parallel rank runs):
+    the loss, each layer's input, output gradient, bias gradient, dense
+    weight gradient and per-example selection equal the module path's
+    backward of the scaled loss gradient, bit for bit; nothing is updated."""
+    data = blobs(SIZES[0], SIZES[-1], n_train=40, seed=2)
+    X, y = data["train"]
+    idx = np.array([3, 17, 5, 30, 8, 11, 0], np.int64)
+    old = mp.get_num_threads()
+    mp.set_num_threads(threads)
+    try:
+        a = nn.MLP(SIZES, k=k, mode=mode, dropout=dropout, seed=4)
+        b = nn.MLP(SIZES, k=k, mode=mode, dropout=dropout, seed=4)
+        oa, ob = optim.Adam(a.parameters()), optim.Adam(b.parameters())
+        fs = fused.FusedStep(a, oa, 16)
+        with pytest.raises(RuntimeError, match="no successful"):
+            fs.gradients(0)
+        before = [p.data.copy() for p in a.parameters()]
+        loss, tf, tb = fs.forward_backward_rows(X, y, idx, dy_scale=7 / 16)
+        loss_fn = nn.SoftmaxCrossEntropy()
+        ref = float(loss_fn.forward(b.forward(X[idx]), y[idx]))
+        dy = loss_fn.backward()
+        dy *= np.float32(7 / 16)
+        b.backward(dy)
+    finally:
+        mp.set_num_threads(old)
+    assert loss == ref and tf >= 0.0 and tb >= 0.0
+    assert oa.steps == 0 and all(s["step"] == 0 for s in fs._states)
+    for p, q in zip(a.parameters(), before):
+        assert np.array_equal(p.data, q)
+    for i, lin in enumerate(b.linears):
+        g = fs.gradients(i)
+        assert np.array_equal(g["x"], lin._x)
+        if lin._dy is not None:   # kept by the module path for mode batch_dw only
+            assert np.array_equal(g["dy"], lin._dy)
+        assert g["dy"].shape == (len(idx), lin.n_out)
+        assert np.array_equal(g["gb"], lin.b.grad)
+        if not lin.sparse:
+            assert np.array_equal(g["gw"], np.asarray(lin.W.grad.values))
+        if lin.sparse and mode in ("topk", "topk_dw"):
+            si, sv = lin.selection(len(idx))
+            assert np.array_equal(g["idx"], si) and np.array_equal(g["val"], sv)
+        else:
+            assert "idx" not in g

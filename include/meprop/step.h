@@ -70,15 +70,17 @@ static int mp_step_loss(mp_step_layer *l, const int64_t *labels, int64_t B,
     return isfinite(loss) ? 0 : 2;
 }
 
-/* One training step on the batch x (B, L[0].n_in), labels (B,).
- * Returns 0 and fills res; 1: a label is outside [0, C) (res->bad = 1 + its
- * position; nothing changed); 2: the loss is not finite (res->loss; nothing
- * changed); 3: the top-k of layer res->layer met res->bad non-finite
- * gradient entries (nothing changed). On 0 every parameter's step count went
- * up by one: the caller records that. gbuf: nthreads * mp_thread_stride(max n_in) floats. */
-static int mp_mlp_step(mp_step_layer *L, int nl, const float *x, const int64_t *labels,
-                       int64_t B, const mp_step_optim *opt, float *gbuf, int nthreads,
-                       mp_step_result *res) {
+/* Forward, loss and backward of one training step on the batch x (B,
+ * L[0].n_in), labels (B,), without the update: each layer's gradients are
+ * left in its buffers (dy, gb, gw, idx / val, rows ...) as mp_layer_backward
+ * leaves them, and its input in l->x. dy_scale != 1 multiplies the loss
+ * gradient (the mean over this batch) by it before the backward, as a data
+ * parallel step does for a rank's share of a global batch. Returns 0 and fills
+ * res (loss, t_forward, t_backward, t_hidden_backward); 1, 2, 3 as
+ * mp_mlp_step (nothing to update). */
+static int mp_mlp_forward_backward(mp_step_layer *L, int nl, const float *x,
+                                   const int64_t *labels, int64_t B, float dy_scale,
+                                   int nthreads, mp_step_result *res) {
     double t0 = mp_step_now();
     const float *in = x;
     for (int i = 0; i < nl; i++) {
@@ -102,6 +104,10 @@ static int mp_mlp_step(mp_step_layer *L, int nl, const float *x, const int64_t *
     }
     int st = mp_step_loss(&L[nl - 1], labels, B, res);
     if (st) return st;
+    if (dy_scale != 1.0f) {
+        float *dy = L[nl - 1].dy;
+        for (int64_t e = 0; e < B * L[nl - 1].n_out; e++) dy[e] *= dy_scale;
+    }
     double t1 = mp_step_now();
 
     double t_hidden = 0.0, tl = t1;
@@ -118,18 +124,39 @@ static int mp_mlp_step(mp_step_layer *L, int nl, const float *x, const int64_t *
         mp_relu_backward(l->dx, below->h, below->dy, B * l->n_in);
     }
     double t2 = mp_step_now();
+    res->t_forward = t1 - t0;
+    res->t_backward = t2 - t1;
+    res->t_hidden_backward = t_hidden;
+    return 0;
+}
 
+/* The optimizer update of every parameter from the gradients in the layers'
+ * buffers (what mp_mlp_forward_backward left, or a data-parallel step put
+ * there); res->t_update. */
+static void mp_mlp_update(mp_step_layer *L, int nl, const mp_step_optim *opt, float *gbuf,
+                          int nthreads, mp_step_result *res) {
+    double t2 = mp_step_now();
     for (int i = nl - 1; i >= 0; i--) {
         mp_step_layer *l = &L[i];
         mp_optim_args aw = mp_step_args(opt, l->tW + 1), ab = mp_step_args(opt, l->tb + 1);
         mp_layer_update_weight(l, opt->kind, aw, gbuf, nthreads);
         mp_optim_rows(opt->kind, l->b, l->sb1, l->sb2, NULL, l->gb, 1, l->n_out, ab, nthreads);
     }
-    double t3 = mp_step_now();
-    res->t_forward = t1 - t0;
-    res->t_backward = t2 - t1;
-    res->t_update = t3 - t2;
-    res->t_hidden_backward = t_hidden;
+    res->t_update = mp_step_now() - t2;
+}
+
+/* One training step on the batch x (B, L[0].n_in), labels (B,).
+ * Returns 0 and fills res; 1: a label is outside [0, C) (res->bad = 1 + its
+ * position; nothing changed); 2: the loss is not finite (res->loss; nothing
+ * changed); 3: the top-k of layer res->layer met res->bad non-finite
+ * gradient entries (nothing changed). On 0 every parameter's step count went
+ * up by one: the caller records that. gbuf: nthreads * mp_thread_stride(max n_in) floats. */
+static int mp_mlp_step(mp_step_layer *L, int nl, const float *x, const int64_t *labels,
+                       int64_t B, const mp_step_optim *opt, float *gbuf, int nthreads,
+                       mp_step_result *res) {
+    int st = mp_mlp_forward_backward(L, nl, x, labels, B, 1.0f, nthreads, res);
+    if (st) return st;
+    mp_mlp_update(L, nl, opt, gbuf, nthreads, res);
     return 0;
 }
 
