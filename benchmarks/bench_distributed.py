@@ -8,7 +8,7 @@ and the step time of 2 ranks x 1 thread against 1 rank x 2 threads.
     mpiexec -n 2 python -m mpi4py benchmarks/bench_distributed.py steps OUT.json \\
         --threads 1 --distributed [--exchange dense]
     # 2 x 1 against 1 x 2 inside one MPI job, alternating block by block
-    mpiexec -n 2 python -m mpi4py benchmarks/bench_distributed.py paired OUT.json --rounds 11
+    mpiexec -n 2 python -m mpi4py benchmarks/bench_distributed.py paired OUT.json
     # the work after the exchange (forming and applying the global gradient) for
     # global batches of N x 100, N = 1..64 (one process, 1 thread): the scale model's input
     python benchmarks/bench_distributed.py apply OUT.json
@@ -170,12 +170,14 @@ def cmd_steps(args):
         _write(args.out, out)
 
 
-def _idle_barrier(comm):
+def _idle_barrier(comm, poll=0.02):
     """A barrier this rank waits at without spinning (Ibarrier polled every
-    half millisecond), so an idle rank leaves its core to the other one."""
+    ``poll`` seconds), so an idle rank leaves the cores to the other one. A
+    poll of 0.5 ms woke the idle rank 2,000 times a second, and those wake-ups
+    slowed the other rank's 2-thread steps by 10-40 %."""
     req = comm.Ibarrier()
     while not req.Test():
-        time.sleep(0.0005)
+        time.sleep(poll)
 
 
 def _train_steps(data, mode, k, dropout, batch, threads, dist=None, fused=True):
@@ -202,54 +204,110 @@ def _train_steps(data, mode, k, dropout, batch, threads, dist=None, fused=True):
 
 
 def cmd_paired(args):
-    """2 ranks x 1 thread against 1 rank x 2 threads inside one MPI job, the
-    variants alternating block by block: for 1 x 2, rank 0 trains alone with 2
-    threads while rank 1 sleeps at a non-spinning barrier. A slow spell of the
-    shared VM then hits neighbouring blocks alike, and each round gives a
-    ratio of blocks run seconds apart."""
+    """2 ranks x 1 thread against 1 rank x 2 threads inside one MPI job, in
+    alternating blocks of a few steps: for 1 x 2, rank 0 runs the fused step
+    on the whole global batch with 2 threads while rank 1 sleeps at a
+    non-spinning barrier; for 2 x 1 both ranks run Distributed.train_step
+    (the Trainer's data-parallel step) with 1 thread each, once with each
+    rank's forward and backward as the fused C call (the default) and once on
+    the module path. Every step is timed on its own; the variants sample the
+    same stretches of time, block by block (tenths of a second apart), so the
+    shared VM's slow spells, which last seconds, hit them alike. Each variant
+    trains its own copy of the model on the same batches."""
     from mpi4py import MPI
     from meprop_cpu.distributed import Distributed
+    from meprop_cpu.fused import FusedStep
     comm = MPI.COMM_WORLD
     rank, size = comm.Get_rank(), comm.Get_size()
     if size != 2:
         raise SystemExit("paired: run with mpiexec -n 2")
     data = mpdata.mnist()
     X, y = data["train"]
-    data = dict(data, train=(np.ascontiguousarray(X[:args.max_train]),
-                             np.ascontiguousarray(y[:args.max_train])))
-    variants = [("1x2", None), ("2x1", True), ("2x1_modules", False)]
+    X = np.ascontiguousarray(X[:args.max_train])
+    y = np.ascontiguousarray(y[:args.max_train])
+    data = dict(data, train=(X, y))
+    B, S = args.batch, args.block
+    spe = X.shape[0] // B
     rows = []
-    for rnd in range(args.rounds):
-        for mode in args.modes.split(","):
-            order = variants[rnd % 3:] + variants[:rnd % 3]   # rotate who goes first
-            res = {}
-            for name, fused in order:
+    for mode in args.modes.split(","):
+        def build(fused):
+            model = nn.MLP([784, 500, 500, 10], k=args.k, mode=mode, dropout=args.dropout,
+                           seed=0)
+            opt = build_optimizer("adam", model.parameters())
+            tr = Trainer(model, opt, data, batch_size=B, epochs=1, seed=0, progress=False,
+                         fused=fused, distributed=Distributed(comm=comm))
+            return tr
+        variants = {"2x1": build(True), "2x1_modules": build(False)}
+        ref = nn.MLP([784, 500, 500, 10], k=args.k, mode=mode, dropout=args.dropout, seed=0)
+        ref_opt = build_optimizer("adam", ref.parameters())
+        ref_step = FusedStep(ref, ref_opt, B)
+        perm = np.random.default_rng(0).permutation(X.shape[0])
+        pos = {"1x2": 0, "2x1": 0, "2x1_modules": 0}
+        times = {k: [] for k in pos}
+        parts = {k: [] for k in pos}
+        by_pos = {}
+        paths = {}
+        names = ["1x2", "2x1", "2x1_modules"]
+        for blk in range(args.blocks):
+            for name in names[blk % 3:] + names[:blk % 3]:   # rotate who goes first
                 comm.Barrier()
-                if fused is None:
+                got = []
+                if name == "1x2":
                     if rank == 0:
-                        res[name] = _train_steps(data, mode, args.k, args.dropout, args.batch, 2)
+                        set_num_threads(2)
+                        for _ in range(S):
+                            i = pos[name] % spe
+                            idx = np.ascontiguousarray(perm[i * B:(i + 1) * B])
+                            t = time.perf_counter()
+                            _, tf, tb, tu = ref_step.step_rows(X, y, idx)
+                            got.append(time.perf_counter() - t)
+                            parts[name].append((tf, tb, 0.0, tu))
+                            pos[name] += 1
                     _idle_barrier(comm)
                 else:
-                    res[name] = _train_steps(data, mode, args.k, args.dropout, args.batch, 1,
-                                             Distributed(comm=comm), fused=fused)
-            if rank == 0:
-                row = {"round": rnd + 1, "mode": mode, "order": [n for n, _ in order],
-                       "load_average": os.getloadavg()}
-                for name, (ms, ex, s, path) in res.items():
-                    row[name] = {"median_step_ms": ms, "median_exchange_ms": ex, "path": path,
-                                 "best_dev": s["best_dev"],
-                                 "test_at_best_dev": s["test_at_best_dev"]}
-                row["ratio"] = row["2x1"]["median_step_ms"] / row["1x2"]["median_step_ms"]
-                row["ratio_modules"] = (row["2x1_modules"]["median_step_ms"]
-                                        / row["1x2"]["median_step_ms"])
-                rows.append(row)
-                print(f"round {rnd + 1} {mode}: 1x2 {row['1x2']['median_step_ms']:.2f} ms, "
-                      f"2x1 {row['2x1']['median_step_ms']:.2f} ms ({row['ratio']:.2f}x), "
-                      f"2x1 module path {row['2x1_modules']['median_step_ms']:.2f} ms "
-                      f"({row['ratio_modules']:.2f}x)", flush=True)
+                    set_num_threads(1)
+                    tr = variants[name]
+                    for _ in range(S):
+                        i = pos[name] % spe
+                        idx = np.ascontiguousarray(perm[i * B:(i + 1) * B])
+                        t = time.perf_counter()
+                        _, tf, tbx, tu = tr.distributed.train_step(tr, 1, i + 1, idx)
+                        got.append(time.perf_counter() - t)
+                        ex = tr.distributed.last["seconds"]
+                        parts[name].append((tf, tbx - ex, ex, tu))
+                        pos[name] += 1
+                    paths[name] = tr.distributed.path
+                if blk >= args.warmup_blocks:
+                    times[name] += got
+                    by_pos.setdefault(name, []).append(got)
+        if rank == 0:
+            med = {k: 1e3 * float(np.median(v)) for k, v in times.items()}
+            acc = {"1x2": ref.accuracy(*data["dev"])}
+            for name, tr in variants.items():
+                acc[name] = tr.model.accuracy(*data["dev"])
+            row = {"mode": mode, "median_step_ms": med, "steps_timed": len(times["2x1"]),
+                   "steps_each": pos["2x1"], "paths": paths, "dev_acc": acc,
+                   "ratio": med["2x1"] / med["1x2"],
+                   "ratio_modules": med["2x1_modules"] / med["1x2"],
+                   "quartiles_ms": {k: [1e3 * float(q) for q in np.percentile(v, [25, 75])]
+                                    for k, v in times.items()},
+                   "load_average": os.getloadavg(),
+                   "median_parts_ms": {
+                       k: dict(zip(("forward", "backward", "exchange", "update"),
+                                   (1e3 * float(x) for x in np.median(np.array(v), axis=0))))
+                       for k, v in parts.items() if v},
+                   "median_ms_by_position_in_block": {
+                       k: [1e3 * float(np.median([b[j] for b in v if len(b) > j]))
+                           for j in range(S)] for k, v in by_pos.items() if v}}
+            rows.append(row)
+            print(f"{mode}: 1x2 {med['1x2']:.2f} ms, 2x1 {med['2x1']:.2f} ms "
+                  f"({row['ratio']:.2f}x), 2x1 module path {med['2x1_modules']:.2f} ms "
+                  f"({row['ratio_modules']:.2f}x); dev {acc}", flush=True)
     if rank == 0:
-        _write(args.out, {"kind": "paired", "env": _env(), "k": args.k, "batch_global": args.batch,
-                          "dropout": args.dropout, "max_train": args.max_train, "rows": rows,
+        _write(args.out, {"kind": "paired", "env": _env(), "k": args.k, "batch_global": B,
+                          "dropout": args.dropout, "max_train": args.max_train,
+                          "block": S, "blocks": args.blocks, "warmup_blocks": args.warmup_blocks,
+                          "rows": rows,
                           "command": "mpiexec -n 2 python -m mpi4py "
                                      "benchmarks/bench_distributed.py " + " ".join(sys.argv[1:])})
 
@@ -366,43 +424,32 @@ def _exchange_table(rows):
 
 
 def _paired_lines(pr):
-    med = statistics.median
-    rows = pr["rows"]
-    out = ["", "## 2 x 1 against 1 x 2 inside one MPI job (paired blocks)", "",
+    out = ["", "## 2 x 1 against 1 x 2 inside one MPI job, in alternating blocks of steps", "",
            f"`{pr['command']}`", "",
-           "Each round runs, in rotating order, one epoch over the first "
-           f"{pr['max_train']:,} training examples (global batch {pr['batch_global']}, k = "
-           f"{pr['k']}, dropout {pr['dropout']}, Adam; median ms per step after the first 20) "
-           "with 1 rank x 2 threads (rank 0 alone, fused step; rank 1 waits at a barrier "
-           "that sleeps instead of spinning), 2 ranks x 1 thread with each rank's forward "
-           "and backward as the fused step's C call (the default), and 2 x 1 on the module "
-           "path (`Trainer(fused=False)`). Neighbouring blocks run seconds apart, so a slow "
-           "spell of the shared VM (whole 100-step blocks ran 2x slower than their "
-           "neighbours) hits the variants of a round alike; the statistic is the median "
-           "of the rounds' ratios. The weights of the 2 x 1 runs equal the 1 x 2 run's up "
-           "to float rounding (bit for bit between the fused and the module path), so "
-           "dev / test accuracy after the epoch is the same for all.", "",
-           "| round | mode | order | 1 x 2 ms | 2 x 1 ms | 2 x 1 module path ms | 2 x 1 / 1 x 2 | "
-           "module path / 1 x 2 | dev % | test % | load avg |",
-           "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in rows:
-        out.append(f"| {r['round']} | {r['mode']} | {' '.join(r['order'])} | "
-                   f"{r['1x2']['median_step_ms']:.2f} | {r['2x1']['median_step_ms']:.2f} | "
-                   f"{r['2x1_modules']['median_step_ms']:.2f} | {r['ratio']:.2f} | "
-                   f"{r['ratio_modules']:.2f} | {r['2x1']['best_dev']:.2f} | "
-                   f"{r['2x1']['test_at_best_dev']:.2f} | {r['load_average'][0]:.1f} |")
-    out.append("")
-    for mode in sorted({r["mode"] for r in rows}):
-        rr = [r for r in rows if r["mode"] == mode]
-        q = np.percentile([r["ratio"] for r in rr], [25, 75])
-        out.append(f"- {mode}: 2 x 1 / 1 x 2 median of {len(rr)} rounds' ratios "
-                   f"**{med(r['ratio'] for r in rr):.2f}x** (quartiles {q[0]:.2f}-{q[1]:.2f}); "
-                   f"module path {med(r['ratio_modules'] for r in rr):.2f}x; medians of the "
-                   f"blocks 1 x 2 {med(r['1x2']['median_step_ms'] for r in rr):.2f} ms, 2 x 1 "
-                   f"{med(r['2x1']['median_step_ms'] for r in rr):.2f} ms (of which the "
-                   f"exchange {med(r['2x1']['median_exchange_ms'] for r in rr):.2f} ms), module "
-                   f"path {med(r['2x1_modules']['median_step_ms'] for r in rr):.2f} ms; dev "
-                   f"{rr[0]['2x1']['best_dev']:.2f} %, test {rr[0]['2x1']['test_at_best_dev']:.2f} %.")
+           f"Blocks of {pr['block']} steps (global batch {pr['batch_global']} of the first "
+           f"{pr['max_train']:,} training examples, k = {pr['k']}, dropout {pr['dropout']}, "
+           f"Adam), {pr['blocks']} per variant in rotating order, the first "
+           f"{pr['warmup_blocks']} not timed: 1 x 2 = rank 0 runs the fused step on the whole "
+           "batch with 2 threads while rank 1 sleeps at a barrier it polls every 20 ms; "
+           "2 x 1 = both ranks run the Trainer's data-parallel step "
+           "(`Distributed.train_step`, 1 thread each), with each rank's forward and backward "
+           "as the fused step's C call (the default) or on the module path. Each step is "
+           "timed alone (from the call to its return: forward, backward, exchange, update); "
+           "the variants alternate every few tenths of a second, so slow spells of the "
+           "shared VM, which last seconds, hit them alike. Each variant trains its own copy "
+           "of the model on the same batches; dev accuracy after its steps is in the table "
+           "(2 x 1 equals a single process up to float rounding, and the fused and module "
+           "paths are bit-identical).", "",
+           "| mode | 1 x 2 ms | 2 x 1 ms | 2 x 1 module path ms | 2 x 1 / 1 x 2 | module path / "
+           "1 x 2 | quartiles ms (1 x 2; 2 x 1) | steps timed each | dev % (1 x 2 / 2 x 1) | "
+           "load avg |", "|---|---:|---:|---:|---:|---:|---|---:|---|---:|"]
+    for r in pr["rows"]:
+        m, q = r["median_step_ms"], r["quartiles_ms"]
+        out.append(f"| {r['mode']} | {m['1x2']:.2f} | {m['2x1']:.2f} | {m['2x1_modules']:.2f} | "
+                   f"**{r['ratio']:.2f}x** | {r['ratio_modules']:.2f}x | "
+                   f"{q['1x2'][0]:.2f}-{q['1x2'][1]:.2f}; {q['2x1'][0]:.2f}-{q['2x1'][1]:.2f} | "
+                   f"{r['steps_timed']} | {r['dev_acc']['1x2']:.2f} / {r['dev_acc']['2x1']:.2f} | "
+                   f"{r['load_average'][0]:.1f} |")
     return out
 
 
@@ -501,7 +548,9 @@ def main():
     p.add_argument("--max-train", type=int, default=None, help="train on the first N examples")
     p = sub.add_parser("paired")
     p.add_argument("out")
-    p.add_argument("--rounds", type=int, default=7)
+    p.add_argument("--blocks", type=int, default=60, help="blocks per variant")
+    p.add_argument("--block", type=int, default=10, help="steps per block")
+    p.add_argument("--warmup-blocks", type=int, default=3)
     p.add_argument("--modes", default="topk,batch_dw")
     p.add_argument("--batch", type=int, default=200)
     p.add_argument("--k", type=int, default=20)
