@@ -25,12 +25,21 @@ How gradients are combined (one step)
       sent (``B * 2k * 4`` bytes).
     * **batch top-k layers** (mode ``"batch_dw"``, the default): the selection
       is over the whole global batch, so no rank can make it alone. Each rank
-      sends its layer input ``x`` and its output gradient ``dy`` (B_r, n_out)
-      in the same ``Allgatherv``; every rank concatenates them in rank order
-      and forms the gradient of the ``B k`` largest ``|dy|`` of the global
-      batch with the kernels a single process runs (``Linear.weight_grad``).
-      Bytes per rank: ``B (n_in + n_out) * 4`` (``B n_out * 4`` for the first
-      layer). Where a dense Allreduce is cheaper (large global batches) the
+      sends its layer input ``x`` and its *candidates*: the ``min(B k, B_r
+      n_out)`` largest ``|dy|`` of its share as (index, value), in the same
+      ``Allgatherv`` (method ``"cand"``). Every entry of the global batch's
+      ``B k`` largest is among its rank's candidates (fewer than ``B k``
+      entries of the whole batch precede it, so fewer than that of its
+      share), so every rank selects the ``B k`` largest of all candidates,
+      in the selection's order (magnitude, then global index), groups them by
+      row and forms the gradient over the global ``x``: the single-process
+      gradient bit for bit. Bytes per rank: ``B_r n_in * 4 + min(B k, B_r
+      n_out) * 8`` (no ``x`` for the first layer). Above the masked threshold
+      (k > n_out / 4, where the single process forms the gradient by dense
+      products on the masked ``dy``), or where it moves fewer bytes, a rank
+      sends its whole output gradient ``dy`` instead (method ``"dy"``, ``B_r
+      (n_in + n_out) * 4`` bytes) and every rank runs ``Linear.weight_grad``
+      on the concatenated batch. Where a dense Allreduce is cheaper (large global batches) the
       layer's own gradient goes that way, and the selection is then each
       rank's ``B_r k`` over its share. meSimp's activeness counts of these
       layers are each rank's own selections, summed.
@@ -148,7 +157,11 @@ def exchange_bytes(kind, size, n_out, n_in, batch=0, k=0, rows=0, with_input=Tru
       count over all ranks, (N-1)/N * rows * (n_in + 1) * 4;
     * ``"dy"``: Allgatherv of the other ranks' x and output gradient dy (mode
       batch_dw): (N-1)/N * batch * (n_in + n_out) * 4 (without x as for
-      "factors").
+      "factors");
+    * ``"cand"``: Allgatherv of the other ranks' x and selection candidates
+      (mode batch_dw): each rank's min(batch k, B_r n_out) largest |dy| as
+      (index, value), 8 bytes each, with B_r = batch / N:
+      (N-1)/N * batch * n_in * 4 + (N-1) * min(batch k, B_r n_out) * 8.
     """
     f = (size - 1) / size
     if kind == "dense":
@@ -159,7 +172,10 @@ def exchange_bytes(kind, size, n_out, n_in, batch=0, k=0, rows=0, with_input=Tru
         return f * rows * (n_in + 1) * 4
     if kind == "dy":
         return f * batch * (n_in * bool(with_input) + n_out) * 4
-    raise ValueError(f"exchange_bytes: kind must be 'dense', 'factors', 'dy' or 'rows', "
+    if kind == "cand":
+        m = min(batch * k, batch / size * n_out)
+        return f * batch * n_in * bool(with_input) * 4 + (size - 1) * m * 8
+    raise ValueError(f"exchange_bytes: kind must be 'dense', 'factors', 'dy', 'cand' or 'rows', "
                      f"got {kind!r}")
 
 
@@ -209,6 +225,7 @@ class Distributed:
         self._ws = {}
         self._skip_x = set()
         self._fstep = None        # the FusedStep of the fused path (see _fused_for)
+        self._batch_exchange = None   # tests: force "dy" or "cand" for batch_dw layers
         self.path = None          # "fused" or "modules": how the last step ran
 
     def __repr__(self):
@@ -328,7 +345,7 @@ class Distributed:
         if not trainer.fused or nb < 1:
             return None
         for p, m, lin in plan:
-            if m not in ("factors", "dy", "dense") or (m == "dense" and lin is not None
+            if m not in ("factors", "dy", "cand", "dense") or (m == "dense" and lin is not None
                                                        and lin.sparse):
                 return None
         fs = self._fstep
@@ -358,7 +375,9 @@ class Distributed:
                     first = first_input is not None and lin is model.modules[0]
                     if first:
                         self._skip_x.add(id(lin))
-                    kind = "dy" if _batch_layer(lin) else "factors"
+                    kind = "factors"
+                    if _batch_layer(lin):
+                        kind = self._batch_kind(lin, N, B, first)
                     f = exchange_bytes(kind, N, lin.n_out, lin.n_in, B, lin.k,
                                        with_input=not first)
                     d = exchange_bytes("dense", N, lin.n_out, lin.n_in)
@@ -371,6 +390,19 @@ class Distributed:
             else:
                 plan.append((p, "dense", None))
         return plan
+
+    def _batch_kind(self, lin, N, B, first):
+        """How a batch-selection layer (mode batch_dw) sends its share: "cand"
+        (its top B k candidates) where its backward groups factored pairs
+        (not the masked form) and that moves fewer bytes than "dy" (its whole
+        output gradient), else "dy"."""
+        if self._batch_exchange is not None:
+            return self._batch_exchange
+        if _core.backward_masked(lin.k, lin.n_out):
+            return "dy"
+        c = exchange_bytes("cand", N, lin.n_out, lin.n_in, B, lin.k, with_input=not first)
+        d = exchange_bytes("dy", N, lin.n_out, lin.n_in, B, lin.k, with_input=not first)
+        return "cand" if c < d else "dy"
 
     def _sparse_method(self):
         return {"dense": "dense_rows", "owner": "owner"}.get(self.exchange, "rows?")
@@ -424,6 +456,14 @@ class Distributed:
                 n_in = lin.n_in * (id(lin) not in self._skip_x)
                 recv_sizes += np.array(sizes, np.int64) * (n_in + lin.n_out) * 4
                 send_parts += src.dy_parts(lin, nb, with_input=n_in > 0)
+            elif m == "cand":
+                n_in = lin.n_in * (id(lin) not in self._skip_x)
+                cands = np.array([_n_cand(B, lin.k, b, lin.n_out) for b in sizes], np.int64)
+                recv_sizes += np.array(sizes, np.int64) * n_in * 4 + cands * 8
+                parts = src.dy_parts(lin, nb, with_input=n_in > 0)
+                cws = self._ws.setdefault(("cand", id(lin)), Workspace())
+                send_parts += parts[:-1] + list(_candidates(parts[-1], nb, lin.n_out,
+                                                            int(cands[self.rank]), cws))
             elif m == "rows":
                 n_in = p.data.shape[1]
                 recv_sizes += counts[:, row_j[i]] * (n_in + 1) * 4
@@ -562,10 +602,18 @@ class Distributed:
     def _unpack(self, plan, recvbuf, displs, sizes, counts, row_j, N, first_input):
         """Rebuild each exchanged gradient from every rank's part, in rank order."""
         pos = [int(d) for d in displs]
-        factors, rows, dys = {}, {}, {}
+        factors, rows, dys, cands = {}, {}, {}, {}
         for i, (p, m, lin) in enumerate(plan):
             for r in range(N):
-                if m == "dy":
+                if m == "cand":
+                    n_in, b = lin.n_in, sizes[r]
+                    c = _n_cand(sum(sizes), lin.k, b, lin.n_out)
+                    x = (None if id(lin) in self._skip_x else
+                         _take(recvbuf, pos, r, b * n_in, np.float32).reshape(b, n_in))
+                    ci = _take(recvbuf, pos, r, c, np.int32)
+                    cv = _take(recvbuf, pos, r, c, np.float32)
+                    cands.setdefault(i, []).append((x, ci, cv, b))
+                elif m == "dy":
                     n_in, b = lin.n_in, sizes[r]
                     x = (None if id(lin) in self._skip_x else
                          _take(recvbuf, pos, r, b * n_in, np.float32).reshape(b, n_in))
@@ -612,6 +660,16 @@ class Distributed:
                 np.concatenate([x for x, _ in parts], out=X)
             np.concatenate([d for _, d in parts], out=DY)
             p.grad = lin.weight_grad(X, DY)
+        for i, parts in cands.items():   # mode batch_dw from every rank's candidates
+            p, _, lin = plan[i]
+            ws = self._ws.setdefault(id(lin), Workspace())
+            Bg = sum(b for _, _, _, b in parts)
+            X = ws.get("x", (Bg, lin.n_in), np.float32)
+            if id(lin) in self._skip_x:
+                X[...] = first_input()
+            else:
+                np.concatenate([x for x, _, _, _ in parts], out=X)
+            p.grad = _select_candidates(parts, X, lin.n_out, lin.k, ws, nt)
         for i, parts in rows.items():
             p = plan[i][0]
             u, vals = merge_rows(parts, p.data.shape[1])
@@ -735,6 +793,59 @@ def _dy_parts(lin, nb, with_input=True):
     else:
         parts = [lin._x, lin._dy]
     return parts if with_input else parts[1:]
+
+
+def _n_cand(B, k, b, n_out):
+    """Candidates a rank with b of the global batch's B examples sends for a
+    batch-selection layer: min(B k, b n_out)."""
+    return min(B * k, b * n_out)
+
+
+def _candidates(dy, nb, n_out, m, ws):
+    """(local flat indices int32 (m,), values float32 (m,)): the m largest |dy|
+    of this rank's share under the selection's order (larger magnitude first,
+    then the lower index), ascending by index. Every entry of the global
+    batch's B k largest that lies in this share is among them: fewer than B k
+    entries of the whole batch precede it, so fewer than m <= B k of this
+    share do (or m is the whole share)."""
+    g = np.ascontiguousarray(dy, dtype=np.float32).reshape(1, nb * n_out)
+    if m == nb * n_out:
+        return np.arange(m, dtype=np.int32), g.reshape(-1)
+    idx = ws.get("cand_idx", (1, m), np.int32)
+    val = ws.get("cand_val", (1, m), np.float32)
+    kernels.topk_rows_into(g, m, idx, val, ws, 1)   # NaN / Inf: the backward reported it
+    return idx.reshape(-1), val.reshape(-1)
+
+
+def _select_candidates(parts, X, n_out, k, ws, nthreads):
+    """The global batch's weight gradient of mode batch_dw from every rank's
+    candidates (rank order = global example order): the B k largest of them
+    by the selection's order are the B k largest of the whole batch's dy, in
+    the same order, so grouping them by row gives the single-process gradient
+    bit for bit (factored, over the global input X)."""
+    B = X.shape[0]
+    flat, vals, start = [], [], 0
+    for _, ci, cv, b in parts:
+        if ci.size and (ci.min() < 0 or ci.max() >= b * n_out):
+            raise RuntimeError("Distributed: a rank sent candidate indices out of range")
+        flat.append(ci.astype(np.int64) + start * n_out)
+        vals.append(cv)
+        start += b
+    flat, vals = np.concatenate(flat), np.concatenate(vals)
+    kk = B * k
+    if vals.shape[0] > kk:
+        sel = ws.get("sel_idx", (1, kk), np.int32)
+        sv = ws.get("sel_val", (1, kk), np.float32)
+        kernels.topk_rows_into(vals.reshape(1, -1), kk, sel, sv, ws, nthreads)
+        flat, vals = flat[sel[0]], sv[0]
+    ex = (flat // n_out).astype(np.int32)
+    j = (flat - ex.astype(np.int64) * n_out).astype(np.int32)
+    r, rows, offsets, pair_b, pair_v = kernels.group_pairs_into(
+        n_out, j.reshape(-1, 1), np.ascontiguousarray(vals).reshape(-1, 1), ws)
+    used = int(offsets[r])
+    pair_b[:used] = ex[pair_b[:used]]        # pair index -> its example
+    values = ws.get("values", (r, X.shape[1]), np.float32)
+    return RowGrad._factored(rows[:r], X, offsets, pair_b, pair_v, values)
 
 
 def _row_parts(p, nb):

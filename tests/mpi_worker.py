@@ -85,6 +85,12 @@ def checks(out_dir):
         mmodel, mopt, _ = train(cfg, data, mdist, fused=False)
         row["module_digests"] = comm.allgather(mdist.digest(state_arrays(mmodel, mopt)))
         row["module_path"] = mdist.path
+        if cfg["mode"] == "batch_dw":   # whole (x, dy) instead of candidates: the same bits
+            ddist = Distributed()
+            ddist._batch_exchange = "dy"
+            dmodel, dopt, _ = train(cfg, data, ddist)
+            row["dy_digests"] = comm.allgather(ddist.digest(state_arrays(dmodel, dopt)))
+            row["dy_methods"] = ddist.last["methods"]
         if rank == 0:   # the same global batches in one process
             ref, _, rtr = train(cfg, data, None)
             row["max_abs_diff"] = max(float(np.max(np.abs(a.data - b.data)))
@@ -176,6 +182,14 @@ def batch_selection_check(data):
         lins = [m for m in model.modules if hasattr(m, "track_hits")]
         parts = comm.allgather([(lin._x.copy(), lin._dy.copy()) for lin in lins])
         dist._exchange(model, opt, lins, [], 32, b - a, 0.0, 0, False)
+        got_w = [_dense(lin.W) for lin in lins if lin.sparse]
+        # the same local gradients sent whole (x, dy) instead of as candidates
+        model.backward(loss_fn.backward() * np.float32((b - a) / 32))
+        dist_dy = Distributed()
+        dist_dy._batch_exchange = "dy"
+        dist_dy._exchange(model, opt, lins, [], 32, b - a, 0.0, 0, False)
+        same_as_dy = all(np.array_equal(g, _dense(lin.W))
+                         for g, lin in zip(got_w, [m for m in lins if m.sparse]))
         errs, methods = [], dist.last["methods"]
         for i, lin in enumerate(lins):
             if not lin.sparse:
@@ -187,7 +201,8 @@ def batch_selection_check(data):
             np.add.at(ref, idx, val[:, None].astype(np.float64) * x[ex])
             got = _dense(lin.W)
             errs.append(float(np.max(np.abs(got - ref)) / max(1.0, np.max(np.abs(ref)))))
-        out[name] = {"rel_err": errs, "methods": methods,
+        out[name] = {"rel_err": errs, "methods": methods, "same_as_dy": same_as_dy,
+                     "dy_methods": dist_dy.last["methods"],
                      "digests": comm.allgather(dist.digest([_dense(p) for p in opt.params]))}
     return out
 

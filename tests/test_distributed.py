@@ -83,6 +83,49 @@ def test_exchange_bytes_mnist_mlp_k20():
         exchange_bytes("ring", 2, 1, 1)
 
 
+def test_exchange_bytes_of_batch_candidates():
+    # mode batch_dw, MNIST MLP, batch 100 per rank, 2 ranks, k = 20: a rank
+    # sends its 2,000 examples' x (not for the first layer) and min(B k, B_r n)
+    # = 4,000 candidates of 8 bytes, against x and its whole dy
+    c1 = exchange_bytes("cand", 2, 500, 784, batch=200, k=20, with_input=False)
+    c2 = exchange_bytes("cand", 2, 500, 500, batch=200, k=20)
+    d2 = exchange_bytes("dy", 2, 500, 500, batch=200, k=20)
+    assert c1 == 4000 * 8 and c2 == 100 * 500 * 4 + 4000 * 8 and d2 == 100 * 1000 * 4
+    # tiny shares: every entry is a candidate
+    assert exchange_bytes("cand", 4, 10, 3, batch=4, k=5, with_input=False) == 3 * 10 * 8
+
+
+@pytest.mark.parametrize("shares", [[7], [3, 4], [1, 0, 6], [2, 2, 3]])
+@pytest.mark.parametrize("k", [1, 3, 9])
+def test_batch_candidates_give_the_global_selection_bit_for_bit(shares, k):
+    """Each share's B k largest |dy| (ties and zeros included) merged in share
+    order give the gradient of the B k largest of the whole batch's dy: the
+    one Linear.weight_grad forms on the concatenated batch, bit for bit."""
+    from meprop_cpu import _core
+    from meprop_cpu.distributed import _candidates, _n_cand, _select_candidates
+    from meprop_cpu.kernels import Workspace
+    from meprop_cpu.nn import Linear
+    rng = np.random.default_rng(k + len(shares))
+    B, n_out, n_in = sum(shares), 40, 5
+    assert not _core.backward_masked(k, n_out)   # candidates serve the factored form only
+    # coarse values: many exact ties in magnitude, and a third zeros
+    dy = (rng.integers(-4, 5, size=(B, n_out)) * 0.25).astype(np.float32)
+    dy[rng.random((B, n_out)) < 0.33] = 0.0
+    x = rng.standard_normal((B, n_in)).astype(np.float32)
+    lin = Linear(n_in, n_out, k=k, mode="batch_dw", seed=0)
+    ref = lin.weight_grad(x, dy)
+    parts, start = [], 0
+    for b in shares:
+        m = _n_cand(B, k, b, n_out)
+        ci, cv = _candidates(dy[start:start + b], b, n_out, m, Workspace())
+        assert ci.shape == cv.shape == (m,)
+        parts.append((None, ci.copy(), cv.copy(), b))
+        start += b
+    got = _select_candidates(parts, x, n_out, k, Workspace(), 1)
+    assert np.array_equal(got.rows, ref.rows)
+    assert np.array_equal(got.values, ref.values)
+
+
 def test_distributed_without_mpi4py_names_the_extra(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "mpi4py", None)    # import mpi4py -> ImportError
     rc = cli.main(["train", "--dataset", "synthetic", "--distributed", "--epochs", "1"])
@@ -151,7 +194,7 @@ def test_fused_forward_backward_gives_the_module_path_bits(checks, name):
 def test_exchange_methods_chosen(checks):
     assert checks["runs"]["topk"]["methods"].get("factors") == 2      # both hidden layers
     assert checks["runs"]["topk_dw"]["methods"].get("factors") == 2
-    assert checks["runs"]["batch_dw"]["methods"].get("dy") == 2         # both hidden layers
+    assert checks["runs"]["batch_dw"]["methods"].get("cand") == 2       # both hidden layers
     assert checks["runs"]["batch_dw_masked"]["methods"].get("dy", 0) >= 1
     assert checks["runs"]["unified"]["methods"].get("rows", 0) >= 1
     assert checks["runs"]["masked"]["methods"].get("rows", 0) + \
@@ -195,7 +238,19 @@ def test_batch_dw_selects_over_the_global_batch(checks, name):
     r = checks["exchange"]["global_batch"][name]
     assert r["rel_err"] and max(r["rel_err"]) < 1e-5, r
     assert r["digests"][0] == r["digests"][1]
-    assert r["methods"].get("dy", 0) >= 1
+    # below the masked threshold each rank sends its B*k largest |dy| (candidates),
+    # above it the whole dy; either way the gradient of whole (x, dy), bit for bit
+    assert r["methods"].get("cand" if name == "batch_dw" else "dy", 0) >= 1
+    assert r["dy_methods"].get("dy", 0) >= 1
+    assert r["same_as_dy"] is True
+
+
+@needs_mpi
+@pytest.mark.parametrize("name", ["batch_dw", "batch_dw_masked"])
+def test_batch_candidates_train_to_the_bits_of_the_whole_dy(checks, name):
+    run = checks["runs"][name]
+    assert run["dy_methods"].get("dy") == 2
+    assert run["digests"] == run["dy_digests"]
 
 
 @needs_mpi
