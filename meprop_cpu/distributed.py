@@ -68,9 +68,9 @@ How gradients are combined (one step)
 How a rank computes its gradients
     Where the Trainer's ``fused`` is on (the default), the model qualifies
     for the fused one-call step (:mod:`meprop_cpu.fused`) and every gradient
-    travels as factors, (x, dy) or in the dense Allreduce as it is, a rank's
-    forward, loss and backward on its share run as that step's C call without
-    its update (``FusedStep.forward_backward_rows``), the exchange reads the
+    travels as factors, (x, candidates or dy) or in the dense Allreduce as it
+    is, a rank's forward, loss and backward on its share run as that step's C
+    call without its update (``FusedStep.forward_backward_rows``), the exchange reads the
     gradients from the step's buffers, and the optimizer applies the combined
     ones. Otherwise (row exchanges, ``Trainer(fused=False)``, models the fused
     step does not cover) the modules' forward and backward run. Both give the
@@ -188,7 +188,8 @@ def _factored_layer(lin):
 
 def _batch_layer(lin):
     """Whether lin selects over the whole batch (mode batch_dw): its gradient
-    travels as (x, dy), and every rank selects over the global batch."""
+    travels as x and selection candidates (or x and dy), and every rank
+    selects over the global batch."""
     return lin.sparse and lin.mode == "batch_dw"
 
 
@@ -338,9 +339,9 @@ class Distributed:
         """The FusedStep that runs this rank's forward and backward in one C call
         (without the update), or None for the module path: the Trainer's
         ``fused`` is on, the model and optimizer qualify for the fused step,
-        this rank has examples, and every gradient travels as factors, (x, dy)
-        or in the dense Allreduce as it is (no row-sparse gradient sent as
-        rows or densely: those read the modules' gradients)."""
+        this rank has examples, and every gradient travels as factors,
+        (x, candidates or dy) or in the dense Allreduce as it is (no row-sparse
+        gradient sent as rows or densely: those read the modules' gradients)."""
         model, opt = trainer.model, trainer.optimizer
         if not trainer.fused or nb < 1:
             return None
