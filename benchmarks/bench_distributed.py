@@ -82,8 +82,13 @@ def cmd_exchange(args):
         loss_fn = nn.SoftmaxCrossEntropy()
         lins = model.linears
         reps = args.reps if sizes[-1] < 10000 else max(2, args.reps // 5)
-        for exchange in ("auto", "rows", "owner", "dense"):
-            dist = Distributed(exchange=exchange)
+        variants = ["auto", "rows", "owner", "dense"]
+        if args.mode == "batch_dw":   # the whole dy instead of the candidates, for comparison
+            variants.insert(1, "auto_dy")
+        for exchange in variants:
+            dist = Distributed(exchange=exchange.split("_")[0])
+            if exchange == "auto_dy":
+                dist._batch_exchange = "dy"
             t = []
             for _ in range(reps):
                 out = model.forward(x)
@@ -110,7 +115,7 @@ def cmd_exchange(args):
                          "reps": reps})
             if rank == 0:
                 r = rows[-1]
-                print(f"{name:18s} {exchange:6s} {r['methods']}  recv {r['recv_bytes']:>11,d} B "
+                print(f"{name:18s} {exchange:7s} {r['methods']}  recv {r['recv_bytes']:>11,d} B "
                       f"(dense {r['dense_allreduce_recv_bytes']:,d}, "
                       f"{r['dense_allreduce_recv_bytes'] / r['recv_bytes']:.1f}x fewer)  "
                       f"{r['median_ms']:.3f} ms", flush=True)
@@ -474,8 +479,9 @@ def cmd_report(args):
         exb = json.load(open(bd))
         lines += ["", "### The default mode, batch_dw", "",
                   f"`{exb['command']}`: the selection is over the global batch, so every "
-                  "rank sends its layer input and output gradient (method `dy`) instead of "
-                  "its own selection.", ""] + _exchange_table(exb["rows"])
+                  "rank sends its layer input and its B k largest output-gradient entries "
+                  "(method `cand`: the candidates among which the global selection lies) "
+                  "instead of its own selection.", ""] + _exchange_table(exb["rows"])
     steps = sorted((json.load(open(os.path.join(d, f))) for f in os.listdir(d)
                     if f.startswith("steps_") and f.endswith(".json")),
                    key=lambda s: (s.get("order", 0), s["command"]))
