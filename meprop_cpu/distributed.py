@@ -286,18 +286,24 @@ class Distributed:
         loss_local, bad, message = 0.0, 0, ""
         t1 = t2 = t0
         src = _ModuleGrads()
+        ran = None
         if nb > 0 and fstep is not None:
             src = _FusedGrads(fstep, lins)
             try:
-                loss_local, tf, _ = fstep.forward_backward_rows(X, y, idx[start:stop], nb / B)
-                if not np.isfinite(loss_local):   # no backward ran: nothing to send
-                    bad, message, src.failed = 1, f"the training loss is {loss_local}", True
+                ran = fstep.forward_backward_rows(X, y, idx[start:stop], nb / B)
+                if ran is not None:
+                    loss_local, tf, _ = ran
+                    if not np.isfinite(loss_local):   # no backward ran: nothing to send
+                        bad, message, src.failed = 1, f"the training loss is {loss_local}", True
             except FloatingPointError as e:
+                ran, tf = True, pc() - t0
                 bad, message, src.failed = 1, str(e), True
-                tf = pc() - t0
-            t1 = t0 + tf
-            t2 = pc()
-        elif nb > 0:
+            if ran is not None:
+                t1 = t0 + tf
+                t2 = pc()
+            else:   # the model no longer qualifies (nothing was run): the module path
+                src = _ModuleGrads()
+        if nb > 0 and ran is None:
             local = idx[start:stop]
             xb, yb = X[local], y[local]
             logits = model.forward(xb)
@@ -354,9 +360,7 @@ class Distributed:
             if _fused.unsupported(model, opt, trainer.loss) is not None:
                 return None
             fs = self._fstep = _fused.FusedStep(model, opt, trainer.batch_size)
-        elif fs.unsupported is not None or _fused.unsupported(model, opt, trainer.loss):
-            return None
-        return fs
+        return fs   # it returns None from forward_backward_rows once the model changed
 
     # -- the exchange ------------------------------------------------------------
     def _plan(self, model, opt, lins, B, first_input=None):

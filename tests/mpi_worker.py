@@ -115,6 +115,24 @@ def same_sums_check(data):
     for exchange in ("rows", "owner", "dense"):
         model, opt, _ = train(cfg, data, Distributed(exchange=exchange))
         out[exchange] = comm.allgather(Distributed().digest(state_arrays(model, opt)))
+    # a callback swaps a ReLU for a Tanh after step 5: the fused step no longer
+    # applies (its forward_backward_rows returns None) and the rank takes the
+    # module path from then on, with the bits of a run on the module path
+    from meprop_cpu.nn import ReLU, Tanh
+
+    def swap(model, opt):
+        def cb(trainer, epoch, step):
+            if trainer.global_step == 5:
+                i = next(j for j, m in enumerate(model.modules) if isinstance(m, ReLU))
+                model.modules[i] = Tanh()
+        return [cb]
+    paths = []
+    for use_fused in (True, False):
+        dist = Distributed()
+        model, opt, _ = train(cfg, data, dist, callbacks_for=swap, fused=use_fused)
+        paths.append(dist.path)
+        out[f"swap/{use_fused}"] = comm.allgather(dist.digest(state_arrays(model, opt)))
+    out["swap/paths"] = paths
     if rank == 0:
         for name in ("topk", "unified", "masked", "batch_dw", "batch_dw_masked"):
             a, oa, _ = train(CONFIGS[name], data, Distributed(comm=MPI.COMM_SELF))

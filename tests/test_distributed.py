@@ -191,6 +191,14 @@ def test_fused_forward_backward_gives_the_module_path_bits(checks, name):
 
 
 @needs_mpi
+def test_a_model_that_stops_qualifying_takes_the_module_path(checks):
+    s = checks["same_sums"]
+    assert s["swap/paths"] == ["modules", "modules"]
+    assert s["swap/True"] == s["swap/False"]
+    assert s["swap/True"][0] == s["swap/True"][1]
+
+
+@needs_mpi
 def test_exchange_methods_chosen(checks):
     assert checks["runs"]["topk"]["methods"].get("factors") == 2      # both hidden layers
     assert checks["runs"]["topk_dw"]["methods"].get("factors") == 2
