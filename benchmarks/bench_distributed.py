@@ -185,29 +185,6 @@ def _idle_barrier(comm, poll=0.02):
         time.sleep(poll)
 
 
-def _train_steps(data, mode, k, dropout, batch, threads, dist=None, fused=True):
-    """One epoch of the MNIST MLP; (median ms per step after the first 20,
-    median ms of the exchange, summary)."""
-    set_num_threads(threads)
-    model = nn.MLP([784, 500, 500, 10], k=k, mode=mode, dropout=dropout, seed=0)
-    opt = build_optimizer("adam", model.parameters())
-    stamps, exch = [], []
-
-    def clock(trainer, epoch, step):
-        stamps.append(time.perf_counter())
-        if dist is not None:
-            exch.append(dist.last["seconds"])
-
-    tr = Trainer(model, opt, data, batch_size=batch, epochs=1, seed=0, progress=False,
-                 callbacks=[clock], fused=fused, distributed=dist)
-    s = tr.fit()
-    d = np.diff(np.array(stamps))
-    keep = [i for i in range(len(d)) if i >= 20 and (i + 1) % tr.steps_per_epoch != 0]
-    ex = 1e3 * float(np.median(np.array(exch)[keep])) if exch else 0.0
-    path = tr.step_path if dist is None else f"distributed ({dist.path})"
-    return 1e3 * float(np.median(d[keep])), ex, s, path
-
-
 def cmd_paired(args):
     """2 ranks x 1 thread against 1 rank x 2 threads inside one MPI job, in
     alternating blocks of a few steps: for 1 x 2, rank 0 runs the fused step
