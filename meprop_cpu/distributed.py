@@ -198,7 +198,9 @@ class Distributed:
 
     comm: an mpi4py communicator (default ``MPI.COMM_WORLD``).
     exchange: "auto" (per weight gradient, the cheapest of factors / rows /
-    dense in bytes), or force "factors" (where possible, else rows), "rows",
+    dense in bytes; for mode batch_dw, candidates / dy / dense), or force
+    "factors" (factors, or a batch_dw layer's candidates / dy, where
+    possible, else rows), "rows",
     "owner" (a reduce-scatter by row ownership: row j is summed by rank
     j % N, then the sums are gathered; never chosen by "auto", it measured
     slower here) or "dense" for every row-sparse gradient.
