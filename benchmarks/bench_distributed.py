@@ -484,9 +484,8 @@ def cmd_report(args):
                          f"{s.get('load_average_after', [float('nan')])[0]:.1f} | "
                          f"`{s['command']}` |")
         lines += _ratio_lines(steps)
-    pp = os.path.join(d, "paired.json")
-    if os.path.exists(pp):
-        lines += _paired_lines(json.load(open(pp)))
+    for f in sorted(f for f in os.listdir(d) if f.startswith("paired") and f.endswith(".json")):
+        lines += _paired_lines(json.load(open(os.path.join(d, f))))
     ap = os.path.join(d, "apply.json")
     if os.path.exists(ap):
         a = json.load(open(ap))
