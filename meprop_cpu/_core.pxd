@@ -66,7 +66,8 @@ cdef extern from "meprop/optim.h":
                                 mp_optim_args a, int nthreads) nogil
 
 cdef extern from "meprop/elementwise.h":
-    void mp_uniform_f32(uint64_t key, uint64_t counter, int64_t n, float *out) nogil
+    void mp_uniform_f32(uint64_t key, uint64_t counter, int64_t n, float *out,
+                        int nthreads) nogil
     void mp_relu_forward(const float *x, float *y, int64_t n) nogil
     void mp_relu_backward(const float *dy, const float *y, float *dx, int64_t n) nogil
     void mp_cube_forward(const float *x, float *y, int64_t B, int64_t n, int nthreads) nogil

@@ -236,13 +236,16 @@ def optim_rows(int kind, float[:, ::1] w, float[:, ::1] s1, float[:, ::1] s2,
         mp_optim_rows(kind, &w[0, 0], p1, p2, prow, &values[0, 0], r, w.shape[1], a, nthreads)
 
 
-def uniform_f32(uint64_t key, uint64_t counter, float[::1] out):
+def uniform_f32(uint64_t key, uint64_t counter, float[::1] out, int nthreads=1):
     """out <- draws counter, counter + 1, ... of the counter-based generator keyed by
-    key (uniform floats in [0, 1), multiples of 2**-24; elementwise.h)."""
+    key (uniform floats in [0, 1), multiples of 2**-24; elementwise.h), on up to
+    nthreads threads (the same bits for any count)."""
     if out.shape[0] == 0:
         return
+    if nthreads < 1:
+        raise ValueError(f"uniform_f32: nthreads must be >= 1, got {nthreads}")
     with nogil:
-        mp_uniform_f32(key, counter, out.shape[0], &out[0])
+        mp_uniform_f32(key, counter, out.shape[0], &out[0], nthreads)
 
 
 def relu_forward(const float[:, ::1] x, float[:, ::1] y):

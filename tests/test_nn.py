@@ -217,6 +217,16 @@ def test_dropout_uniforms_match_the_reference_generator():
         _core.uniform_f32(99, c, part)
         c += part.size
     assert np.array_equal(np.concatenate(parts), big[:1008])
+    # split over threads (ranges of 4,096 draws): the same bits
+    for nt in (2, 3):
+        again = np.empty(200_000 + 17, np.float32)
+        _core.uniform_f32(99, 0, again, nt)
+        assert np.array_equal(again[:200_000], big)
+        tail = np.empty(17, np.float32)
+        _core.uniform_f32(99, 200_000, tail)
+        assert np.array_equal(again[200_000:], tail)
+    with pytest.raises(ValueError, match="nthreads"):
+        _core.uniform_f32(99, 0, big, 0)
 
 
 def test_dropout_state_roundtrip_and_draw_order():

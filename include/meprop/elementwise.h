@@ -21,9 +21,24 @@
  * independently (the loop vectorises) and results cannot depend on how many
  * threads drew them. splitmix64 passes BigCrush; dropout needs far less. */
 MP_SIMD_CLONES
-static void mp_uniform_f32(uint64_t key, uint64_t counter, int64_t n, float *MP_RESTRICT out) {
-    for (int64_t e = 0; e < n; e++)
+static void mp_uniform_f32_range(uint64_t key, uint64_t counter, int64_t e0, int64_t e1,
+                                 float *MP_RESTRICT out) {
+    for (int64_t e = e0; e < e1; e++)
         out[e] = (float)(mp_splitmix_at(key, counter + (uint64_t)e) >> 40) * (1.0f / 16777216.0f);
+}
+
+/* The draws split into contiguous ranges over the team above ~20,000 of them
+ * (a draw costs about as much as ten multiply-adds: the 64-bit products are
+ * emulated on AVX2); each draw is its position's, so the bits do not depend
+ * on the split. */
+static void mp_uniform_f32(uint64_t key, uint64_t counter, int64_t n, float *MP_RESTRICT out,
+                           int nthreads) {
+    const int64_t chunk = 4096;
+    const int64_t nchunks = (n + chunk - 1) / chunk;
+    const int team = mp_team_size(nthreads, n * 10, nchunks);
+    #pragma omp parallel for num_threads(team) schedule(static) if (team > 1)
+    for (int64_t c = 0; c < nchunks; c++)
+        mp_uniform_f32_range(key, counter, c * chunk, c + 1 < nchunks ? (c + 1) * chunk : n, out);
 }
 
 /* y = max(x, 0) (a NaN input gives NaN, as numpy's maximum does) */

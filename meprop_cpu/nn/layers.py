@@ -420,7 +420,7 @@ class Dropout(Module):
         if self._legacy is not None:
             self._legacy.random(dtype=np.float32, out=out)
             return
-        _core.uniform_f32(self._key, self._counter, out.reshape(-1))
+        _core.uniform_f32(self._key, self._counter, out.reshape(-1), get_num_threads())
         self._counter += out.size
 
     def forward(self, x):
