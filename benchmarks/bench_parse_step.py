@@ -57,14 +57,12 @@ def build(variant, vocab, k, seed):
     if net.first is not None:
         timer.wrap(net.first, "forward", "first layer forward")
         timer.wrap(net.first, "backward", "first layer backward (+ embeddings)")
-        rest = net.modules[2:]
     else:
         timer.wrap(net.modules[0], "forward", "embedding forward")
         timer.wrap(net.modules[0], "backward", "embedding backward")
         timer.wrap(net.modules[1], "forward", "first layer forward")
         timer.wrap(net.modules[1], "backward", "first layer backward")
-        rest = net.modules[2:]
-    for i, m in enumerate(rest, 2):
+    for i, m in enumerate(net.modules[2:], 2):
         timer.wrap(m, "forward", f"{i} {type(m).__name__} forward")
         timer.wrap(m, "backward", f"{i} {type(m).__name__} backward")
     opt = build_optimizer("adam", net.parameters(), lr=1e-3)

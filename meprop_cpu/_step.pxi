@@ -121,30 +121,35 @@ cdef class MLPStep:
                 l.drop_p = <float>d["drop_p"]
                 l.drop_s = <float>(1.0 / (1.0 - <double>d["drop_p"]))
                 l.drop_scale = self._buf(B * n_out, np.float32)
-                l.hd = self._buf(B * n_out, np.float32)
-                out_array = self.keep[len(self.keep) - 1]
+                hd = self._array(B * n_out, np.float32)
+                l.hd = <float *>cnp.PyArray_DATA(<cnp.ndarray>hd)
                 self.keep.append(drop_u)
             l.y = self._buf(B * n_out, np.float32)
-            l.h = self._buf(B * n_out, np.float32) if l.relu else NULL
-            if l.relu and l.drop_u == NULL:
-                out_array = self.keep[len(self.keep) - 1]
-            self.input_arrays.append(out_array if l.relu else None)
+            h = self._array(B * n_out, np.float32) if l.relu else None
+            l.h = <float *>cnp.PyArray_DATA(<cnp.ndarray>h) if l.relu else NULL
+            # the next layer's input: the dropout output, else the ReLU's
+            self.input_arrays.append(hd if l.drop_u != NULL else h)
             _set_modes(l, n_in, n_out, k, d.get("unified", False), d.get("exact_dx", False),
                        d.get("batch_sel", False), d["need_dx"], B)
             arrays = _alloc_backward(l, B, threads, hits is not None)
             l.dy = <float *>_new(arrays, "dy", B * n_out, np.float32)
             self.layer_arrays.append(arrays)
         self.gbuf = self._buf(threads * mp_thread_stride(max_in), np.float32)
-        self.xbuf = self._buf(B * self.L[0].n_in, np.float32)
-        self.input_arrays = [self.keep[len(self.keep) - 1]] + self.input_arrays[:self.nl - 1]
+        xbuf = self._array(B * self.L[0].n_in, np.float32)
+        self.xbuf = <float *>cnp.PyArray_DATA(<cnp.ndarray>xbuf)
+        self.input_arrays = [xbuf] + self.input_arrays[:self.nl - 1]
         self.ybuf = <int64_t *>self._buf(B, np.int64)
         self.n_in = self.L[0].n_in
         self.n_classes = self.L[self.nl - 1].n_out
 
-    cdef float *_buf(self, int64_t n, dtype) except NULL:
+    cdef object _array(self, int64_t n, dtype):
+        """A zeroed array of n (at least 1) entries that the step keeps alive."""
         a = np.zeros(max(n, 1), dtype=dtype)
         self.keep.append(a)
-        return <float *>cnp.PyArray_DATA(<cnp.ndarray>a)
+        return a
+
+    cdef float *_buf(self, int64_t n, dtype) except NULL:
+        return <float *>cnp.PyArray_DATA(<cnp.ndarray>self._array(n, dtype))
 
     def __dealloc__(self):
         free(self.L)

@@ -279,8 +279,9 @@ class Distributed:
         tracked = [(m, m.hits.copy(), m.seen) for m in lins if m.track_hits]
         drops = _dropout_widths(model)
         t0 = pc()
+        first_input = lambda: X[idx]   # noqa: E731  (every rank holds the training set)
         self._skip_x = set()
-        plan = self._plan(model, opt, lins, B, first_input=True)
+        plan = self._plan(model, opt, lins, B, first_input)
         fstep = self._fused_for(trainer, plan, nb)
         counters = [d._counter for d, _ in drops]
         for (d, w), c in zip(drops, counters):   # this share's slice of the global stream
@@ -324,8 +325,7 @@ class Distributed:
         for (d, w), c in zip(drops, counters):
             d._counter = c + B * w
         g = self._exchange(model, opt, lins, tracked, B, nb, loss_local * nb, bad,
-                           bool(trainer._stop), first_input=lambda: X[idx], plan=plan,
-                           src=src)
+                           bool(trainer._stop), first_input=first_input, plan=plan, src=src)
         t3 = pc()
         self.time_exchange += t3 - t2
         self.stop = g["stop"]
@@ -718,8 +718,6 @@ def _nrows(p):
 class _ModuleGrads:
     """This rank's gradients as the module path left them (``p.grad``, the
     Linear layers' cached input, selection and output gradient)."""
-
-    failed = False
 
     def factor_parts(self, lin, nb, with_input=True):
         return _factor_parts(lin, nb, with_input)

@@ -237,11 +237,14 @@ class DistinctFirstLayer:
         G = ws.get("G", (U, H), np.float32)
         dA = ws.get("dA", (U, d), np.float32)
         if path == "dense":
-            bad = int(np.count_nonzero(~np.isfinite(dh)))
-            if bad:
-                raise FloatingPointError(f"Linear.backward: dy contains {bad} NaN/Inf value(s)")
             gb = np.empty(H, np.float32)
             _core.colsum_rows(dh, gb)
+            # a NaN / Inf entry leaves its column's sum non-finite: count only then
+            if not np.isfinite(gb).all():
+                bad = int(np.count_nonzero(~np.isfinite(dh)))
+                if bad:
+                    raise FloatingPointError(f"Linear.backward: dy contains {bad} NaN/Inf "
+                                             "value(s)")
             lin.b.grad = gb
             fp.scatter(dh, None, None, uoff, inv, mode, S, G, nt)
             gwp = ws.get("gwp", (nq, H, d), np.float32)
