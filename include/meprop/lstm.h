@@ -47,11 +47,17 @@
  * and were a third of a step's forward at h = 500): x = n ln2 + r with n
  * rounded by the 1.5 * 2^23 trick, a degree-6 polynomial for e^r on
  * [-ln2/2, ln2/2] (Cephes' coefficients), 2^n put into the exponent bits.
- * Relative error below 2e-7 on [-87, 88] (clamped outside); NaN stays NaN. */
+ * Relative error below 2e-7 on [-87, 88] (clamped outside); NaN stays NaN.
+ * The integer n is read from the bits of n + 1.5 * 2^23 (its low mantissa
+ * bits, exact for |n| < 2^22) rather than by a float -> int conversion, and
+ * the exponent is shifted as unsigned: with x = NaN neither is undefined
+ * behaviour (the result is NaN through p). */
 static inline float mp_lstm_exp(float x) {
     x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
     const float big = 12582912.0f;   /* 1.5 * 2^23: adding it rounds to an integer */
-    float n = (x * 1.44269504088896341f + big) - big;
+    union { float f; int32_t i; } nb;
+    nb.f = x * 1.44269504088896341f + big;
+    float n = nb.f - big;
     float r = x - n * 0.693359375f;
     r = r - n * -2.12194440e-4f;
     float p = 1.9875691500e-4f;
@@ -61,8 +67,8 @@ static inline float mp_lstm_exp(float x) {
     p = p * r + 1.6666665459e-1f;
     p = p * r + 5.0000001201e-1f;
     p = p * r * r + r + 1.0f;
-    union { int32_t i; float f; } s;
-    s.i = ((int32_t)n + 127) << 23;
+    union { uint32_t u; float f; } s;
+    s.u = (uint32_t)(nb.i - 0x4B400000 + 127) << 23;   /* 0x4B400000: the bits of big */
     return p * s.f;
 }
 
