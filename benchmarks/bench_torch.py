@@ -6,7 +6,9 @@ torch.optim.Adam, at the same thread count for every variant.
    fastest Adam on the CPU), and the same model
    (same initial weights, same data order) converted with
    ``meprop_cpu.torch.convert(model, k)`` (all layers but the output one)
-   trained with ``meprop_cpu.torch.optim.Adam``. Epochs alternate between the
+   trained with ``meprop_cpu.torch.optim.Adam``, and converted with
+   ``convert(model, k, fuse=True)`` (the Sequential's MePropLinear -> ReLU ->
+   Dropout runs through one autograd node). Epochs alternate between the
    variants; the training time of every epoch (evaluation excluded) is kept and
    the median compared. Dev / test accuracy after each epoch. For the accuracy
    behaviour, this library's own MLP (``nn.MLP`` + ``optim.Adam`` through
@@ -157,6 +159,10 @@ def mnist_part(args, data):
         "torch nn.Linear + torch.optim.Adam": (torch_mlp(args.seed, args.dropout), None),
         f"MePropLinear k={args.k} ({args.mode}) + meprop_cpu.torch.optim.Adam":
             (convert(torch_mlp(args.seed, args.dropout), k=args.k, mode=args.mode), None),
+        f"MePropSequential k={args.k} ({args.mode}; convert(fuse=True)) + "
+        "meprop_cpu.torch.optim.Adam":
+            (convert(torch_mlp(args.seed, args.dropout), k=args.k, mode=args.mode, fuse=True),
+             None),
     }
     opts = {}
     for name, (model, _) in variants.items():
@@ -227,6 +233,9 @@ def profile_part(args, data):
         (f"MePropLinear k={args.k} + meprop_cpu.torch.optim.Adam",
          lambda: convert(torch_mlp(args.seed, args.dropout), k=args.k, mode=args.mode),
          tmp_optim.Adam),
+        (f"MePropSequential k={args.k} (convert(fuse=True)) + meprop_cpu.torch.optim.Adam",
+         lambda: convert(torch_mlp(args.seed, args.dropout), k=args.k, mode=args.mode,
+                         fuse=True), tmp_optim.Adam),
         (f"MePropLinear k={args.k} sparse_grad=False + torch.optim.Adam",
          lambda: convert(torch_mlp(args.seed, args.dropout), k=args.k, mode=args.mode,
                          sparse_grad=False), torch.optim.Adam),

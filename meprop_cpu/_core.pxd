@@ -70,6 +70,10 @@ cdef extern from "meprop/elementwise.h":
                         int nthreads) nogil
     void mp_relu_forward(const float *x, float *y, int64_t n) nogil
     void mp_relu_backward(const float *dy, const float *y, float *dx, int64_t n) nogil
+    void mp_dropout_forward(const float *u, float p, float s, const float *h, float *scale,
+                            float *out, int64_t n) nogil
+    void mp_relu_dropout_backward(const float *dy, const float *scale, const float *y,
+                                  float *dx, int64_t n) nogil
     void mp_cube_forward(const float *x, float *y, int64_t B, int64_t n, int nthreads) nogil
     void mp_cube_backward(const float *dy, const float *x, float *dx, int64_t B, int64_t n,
                           int nthreads) nogil

@@ -258,6 +258,39 @@ def relu_backward(const float[:, ::1] dy, const float[:, ::1] y, float[:, ::1] d
         mp_relu_backward(&dy[0, 0], &y[0, 0], &dx[0, 0], dy.shape[0] * dy.shape[1])
 
 
+def dropout_forward(float[::1] u, float p, float s, const float[:, ::1] h, float[::1] scale,
+                    float[:, ::1] out):
+    """scale = s where u >= p, else 0; out = h * scale (u, scale: h.size entries,
+    flat; they may be one array)."""
+    cdef int64_t n = h.shape[0] * h.shape[1]
+    if u.shape[0] != n or scale.shape[0] != n or out.shape[0] != h.shape[0] \
+            or out.shape[1] != h.shape[1]:
+        raise ValueError(f"dropout_forward: u, scale ({u.shape[0]}, {scale.shape[0]}) and "
+                         f"out ({out.shape[0]}, {out.shape[1]}) must match h "
+                         f"({h.shape[0]}, {h.shape[1]})")
+    if n == 0:
+        return
+    with nogil:
+        mp_dropout_forward(&u[0], p, s, &h[0, 0], &scale[0], &out[0, 0], n)
+
+
+def relu_dropout_backward(const float[:, ::1] dy, const float[::1] scale,
+                          const float[:, ::1] y, float[:, ::1] dx):
+    """dx = dy * scale where y > 0, else 0 (scale None: dx = dy there); dx must
+    not share memory with dy."""
+    cdef int64_t n = dy.shape[0] * dy.shape[1]
+    if y.shape[0] != dy.shape[0] or y.shape[1] != dy.shape[1] or dx.shape[0] != dy.shape[0] \
+            or dx.shape[1] != dy.shape[1] or (scale is not None and scale.shape[0] != n):
+        raise ValueError("relu_dropout_backward: dy, scale, y and dx must have one size")
+    if n == 0:
+        return
+    cdef const float *sp = NULL
+    if scale is not None:
+        sp = &scale[0]
+    with nogil:
+        mp_relu_dropout_backward(&dy[0, 0], sp, &y[0, 0], &dx[0, 0], n)
+
+
 def cube_forward(const float[:, ::1] x, float[:, ::1] y, int nthreads):
     """y = x ** 3 (the bits of numpy's x * x * x)."""
     with nogil:

@@ -631,3 +631,190 @@ def test_a_used_layer_deep_copies_and_saves(tmp_path):
         a, b = _run(mp, x, dy), _run(other, x, dy)
         for u, v in zip(a, b):
             assert torch.equal(u, v)
+
+
+# ------------------------------------------------------------ MePropSequential
+
+from meprop_cpu.torch import MePropSequential, fuse, unfuse  # noqa: E402
+
+
+def _seq_mlp(drop=0.0, seed=0, widths=(24, 20, 16, 5)):
+    torch.manual_seed(seed)
+    mods = []
+    for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
+        mods.append(nn.Linear(a, b))
+        if i < len(widths) - 2:
+            mods += [nn.ReLU(), nn.Dropout(drop)] if drop is not None else [nn.ReLU()]
+    return nn.Sequential(*mods)
+
+
+def _grads(model, x, dy):
+    x = x.clone().requires_grad_(True)
+    model.zero_grad()
+    out = model(x)
+    out.backward(dy)
+    gs = [p.grad.to_dense() if p.grad.is_sparse else p.grad for p in model.parameters()]
+    return out.detach(), x.grad, gs
+
+
+@pytest.mark.parametrize("mode", ["batch_dw", "topk_dw", "topk", "unified", "random", "dense"])
+@pytest.mark.parametrize("sparse_grad", [True, False])
+@pytest.mark.parametrize("drop", [None, 0.0])
+def test_fused_run_gives_the_unfused_bits(mode, sparse_grad, drop):
+    # without dropout the fused run is the same kernels on the same data: same bits
+    ref = convert(_seq_mlp(drop), k=5, mode=mode, sparse_grad=sparse_grad)
+    fused = convert(_seq_mlp(drop), k=5, mode=mode, sparse_grad=sparse_grad, fuse=True)
+    assert type(fused) is MePropSequential and type(ref) is nn.Sequential
+    x, dy = _data(7, 24, 5, seed=2)
+    for step in range(2):   # the random mode's seeds: one torch draw per layer, alike
+        torch.manual_seed(step)
+        o1, dx1, g1 = _grads(ref, x, dy)
+        torch.manual_seed(step)
+        o2, dx2, g2 = _grads(fused, x, dy)
+        assert torch.equal(o1, o2) and torch.equal(dx1, dx2)
+        for a, b in zip(g1, g2):
+            assert torch.equal(a, b)
+
+
+def test_fused_run_is_one_autograd_node():
+    model = convert(_seq_mlp(0.5), k=5, fuse=True)
+    x = torch.randn(4, 24)
+    out = model(x)
+    # the last Linear (skip_last) is PyTorch's; below it one node for the whole run
+    nodes = [f.__class__.__name__ for f, _ in out.grad_fn.next_functions if f is not None]
+    assert any("RunFunction" in n for n in nodes), nodes
+
+
+@pytest.mark.parametrize("p", [0.3, 1.0])
+def test_fused_dropout_masks(p):
+    # dense backprop through the fused run against float64 autograd on the masks the
+    # run drew (read off its output: a kept unit is relu(y) / (1 - p), a dropped one 0)
+    torch.manual_seed(5)
+    lin1, lin2 = nn.Linear(30, 200), nn.Linear(200, 3)
+    model = convert(fuse(nn.Sequential(lin1, nn.ReLU(), nn.Dropout(p), lin2)), k=None)
+    x, dy = torch.randn(50, 30), torch.randn(50, 3)
+    run = model[:3]   # a slice of a MePropSequential is one: the run alone
+    assert type(run) is MePropSequential
+    torch.manual_seed(9)
+    h = run(x).detach().double()
+    y = torch.relu(x.double() @ lin1.weight.double().T + lin1.bias.double()).detach()
+    kept = h != 0
+    if p == 1.0:
+        assert not kept.any()
+    else:
+        live = y > 0
+        frac = float((~kept & live).sum()) / float(live.sum())
+        assert abs(frac - p) < 0.05, frac            # about p of the live units dropped
+        _close(h[kept], (y / (1 - p))[kept])
+    mask = kept.double() / (1 - p) if p < 1 else kept.double()
+    # the same torch seed: the same key, so the same masks in this forward
+    xg = x.clone().requires_grad_(True)
+    torch.manual_seed(9)
+    model(xg).backward(dy)
+    xr = x.double().clone().requires_grad_(True)
+    w1 = lin1.weight.double().detach().requires_grad_(True)
+    b1 = lin1.bias.double().detach().requires_grad_(True)
+    ref = (torch.relu(xr @ w1.T + b1) * mask) @ lin2.weight.double().detach().T
+    ref.backward(dy.double())
+    gw = lin1.weight.grad
+    _close(xg.grad, xr.grad)
+    _close(gw.to_dense() if gw.is_sparse else gw, w1.grad)
+    _close(lin1.bias.grad, b1.grad)
+
+
+def test_fused_dropout_follows_torch_seed_and_threads():
+    model = convert(_seq_mlp(0.4, widths=(24, 300, 300, 5)), k=10, fuse=True)
+    x = torch.randn(6, 24)
+    outs = {}
+    old = torch.get_num_threads()
+    try:
+        for nt in (1, 2, 3):
+            torch.set_num_threads(nt)
+            torch.manual_seed(11)
+            outs[nt] = (model(x).detach(), model(x).detach())
+    finally:
+        torch.set_num_threads(old)
+    assert torch.equal(outs[1][0], outs[2][0]) and torch.equal(outs[1][0], outs[3][0])
+    assert torch.equal(outs[1][1], outs[3][1])
+    assert not torch.equal(outs[1][0], outs[1][1])   # a new key per forward
+
+
+def test_fused_sequential_falls_back_where_it_must():
+    model = convert(_seq_mlp(0.0), k=5, fuse=True)
+    ref = convert(_seq_mlp(0.0), k=5)
+    x = torch.randn(3, 24)
+    # eval mode, no_grad: the modules one by one (MePropLinear is F.linear there)
+    model.eval(), ref.eval()
+    assert torch.equal(model(x), ref(x))
+    model.train(), ref.train()
+    with torch.no_grad():
+        assert torch.equal(model(x), ref(x))
+    # a hook on a child is honoured: that group runs module by module
+    seen = []
+    h = model[1].register_forward_hook(lambda m, i, o: seen.append(o.shape))
+    try:
+        o = model(x)
+        assert seen == [(3, 20)] and torch.equal(o, ref(x))
+    finally:
+        h.remove()
+    # nothing needs a gradient: plain modules, same values
+    for p in model.parameters():
+        p.requires_grad_(False)
+    assert torch.equal(model(x), ref(x))
+    for p in model.parameters():
+        p.requires_grad_(True)
+    # 3-D input: reshaped through the run
+    x3 = torch.randn(2, 3, 24)
+    assert torch.equal(model(x3), ref(x3))
+    # bad input: the unfused layer's clear error
+    with pytest.raises(TypeError, match="float32"):
+        model(x.double())
+    with pytest.raises(ValueError, match="24 features"):
+        model(torch.randn(3, 23))
+
+
+def test_fuse_keeps_state_dict_and_reverts():
+    base = _seq_mlp(0.1)
+    keys = list(base.state_dict())
+    inner = nn.Sequential(nn.Linear(5, 24), nn.Tanh())
+    wrapped = nn.ModuleDict({"pre": inner, "body": base})
+    convert(wrapped, k=5, fuse=True)
+    assert type(wrapped["body"]) is MePropSequential and type(inner) is MePropSequential
+    assert list(base.state_dict()) == keys
+    plain = _seq_mlp(0.1, seed=4)
+    plain.load_state_dict(base.state_dict())
+    revert(wrapped)
+    assert type(base) is nn.Sequential and type(inner) is nn.Sequential
+    assert not any(isinstance(m, MePropLinear) for m in wrapped.modules())
+    assert fuse(base) is base and type(base) is MePropSequential
+    assert unfuse(base) is base and type(base) is nn.Sequential
+    with pytest.raises(TypeError, match="fuse must be a bool"):
+        convert(_seq_mlp(), k=5, fuse=1)
+    with pytest.raises(TypeError, match="model"):
+        fuse("model")
+
+
+def test_fused_weight_changed_before_backward_is_refused():
+    model = convert(_seq_mlp(0.0), k=5, fuse=True)
+    out = model(torch.randn(3, 24))
+    with torch.no_grad():
+        model[0].weight.add_(1.0)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        out.sum().backward()
+
+
+def test_fused_model_trains_like_the_unfused_one():
+    # 30 Adam steps without dropout: the same weights bit for bit
+    torch.manual_seed(0)
+    X, y = torch.randn(300, 24), torch.randint(0, 5, (300,))
+    runs = []
+    for fz in (False, True):
+        model = convert(_seq_mlp(0.0), k=5, fuse=fz)
+        opt = optim.Adam(model.parameters(), lr=3e-3)
+        for i in range(0, 300, 10):
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(X[i:i + 10]), y[i:i + 10]).backward()
+            opt.step()
+        runs.append([p.detach().clone() for p in model.parameters()])
+    for a, b in zip(*runs):
+        assert torch.equal(a, b)

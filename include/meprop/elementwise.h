@@ -54,6 +54,33 @@ static void mp_relu_backward(const float *MP_RESTRICT dy, const float *MP_RESTRI
     for (int64_t i = 0; i < n; i++) dx[i] = y[i] > 0.0f ? dy[i] : 0.0f;
 }
 
+/* Dropout after a ReLU: scale[e] = s where u[e] >= p, else 0, and out[e] =
+ * h[e] * scale[e] (u: uniforms in [0, 1); u and scale may be one array, the
+ * draws then replaced by the scales). The fused MLP step and the PyTorch
+ * bridge's fused runs both call it. */
+MP_SIMD_CLONES
+static void mp_dropout_forward(const float *u, float p, float s, const float *MP_RESTRICT h,
+                               float *scale, float *MP_RESTRICT out, int64_t n) {
+    for (int64_t e = 0; e < n; e++) {
+        const float m = u[e] >= p ? s : 0.0f;
+        scale[e] = m;
+        out[e] = h[e] * m;
+    }
+}
+
+/* The backward of ReLU -> dropout: dx[e] = dy[e] * scale[e] where y[e] > 0,
+ * else 0 (y: the ReLU's output; scale NULL: no dropout, dx = dy there). */
+MP_SIMD_CLONES
+static void mp_relu_dropout_backward(const float *MP_RESTRICT dy, const float *MP_RESTRICT scale,
+                                     const float *MP_RESTRICT y, float *MP_RESTRICT dx,
+                                     int64_t n) {
+    if (scale == NULL) {
+        mp_relu_backward(dy, y, dx, n);
+        return;
+    }
+    for (int64_t i = 0; i < n; i++) dx[i] = y[i] > 0.0f ? dy[i] * scale[i] : 0.0f;
+}
+
 /* The parser's cube activation, y = x^3, and its backward dx = dy * 3 x^2,
  * in one pass each with the products in numpy's order ((x * x) * x and
  * dy * ((3 * x) * x)), so the bits equal the numpy expressions. Rows split

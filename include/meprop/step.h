@@ -91,11 +91,8 @@ static int mp_mlp_forward_backward(mp_step_layer *L, int nl, const float *x,
             mp_relu_forward(l->y, l->h, B * l->n_out);
             in = l->h;
             if (l->drop_u) {
-                const int64_t n = B * l->n_out;
-                for (int64_t e = 0; e < n; e++) {
-                    l->drop_scale[e] = l->drop_u[e] >= l->drop_p ? l->drop_s : 0.0f;
-                    l->hd[e] = l->h[e] * l->drop_scale[e];
-                }
+                mp_dropout_forward(l->drop_u, l->drop_p, l->drop_s, l->h, l->drop_scale, l->hd,
+                                   B * l->n_out);
                 in = l->hd;
             }
         } else {

@@ -8,6 +8,9 @@
   place with this library's update kernels.
 * :func:`convert` / :func:`revert` - swap the ``nn.Linear`` layers of an
   existing model for ``MePropLinear`` (keeping the weights) and back.
+* :class:`MePropSequential` / :func:`fuse` / :func:`unfuse` - an
+  ``nn.Sequential`` whose ``MePropLinear -> ReLU [-> Dropout]`` runs train
+  through one autograd node (``convert(..., fuse=True)``): the small-batch path.
 """
 try:
     import torch
@@ -17,9 +20,12 @@ except ImportError as e:   # pragma: no cover - exercised only without torch
 from torch import nn
 
 from ._layer import DEFAULT_MODE, FORWARDS, MODES, MePropLinear
+from ._sequential import MePropSequential, fuse, unfuse
+from ._sequential import fuse as _fuse
 from . import optim
 
-__all__ = ["MePropLinear", "convert", "revert", "optim", "DEFAULT_MODE", "MODES"]
+__all__ = ["MePropLinear", "MePropSequential", "convert", "revert", "fuse", "unfuse", "optim",
+           "DEFAULT_MODE", "MODES"]
 
 
 def _linears(model, cls):
@@ -41,7 +47,7 @@ def _replace(parent, name, old, new):
 
 
 def convert(model, k, mode=None, *, skip_last=True, sparse_grad=True, forward_impl="meprop",
-            include=None):
+            include=None, fuse=False):
     """Replace ``model``'s ``nn.Linear`` modules by :class:`MePropLinear` in place,
     keeping their parameters (the same ``nn.Parameter`` objects, so an optimizer
     built on the model still holds them and the state-dict keys do not change).
@@ -51,11 +57,18 @@ def convert(model, k, mode=None, *, skip_last=True, sparse_grad=True, forward_im
     registration order; usually the output layer, which backpropagates densely
     in the paper) as it is. include: a callable ``include(name, module) -> bool``
     choosing layers by their qualified name instead (skip_last is then ignored).
+    fuse: also switch the model's ``nn.Sequential`` containers to
+    :class:`MePropSequential` (:func:`fuse`), whose ``MePropLinear -> ReLU
+    [-> Dropout]`` runs train through one autograd node: several times less
+    PyTorch dispatch per step at small batches, dropout masks from this
+    library's generator instead of ``nn.Dropout``'s (see MePropSequential).
     Returns the model; ``model`` itself may be an ``nn.Linear`` (then a new
     module is returned). The parameters must be float32 on the CPU.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"convert: model must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(fuse, bool):
+        raise TypeError(f"convert: fuse must be a bool, got {type(fuse).__name__}")
     if include is not None and not callable(include):
         raise TypeError("convert: include must be a callable (name, module) -> bool")
     if type(model) is nn.Linear:
@@ -69,6 +82,8 @@ def convert(model, k, mode=None, *, skip_last=True, sparse_grad=True, forward_im
             for parent, name, qual, lin in found]   # every layer checked before any swap
     for parent, name, lin, new in news:
         _replace(parent, name, lin, new)
+    if fuse:
+        _fuse(model)
     return model
 
 
@@ -92,7 +107,8 @@ def _to_meprop(lin, qual, k, mode, sparse_grad, forward_impl):
 
 def revert(model):
     """The reverse of :func:`convert`: every :class:`MePropLinear` of ``model``
-    becomes an ``nn.Linear`` holding the same parameters. Returns the model
+    becomes an ``nn.Linear`` holding the same parameters and every
+    :class:`MePropSequential` an ``nn.Sequential`` again. Returns the model
     (a new ``nn.Linear`` when ``model`` is a MePropLinear itself)."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"revert: model must be a torch.nn.Module, got {type(model).__name__}")
@@ -100,7 +116,7 @@ def revert(model):
         return _to_linear(model)
     for parent, name, _, m in _linears(model, MePropLinear):
         _replace(parent, name, m, _to_linear(m))
-    return model
+    return unfuse(model)
 
 
 def _to_linear(m):
