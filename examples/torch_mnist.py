@@ -1,5 +1,7 @@
 """Train a PyTorch MLP on MNIST with meProp: its hidden nn.Linear layers converted to
-meprop_cpu.torch.MePropLinear, updated by meprop_cpu.torch.optim.Adam.
+meprop_cpu.torch.MePropLinear, updated by meprop_cpu.torch.optim.Adam; the
+Sequential's Linear -> ReLU -> Dropout runs train through one autograd node
+(convert(..., fuse=True); --no-fuse: module by module).
 
     pip install ".[torch]"
     python examples/torch_mnist.py                    # 784-500-500-10, k=20, 2 epochs
@@ -45,6 +47,8 @@ def main(argv=None):
     ap.add_argument("--train-subset", type=int, default=0, help="0: all 55,000 examples")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--dense", action="store_true", help="keep nn.Linear + torch.optim.Adam")
+    ap.add_argument("--no-fuse", action="store_true",
+                    help="keep nn.Sequential (each layer its own autograd node)")
     ap.add_argument("--save", default=None, help="torch.save the final state dict here")
     args = ap.parse_args(argv)
     if args.threads:
@@ -65,7 +69,8 @@ def main(argv=None):
     if args.dense:
         opt = torch.optim.Adam(model.parameters(), lr=args.lr)
     else:
-        convert(model, k=args.k, mode=args.mode)      # all nn.Linear but the output layer
+        # all nn.Linear but the output layer; fuse: the Sequential becomes a MePropSequential
+        convert(model, k=args.k, mode=args.mode, fuse=not args.no_fuse)
         opt = optim.Adam(model.parameters(), lr=args.lr)
     print(model)
     print(f"threads: torch {torch.get_num_threads()}, meprop_cpu {meprop_cpu.__version__}")

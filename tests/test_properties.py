@@ -67,35 +67,68 @@ def with_threads(n, f, *args):
 F = np.float32
 
 
+TINY = np.finfo(np.float32).tiny
+
+
+def fz(a):
+    """Flush subnormals to (signed) zero: the optimizer kernels run with FTZ + DAZ
+    (include/meprop/parallel.h, mp_ftz_begin), so every operation sees its
+    subnormal inputs as 0 and rounds its subnormal results to 0."""
+    a = np.asarray(a, F)
+    return np.where(np.abs(a) < TINY, a * F(0), a).astype(F)
+
+
+def _add(a, b):
+    return fz(fz(a) + fz(b))
+
+
+def _sub(a, b):
+    return fz(fz(a) - fz(b))
+
+
+def _mul(a, b):
+    return fz(fz(a) * fz(b))
+
+
+def _div(a, b):
+    return fz(fz(a) / fz(b))
+
+
+def _sqrt(a):
+    return fz(np.sqrt(fz(a)))
+
+
 def ref_prep(g, w, clip, wd):
-    if clip > 0:
-        g = np.where(g > clip, clip, np.where(g < -clip, -clip, g)).astype(F)
-    return (g + F(wd) * w).astype(F)
+    if clip > 0:   # a select: the bits of g pass through (a subnormal g stays one here)
+        g = np.where(fz(g) > clip, clip, np.where(fz(g) < -clip, -clip, g)).astype(F)
+    return _add(g, _mul(F(wd), w))
 
 
 def ref_optim_rows(kind, w, s1, s2, rows, vals, h, t):
     """One update of the rows ``rows`` (all rows if None) in float32, in the
-    order of include/meprop/optim.h. Mutates w, s1, s2."""
+    order of include/meprop/optim.h, each operation under FTZ + DAZ. Mutates
+    w, s1, s2."""
     idx = np.arange(w.shape[0]) if rows is None else rows
     for q, j in enumerate(idx):
         g = ref_prep(vals[q], w[j], F(h["clip"]), h["weight_decay"])
         if kind == "sgd":
             if s1 is not None:
-                s1[j] = F(h["momentum"]) * s1[j] + g
-                w[j] = w[j] - F(h["lr"]) * s1[j]
+                s1[j] = _add(_mul(F(h["momentum"]), s1[j]), g)
+                w[j] = _sub(w[j], _mul(F(h["lr"]), s1[j]))
             else:
-                w[j] = w[j] - F(h["lr"]) * g
+                w[j] = _sub(w[j], _mul(F(h["lr"]), g))
         elif kind == "adagrad":
-            s1[j] = s1[j] + g * g
-            w[j] = w[j] - F(h["lr"]) * g / (np.sqrt(s1[j]) + F(h["eps"]))
+            s1[j] = _add(s1[j], _mul(g, g))
+            w[j] = _sub(w[j], _div(_mul(F(h["lr"]), g), _add(_sqrt(s1[j]), F(h["eps"]))))
         else:
             b1, b2 = h["betas"]
             step = F(h["lr"] / (1.0 - b1 ** t))
             isb = F(1.0 / np.sqrt(1.0 - b2 ** t))
             c1, c2 = F(1.0) - F(b1), F(1.0) - F(b2)
-            s1[j] = F(b1) * s1[j] + c1 * g
-            s2[j] = F(b2) * s2[j] + c2 * g * g
-            w[j] = w[j] - step * s1[j] / (np.sqrt(s2[j]) * isb + F(h["eps"]))
+            s1[j] = _add(_mul(F(b1), s1[j]), _mul(c1, g))
+            s2[j] = _add(_mul(F(b2), s2[j]), _mul(_mul(c2, g), g))
+            w[j] = _sub(w[j], _div(_mul(step, s1[j]),
+                                   _add(_mul(_sqrt(s2[j]), isb), F(h["eps"]))))
 
 
 def make_optimizer(kind, p, h, sparse):

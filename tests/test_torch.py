@@ -818,3 +818,26 @@ def test_fused_model_trains_like_the_unfused_one():
         runs.append([p.detach().clone() for p in model.parameters()])
     for a, b in zip(*runs):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("flags", [[], ["--no-fuse"], ["--dense"]])
+def test_torch_mnist_example_runs(monkeypatch, tmp_path, capsys, flags):
+    # examples/torch_mnist.py end to end on a small synthetic stand-in for MNIST
+    import importlib.util
+    import pathlib
+    path = pathlib.Path(__file__).resolve().parents[1] / "examples" / "torch_mnist.py"
+    spec = importlib.util.spec_from_file_location("torch_mnist_example", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    rng = np.random.default_rng(0)
+    X = rng.random((60, 784), dtype=np.float32)
+    y = rng.integers(0, 10, 60)
+    monkeypatch.setattr(mod.mpdata, "mnist",
+                        lambda: {"train": (X, y), "dev": (X[:20], y[:20]), "test": (X[:20], y[:20])})
+    out = tmp_path / "m.pt"
+    assert mod.main(["--epochs", "2", "--hidden", "32", "--save", str(out)] + flags) == 0
+    text = capsys.readouterr().out
+    assert "epoch 2:" in text and ("MePropSequential" in text) == (flags == [])
+    plain = nn.Sequential(nn.Linear(784, 32), nn.ReLU(), nn.Dropout(0.2), nn.Linear(32, 32),
+                          nn.ReLU(), nn.Dropout(0.2), nn.Linear(32, 10))
+    plain.load_state_dict(torch.load(out))

@@ -12,8 +12,11 @@
  *   Adam:    m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2;
  *            w -= step * m / (sqrt(v) * inv_sqrt_bc2 + eps),
  *            step = lr / (1 - b1^t), inv_sqrt_bc2 = 1 / sqrt(1 - b2^t)
- * which is PyTorch's formulation. Rows are independent, so the parallel loop
- * over rows is race-free and bit-identical for any thread count. */
+ * which is PyTorch's formulation, except that subnormal results and inputs
+ * count as 0 (mp_ftz_begin, parallel.h: a decaying moment would otherwise
+ * slow every update that touches it several-fold). Rows are independent, so
+ * the parallel loop over rows is race-free and bit-identical for any thread
+ * count. */
 #ifndef MEPROP_OPTIM_H
 #define MEPROP_OPTIM_H
 
@@ -112,6 +115,7 @@ static void mp_optim_rows_factored(int kind, float *w, float *s1, float *s2,
     const int avx512 = mp_cpu_avx512();
     #pragma omp parallel num_threads(team) if (team > 1)
     {
+        const unsigned fp = mp_ftz_begin();
         float *g = gbuf + (int64_t)mp_omp_thread_num() * mp_thread_stride(n_cols);
         #pragma omp for schedule(static)
         for (int64_t q = 0; q < r; q++) {
@@ -120,6 +124,7 @@ static void mp_optim_rows_factored(int kind, float *w, float *s1, float *s2,
             mp_gather_sum(g, n_cols, x, pair_b + p0, pair_v + p0, offsets[q + 1] - p0, avx512);
             mp_optim_row(kind, w, s1, s2, rows[q], g, n_cols, a);
         }
+        mp_ftz_end(fp);
     }
 }
 
@@ -132,13 +137,19 @@ static void mp_optim_rows_at(int kind, float *w, float *s1, float *s2, const int
                              const float *values, int values_full, int64_t r, int64_t n_cols,
                              mp_optim_args a, int nthreads) {
     int team = mp_team_size(nthreads, r * n_cols * 4, r);
-    #pragma omp parallel for num_threads(team) if (team > 1) schedule(static)
-    for (int64_t q = 0; q < r; q++) {
-        const int64_t j = rows ? (int64_t)rows[q] : q;
-        /* scattered rows: fetch the next one ahead (consecutive rows stream) */
-        if (rows && q + 1 < r && rows[q + 1] != j + 1)
-            mp_optim_prefetch_row(w, s1, s2, rows[q + 1], n_cols);
-        mp_optim_row(kind, w, s1, s2, j, values + (values_full ? j : q) * n_cols, n_cols, a);
+    #pragma omp parallel num_threads(team) if (team > 1)
+    {
+        const unsigned fp = mp_ftz_begin();
+        #pragma omp for schedule(static)
+        for (int64_t q = 0; q < r; q++) {
+            const int64_t j = rows ? (int64_t)rows[q] : q;
+            /* scattered rows: fetch the next one ahead (consecutive rows stream) */
+            if (rows && q + 1 < r && rows[q + 1] != j + 1)
+                mp_optim_prefetch_row(w, s1, s2, rows[q + 1], n_cols);
+            mp_optim_row(kind, w, s1, s2, j, values + (values_full ? j : q) * n_cols, n_cols,
+                         a);
+        }
+        mp_ftz_end(fp);
     }
 }
 

@@ -83,6 +83,27 @@ static inline int mp_cpu_avx512(void) {
 static inline int mp_cpu_avx512(void) { return 0; }
 #endif
 
+/* Flush-to-zero + denormals-are-zero for the calling thread around a loop,
+ * the old control word restored after (the caller's own floating-point mode,
+ * numpy's and PyTorch's, is left as it was). The optimizer updates run under
+ * it: an Adam moment that keeps decaying (a weight whose input is always 0,
+ * e.g. MNIST's border pixels, takes m *= beta1 at every update) reaches the
+ * subnormal range after ~800 updates, and x86 cores then take a microcode
+ * assist per operation: the update of an MNIST MLP grew 2-4x slower within
+ * two epochs. Only values below 1.2e-38 change (to 0). */
+#if defined(__x86_64__) || defined(__SSE2__)
+#include <xmmintrin.h>
+static inline unsigned mp_ftz_begin(void) {
+    const unsigned old = _mm_getcsr();
+    _mm_setcsr(old | 0x8040u);   /* FTZ (bit 15) | DAZ (bit 6) */
+    return old;
+}
+static inline void mp_ftz_end(unsigned old) { _mm_setcsr(old); }
+#else
+static inline unsigned mp_ftz_begin(void) { return 0; }
+static inline void mp_ftz_end(unsigned old) { (void)old; }
+#endif
+
 /* The SIMD level the code runs at: what the dispatcher picks on this CPU, or
  * what the compiler was told to target when dispatch is off. */
 static inline const char *mp_simd_level(void) {
