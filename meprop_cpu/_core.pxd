@@ -8,6 +8,7 @@ cdef extern from "meprop/parallel.h":
     int MP_HAVE_AVX512_INTRIN
     int MP_PARALLEL_MIN_WORK
     int mp_simd_limit
+    int mp_ftz_on
     int64_t mp_thread_stride(int64_t n) nogil
     const char *mp_simd_level() nogil
     int mp_cpu_avx512() nogil

@@ -27,6 +27,18 @@ def set_simd_limit(int level):
     return old
 
 
+def set_flush_subnormals(int on):
+    """1 (the default): the optimizer updates run with subnormal floats flushed
+    to zero (FTZ + DAZ, include/meprop/parallel.h); 0: in the caller's mode.
+    For benchmarks (benchmarks/bench_subnormal.py); returns the previous setting."""
+    global mp_ftz_on
+    if on not in (0, 1):
+        raise ValueError(f"set_flush_subnormals: on must be 0 or 1, got {on}")
+    old = mp_ftz_on
+    mp_ftz_on = on
+    return old
+
+
 def set_dense_short_k(int on):
     """1: the AVX2 nn / tn products take their row-outer order when K is short
     (the default), 0: the column-outer order throughout. The two give the same

@@ -299,3 +299,28 @@ def test_reset_state_keeping_step_counts_continues_the_bias_correction():
     np.testing.assert_allclose(p.data, w, rtol=1e-5, atol=1e-6)
     # the restart without bias correction takes a larger step than the fresh one
     assert np.abs(p.data - q.data).max() > 0
+
+
+@pytest.mark.parametrize("kind", ["adam", "sgd"])
+def test_updates_flush_subnormals_and_restore_the_callers_mode(kind):
+    from meprop_cpu import _core
+    tiny = np.float32(np.finfo(np.float32).tiny)
+    states = {}
+    for flush in (1, 0):
+        old = _core.set_flush_subnormals(flush)
+        try:
+            p = Parameter(np.ones((3, 4), np.float32), "W")
+            opt = optim.Adam([p], lr=1e-3) if kind == "adam" else \
+                optim.SGD([p], lr=1e-3, momentum=0.5)
+            p.grad = np.full((3, 4), tiny / np.float32(64), np.float32)   # subnormal
+            opt.step()
+            states[flush] = opt.state[id(p)]["arrays"][0].copy()
+        finally:
+            _core.set_flush_subnormals(old)
+    # FTZ + DAZ: the subnormal gradient counts as 0, so does the moment it would make
+    assert np.all(states[1] == 0)
+    assert np.all((states[0] != 0) & (np.abs(states[0]) < tiny))
+    # the caller's own mode (numpy here) is what it was: subnormals still come out
+    assert np.float32(tiny) / np.float32(4) != 0
+    with pytest.raises(ValueError, match="on must be 0 or 1"):
+        _core.set_flush_subnormals(2)

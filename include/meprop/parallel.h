@@ -91,11 +91,12 @@ static inline int mp_cpu_avx512(void) { return 0; }
  * subnormal range after ~800 updates, and x86 cores then take a microcode
  * assist per operation: the update of an MNIST MLP grew 2-4x slower within
  * two epochs. Only values below 1.2e-38 change (to 0). */
+static int mp_ftz_on = 1;   /* 0: leave the mode alone (benchmarks/bench_subnormal.py) */
 #if defined(__x86_64__) || defined(__SSE2__)
 #include <xmmintrin.h>
 static inline unsigned mp_ftz_begin(void) {
     const unsigned old = _mm_getcsr();
-    _mm_setcsr(old | 0x8040u);   /* FTZ (bit 15) | DAZ (bit 6) */
+    if (mp_ftz_on) _mm_setcsr(old | 0x8040u);   /* FTZ (bit 15) | DAZ (bit 6) */
     return old;
 }
 static inline void mp_ftz_end(unsigned old) { _mm_setcsr(old); }

@@ -21,6 +21,11 @@ gradient, after ``g += weight_decay * w``):
   w -= lr / (1-b1^t) * m / (sqrt(v) / sqrt(1-b2^t) + eps)``, t the
   parameter's own step count (PyTorch's Adam formulation; SparseAdam's puts
   eps outside the bias correction, a difference of order eps).
+
+The update runs with subnormal floats flushed to zero (see
+:mod:`meprop_cpu.optim`): decaying moments do not slow it down, unlike
+PyTorch's optimizers under PyTorch's default floating-point mode
+(``torch.set_flush_denormal(True)`` switches that for PyTorch's own ops).
 """
 
 import numpy as np
