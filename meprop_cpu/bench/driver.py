@@ -138,6 +138,11 @@ def add_arguments(p):
                         "every harness JSON) in the results directory")
     p.add_argument("--no-relaunch", action="store_true",
                    help="do not restart the process to put OPENBLAS_THREAD_TIMEOUT in effect")
+    p.add_argument("--flush-denormal", action="store_true",
+                   help="run the whole process with subnormal floats flushed to zero "
+                        "(torch.set_flush_denormal(True) before any thread starts; needs "
+                        "torch). This library's update kernels flush them anyway; PyTorch's "
+                        "default mode keeps them, and its Adam then slows as moments decay")
     return p
 
 
@@ -233,6 +238,18 @@ def run_cli(args, parser=None, set_before_numpy=False, log=print):
         sys.stderr.flush()
         return subprocess.call(cmd, env=env)
 
+    if getattr(args, "flush_denormal", False):
+        try:
+            import torch
+        except ImportError:
+            print("bench: error: --flush-denormal needs torch (pip install torch==2.13.0)",
+                  file=sys.stderr)
+            return 2
+        if not torch.set_flush_denormal(True):
+            print("bench: error: --flush-denormal: this CPU does not support it",
+                  file=sys.stderr)
+            return 2
+        log("subnormal floats flushed to zero in the whole process (--flush-denormal)")
     if args.tta:
         from . import tta
         return tta.run_cli(args, log=log)

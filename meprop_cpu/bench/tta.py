@@ -420,6 +420,11 @@ def run_cli(args, log=print):
         f"{cfg['target']}% dev")
     doc = run(cfg, threads, torch_mod, log=log)
     doc["command"] = os.environ.get(ENV_COMMAND) or command_line()
+    doc["flush_denormal"] = bool(getattr(args, "flush_denormal", False))
+    if doc["flush_denormal"]:
+        doc.setdefault("notes", []).append(
+            "the whole process ran with subnormal floats flushed to zero (--flush-denormal), "
+            "PyTorch included; in PyTorch's default mode its Adam slows as moments decay")
     name = args.name or f"tta_{cfg['name']}"
     paths = write(doc, args.out or _default_out(), name)
     for s in doc["summary"]:
