@@ -59,9 +59,10 @@ def convert(model, k, mode=None, *, skip_last=True, sparse_grad=True, forward_im
     choosing layers by their qualified name instead (skip_last is then ignored).
     fuse: also switch the model's ``nn.Sequential`` containers to
     :class:`MePropSequential` (:func:`fuse`), whose ``MePropLinear -> ReLU
-    [-> Dropout]`` runs train through one autograd node: several times less
-    PyTorch dispatch per step at small batches, dropout masks from this
-    library's generator instead of ``nn.Dropout``'s (see MePropSequential).
+    [-> Dropout]`` runs train through one autograd node instead of three per
+    layer (less PyTorch dispatch per step at small batches; dropout masks
+    from this library's generator instead of ``nn.Dropout``'s, see
+    MePropSequential).
     Returns the model; ``model`` itself may be an ``nn.Linear`` (then a new
     module is returned). The parameters must be float32 on the CPU.
     """

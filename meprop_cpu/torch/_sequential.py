@@ -4,7 +4,8 @@ runs through one autograd node.
 In a plain ``nn.Sequential`` of converted layers every ``MePropLinear``,
 ``ReLU`` and ``Dropout`` is its own autograd node and its own PyTorch
 operator; at small batches their dispatch, and PyTorch's Bernoulli draws for
-the dropout masks, cost more than the products. Here a run of such groups is
+the dropout masks (~85 µs per 10 x 500 mask on a 2-core Xeon), cost as much
+as the products. Here a run of such groups is
 one ``torch.autograd.Function``: the forward calls this library's product with
 the ReLU fused into it and draws the dropout uniforms with its counter-based
 generator; the backward applies the masks and calls each layer's own backward
