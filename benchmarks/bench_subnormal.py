@@ -28,17 +28,11 @@ import numpy as np  # noqa: E402
 
 import meprop_cpu  # noqa: E402
 from meprop_cpu import _core, data, nn, optim, train  # noqa: E402
+from meprop_cpu.bench.environment import _cpu_info  # noqa: E402
 
 
 def cpu_name():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
+    return _cpu_info()["model"] or platform.processor()
 
 
 def run(d, args, flush):
