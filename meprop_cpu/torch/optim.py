@@ -25,7 +25,8 @@ gradient, after ``g += weight_decay * w``):
 The update runs with subnormal floats flushed to zero (see
 :mod:`meprop_cpu.optim`): decaying moments do not slow it down, unlike
 PyTorch's optimizers under PyTorch's default floating-point mode
-(``torch.set_flush_denormal(True)`` switches that for PyTorch's own ops).
+(``torch.set_flush_denormal(True)``, called before PyTorch starts its threads so
+they inherit it, switches that for PyTorch's own ops).
 """
 
 import numpy as np
